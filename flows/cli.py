@@ -1,0 +1,152 @@
+"""`ulmfit`: run the pipeline or one of its stages, predict, generate.
+
+Bad input ends the command with exit status 2 and one line saying what is wrong.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+# Core modules log to "ulmfit"; Prefect forwards that logger to the run's logs in the UI.
+os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "ulmfit")
+
+from ulmfit_core.config import PRESETS, get_preset  # noqa: E402
+from ulmfit_core.ingest import DataError, resolve_source  # noqa: E402
+
+USER_ERRORS = (DataError, ValueError, FileNotFoundError, FloatingPointError)
+
+
+def _add_run_dir(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, help="run directory (created if missing)")
+
+
+def _add_training(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default="tiny", help=f"model and schedule: {', '.join(PRESETS)}")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _add_data(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", default="imdb",
+                   help="'imdb' ($ULMFIT_IMDB or fastai's download), an aclImdb .tar.gz or folder, "
+                        "or a .csv/.parquet file with a 'text' column")
+    p.add_argument("--limit", type=int, default=None,
+                   help="keep at most N documents per (split, label), chosen by the seed")
+    p.add_argument("--dask-address", default=None,
+                   help="tcp://HOST:PORT of a running Dask scheduler (default: a LocalCluster)")
+    p.add_argument("--workers", type=int, default=None, help="LocalCluster workers (default: cores)")
+    p.add_argument("--shard-docs", type=int, default=5000, help="documents per shard")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ulmfit", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="all stages: preprocess, LM, encoder, classifier, report")
+    _add_run_dir(p), _add_data(p), _add_training(p)
+    p = sub.add_parser("preprocess", help="ingest, tokenize, vocab, numericalize")
+    _add_run_dir(p), _add_data(p), _add_training(p)
+    p = sub.add_parser("train-lm", help="fine-tune the language model and export its encoder")
+    _add_run_dir(p), _add_training(p)
+    p = sub.add_parser("train-classifier", help="train the classifier and evaluate it")
+    _add_run_dir(p), _add_training(p)
+
+    p = sub.add_parser("predict", help="classify texts with a trained classifier")
+    p.add_argument("--model", required=True, help="run directory or its classifier/ folder")
+    p.add_argument("texts", nargs="*", help="texts to classify")
+    p.add_argument("--input", help="CSV or Parquet file with a 'text' column")
+    p.add_argument("--output", help="where to write --input's rows with predictions (.csv/.parquet)")
+    p.add_argument("--bs", type=int, default=64)
+
+    p = sub.add_parser("generate", help="continue a prompt with the fine-tuned language model")
+    p.add_argument("--model", required=True, help="run directory or its lm/ folder")
+    p.add_argument("prompt")
+    p.add_argument("--words", type=int, default=40)
+    p.add_argument("--temperature", type=float, default=0.75)
+    p.add_argument("--n", type=int, default=1)
+    p.add_argument("--seed", type=int, default=None)
+    return parser
+
+
+def _run_flow(args: argparse.Namespace) -> int:
+    from flows import pipeline
+    from flows.runtime import dask_task_runner, prefect_api
+    from tasks.report import report
+    from ulmfit_core.rundir import RunDir, tracked_run
+
+    out = str(Path(args.out).resolve())
+    with prefect_api():
+        if args.command == "run":
+            pipeline.ulmfit_flow(out, args.data, args.preset, args.limit, args.seed,
+                                 args.dask_address, args.workers, args.shard_docs)
+            return 0
+        params = {"command": args.command, "preset": args.preset, "seed": args.seed, "out": out}
+        with tracked_run(RunDir(out), params):
+            if args.command == "preprocess":
+                runner = dask_task_runner(args.dask_address, args.workers)
+                pipeline.preprocess_flow.with_options(task_runner=runner)(
+                    out, args.data, args.preset, args.limit, args.seed, args.shard_docs)
+            elif args.command == "train-lm":
+                pipeline.train_lm_flow(out, args.preset, args.seed)
+            else:
+                pipeline.train_classifier_flow(out, args.preset, args.seed)
+            report(out, params, args.seed)
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from ulmfit_core.predict import Classifier
+
+    if bool(args.texts) == bool(args.input):
+        raise ValueError("predict: give texts, or --input FILE --output FILE")
+    classifier = Classifier.load(args.model)
+    if args.texts:
+        probs = classifier.predict_texts(args.texts, args.bs)
+        for text, p in zip(args.texts, probs):
+            print(f"{classifier.labels[p.argmax()]}\t{p.max():.4f}\t{text}")
+        return 0
+    if not args.output:
+        raise ValueError("predict: --input needs --output")
+    from ulmfit_core.tables import read_table, write_table
+
+    table = read_table(Path(args.input))
+    if "text" not in table.column_names:
+        raise DataError(f"{args.input}: no 'text' column (columns: {', '.join(table.column_names)})")
+    texts = ["" if t is None else t for t in table.column("text").to_pylist()]
+    probs = classifier.predict_texts(texts, args.bs)
+    table = table.append_column("pred", [[classifier.labels[i] for i in probs.argmax(1)]])
+    for j, label in enumerate(classifier.labels):
+        table = table.append_column(f"p_{label}", [probs[:, j].tolist()])
+    write_table(table, Path(args.output))
+    print(f"wrote {table.num_rows} predictions to {args.output}")
+    return 0
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from ulmfit_core.predict import LanguageModel
+
+    lm = LanguageModel.load(args.model)
+    for text in lm.generate(args.prompt, args.words, args.temperature, args.n, args.seed):
+        print(text)
+        print()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command in ("run", "preprocess", "train-lm", "train-classifier"):
+            get_preset(args.preset)  # fail before any server or cluster starts
+            if args.command in ("run", "preprocess"):
+                resolve_source(args.data)
+            return _run_flow(args)
+        return _predict(args) if args.command == "predict" else _generate(args)
+    except USER_ERRORS as exc:
+        print(f"ulmfit: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""Where the flows run: the Prefect API they report to and the Dask cluster they use."""
+
+from __future__ import annotations
+
+import logging
+import os
+from contextlib import contextmanager
+from typing import Iterator
+
+from prefect_dask import DaskTaskRunner
+
+log = logging.getLogger("ulmfit")
+
+
+def dask_task_runner(address: str | None = None, workers: int | None = None) -> DaskTaskRunner:
+    """An existing scheduler at `address`, else a LocalCluster of process workers on loopback.
+
+    Each local worker runs one task at a time (tokenization is CPU-bound Python), so `workers`
+    defaults to the number of cores.
+    """
+    if address:
+        return DaskTaskRunner(address=address)
+    n = workers or len(os.sched_getaffinity(0))
+    return DaskTaskRunner(
+        cluster_class="distributed.LocalCluster",
+        cluster_kwargs={"n_workers": n, "threads_per_worker": 1, "processes": True,
+                        "host": "127.0.0.1", "dashboard_address": "127.0.0.1:0"},
+    )
+
+
+@contextmanager
+def prefect_api() -> Iterator[str]:
+    """Use PREFECT_API_URL when set; otherwise start one temporary local Prefect server.
+
+    The server's address goes into the environment so that Dask worker processes report to the
+    same server as the flow instead of each starting a server of their own.
+    """
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    configured = PREFECT_API_URL.value()
+    if configured:
+        yield configured
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()
+    server.start()
+    os.environ["PREFECT_API_URL"] = server.api_url
+    log.info("temporary Prefect server at %s", server.address)
+    try:
+        with temporary_settings({PREFECT_API_URL: server.api_url}):
+            yield server.api_url
+    finally:
+        from prefect.logging.handlers import APILogWorker
+
+        APILogWorker.drain_all(timeout=5)  # deliver the last log lines before the server goes
+        os.environ.pop("PREFECT_API_URL", None)
+        server.stop()

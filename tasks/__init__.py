@@ -1,0 +1,1 @@
+"""Prefect tasks: thin wrappers of `ulmfit_core.stages` with retries where retrying helps."""

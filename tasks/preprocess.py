@@ -1,0 +1,39 @@
+"""Preprocessing tasks: ingest, tokenize a shard, build the vocab, numericalize a shard."""
+
+from __future__ import annotations
+
+from prefect import task
+
+from ulmfit_core import stages
+from ulmfit_core.config import Preset
+from ulmfit_core.rundir import RunDir
+
+from .common import retry_transient
+
+IO_RETRIES = dict(retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_transient)
+
+
+@task(name="ingest", **IO_RETRIES)
+def ingest(out: str, data: str, limit: int | None, seed: int, shard_docs: int) -> dict:
+    return stages.ingest_stage(RunDir(out), data, limit, seed, shard_docs)
+
+
+@task(name="tokenize-shard", task_run_name="tokenize {raw_shard}", **IO_RETRIES)
+def tokenize_shard(out: str, raw_shard: str, preset: Preset) -> dict:
+    return stages.tokenize_stage(RunDir(out), raw_shard, preset)
+
+
+@task(name="build-vocab", **IO_RETRIES)
+def build_vocab(out: str, preset: Preset) -> dict:
+    return stages.vocab_stage(RunDir(out), preset)
+
+
+@task(name="numericalize-shard", task_run_name="numericalize {token_shard}", **IO_RETRIES)
+def numericalize_shard(out: str, token_shard: str) -> dict:
+    return stages.numericalize_stage(RunDir(out), token_shard)
+
+
+@task(name="summarize-preprocess")
+def summarize(out: str, tokenized: list[dict], numericalized: list[dict], vocab: dict,
+              seconds: float) -> dict:
+    return stages.summarize_preprocess(RunDir(out), tokenized, numericalized, vocab, seconds)

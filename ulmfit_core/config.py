@@ -1,0 +1,143 @@
+"""Typed settings for every stage, and the three presets (tiny, cpu, gpu).
+
+A preset is built once at the edge (CLI or flow parameters) and handed down as plain dataclasses;
+its dict form is saved beside every model so that a checkpoint rebuilds the same network.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+
+# Discriminative learning rates: each layer group below the top trains at lr / 2.6 (ULMFiT §3.2),
+# so a slice over four groups spans lr / 2.6**4 .. lr.
+LR_DIV = 2.6**4
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    """How raw text becomes tokens. `kind` is "word" (spaCy + fastai rules) or "subword"."""
+
+    kind: str = "word"
+    lang: str = "en"
+    subword_vocab_size: int = 10_000
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("word", "subword"):
+            raise ValueError(f"unknown tokenizer '{self.kind}' (choose word or subword)")
+
+
+@dataclass(frozen=True)
+class VocabConfig:
+    max_vocab: int = 60_000
+    min_freq: int = 3
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """AWD-LSTM sizes; dropouts come from fastai's configs scaled by `drop_mult`."""
+
+    emb_sz: int = 400
+    n_hid: int = 1152
+    n_layers: int = 3
+
+
+@dataclass(frozen=True)
+class LMConfig:
+    bs: int = 128
+    seq_len: int = 80
+    epochs: int = 1
+    lr: float = 2e-2
+    wd: float = 0.1
+    drop_mult: float = 0.3
+    valid_pct: float = 0.1
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One cycle of gradual unfreezing: train the top `freeze_to` layer groups (None: all)."""
+
+    name: str
+    freeze_to: int | None
+    epochs: int
+    lr: float
+
+    @property
+    def discriminative(self) -> bool:
+        """The first stage trains only the head; later ones spread rates over the groups."""
+        return self.freeze_to != -1
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    bs: int = 64
+    seq_len: int = 72  # backprop-through-time chunk of the sentence encoder
+    max_len: int = 72 * 20  # only the last max_len tokens of a review get gradients (fastai)
+    wd: float = 0.1
+    drop_mult: float = 0.5
+    valid_pct: float = 0.1
+    stages: tuple[Stage, ...] = (
+        Stage("freeze", -1, 1, 2e-2),
+        Stage("freeze_to(-2)", -2, 1, 1e-2),
+        Stage("freeze_to(-3)", -3, 1, 5e-3),
+        Stage("unfreeze", None, 2, 1e-3),
+    )
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    vocab: VocabConfig = field(default_factory=VocabConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lm: LMConfig = field(default_factory=LMConfig)
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    fp16: bool = True  # mixed precision, used only on CUDA
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+PRESETS: dict[str, Preset] = {
+    # Small enough that a run over a few thousand reviews trains in minutes on 2 cores.
+    "tiny": Preset(
+        name="tiny",
+        model=ModelConfig(emb_sz=96, n_hid=192, n_layers=2),
+        lm=LMConfig(bs=32, seq_len=48, epochs=3, lr=1e-2),
+        classifier=ClassifierConfig(
+            bs=32,
+            seq_len=48,
+            max_len=48 * 8,
+            stages=(
+                Stage("freeze", -1, 2, 2e-2),
+                Stage("freeze_to(-2)", -2, 1, 1e-2),
+                Stage("unfreeze", None, 2, 2e-3),
+            ),
+        ),
+    ),
+    # Sized for a 2-core CPU on the full corpus.
+    "cpu": Preset(
+        name="cpu",
+        vocab=VocabConfig(max_vocab=15_000, min_freq=3),
+        model=ModelConfig(emb_sz=128, n_hid=384, n_layers=2),
+        lm=LMConfig(bs=64, seq_len=72, epochs=1, lr=1e-2),
+        classifier=ClassifierConfig(
+            bs=64,
+            stages=(
+                Stage("freeze", -1, 1, 2e-2),
+                Stage("freeze_to(-2)", -2, 1, 1e-2),
+                Stage("unfreeze", None, 1, 1e-3),
+            ),
+        ),
+    ),
+    # The paper's AWD-LSTM as in fastai's IMDB walkthrough.
+    "gpu": Preset(name="gpu"),
+}
+
+
+def get_preset(name: str, **overrides) -> Preset:
+    """The preset called `name`, with top-level fields replaced by `overrides`."""
+    try:
+        preset = PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown preset '{name}' (choose from {', '.join(PRESETS)})") from None
+    return replace(preset, **overrides) if overrides else preset

@@ -1,0 +1,77 @@
+"""Read numericalized shards back as documents, and split them reproducibly.
+
+Splits are decided per document by a seeded hash of its id, so they do not depend on shard
+order, worker count or which other documents were kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+
+
+def seeded_unit(seed: int, doc_id: str, purpose: str) -> float:
+    """A number in [0, 1) fixed by (seed, id, purpose): a document's draw for one decision.
+
+    Each decision (sampling, the LM split, the classifier split) has its own `purpose`, so that
+    documents kept by a sample are not, say, all drawn into the same split.
+    """
+    digest = hashlib.blake2b(f"{purpose}:{seed}:{doc_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
+@dataclass
+class Docs:
+    """Documents as id arrays, with their ids and labels (None when unlabelled)."""
+
+    doc_ids: list[str]
+    ids: list[np.ndarray]
+    labels: list[str | None]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def n_tokens(self) -> int:
+        return int(sum(len(d) for d in self.ids))
+
+    def subset(self, keep: Sequence[bool]) -> "Docs":
+        pick = [i for i, k in enumerate(keep) if k]
+        return Docs([self.doc_ids[i] for i in pick], [self.ids[i] for i in pick],
+                    [self.labels[i] for i in pick])
+
+    def split(self, valid_pct: float, seed: int, purpose: str) -> tuple["Docs", "Docs"]:
+        """(train, valid): a document is in valid when its seeded draw is below `valid_pct`."""
+        in_valid = [seeded_unit(seed, d, purpose) < valid_pct for d in self.doc_ids]
+        return self.subset([not v for v in in_valid]), self.subset(in_valid)
+
+
+def _split_lists(column: pa.ChunkedArray) -> list[np.ndarray]:
+    out: list[np.ndarray] = []
+    for chunk in column.chunks:
+        if len(chunk):
+            offsets = chunk.offsets.to_numpy()
+            out.extend(np.split(chunk.flatten().to_numpy(), offsets[1:-1] - offsets[0]))
+    return out
+
+
+def load_docs(id_shards: Sequence[str | Path], splits: Sequence[str] | None = None,
+              labelled: bool = False) -> Docs:
+    """Documents of the id shards whose split is in `splits` (all when None)."""
+    dataset = ds.dataset([str(p) for p in id_shards], format="parquet")
+    expr = None
+    if splits is not None:
+        expr = pc.field("split").isin(list(splits))
+    if labelled:
+        labelled_expr = pc.field("label").is_valid()
+        expr = labelled_expr if expr is None else expr & labelled_expr
+    table = dataset.to_table(columns=["id", "label", "ids"], filter=expr)
+    return Docs(table.column("id").to_pylist(), _split_lists(table.column("ids")),
+                table.column("label").to_pylist())

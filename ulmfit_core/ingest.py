@@ -1,0 +1,239 @@
+"""Ingest: stream a source into Parquet shards of raw documents (id, split, label, text).
+
+Sources: the aclImdb tarball (read as a stream, never extracted), an extracted aclImdb folder,
+or a CSV / Parquet table with a `text` column and optional `id`, `label` and `split` columns.
+Documents that cannot be used (empty text, bytes that are not UTF-8) are skipped and counted.
+"""
+
+from __future__ import annotations
+
+import heapq
+import os
+import re
+import tarfile
+import zlib
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from .data import seeded_unit
+from .rundir import atomic_path
+
+RAW_SCHEMA = pa.schema(
+    [("id", pa.string()), ("split", pa.string()), ("label", pa.string()), ("text", pa.string())]
+)
+SPLITS = ("train", "test", "unsup")
+IMDB_ENV = "ULMFIT_IMDB"
+_IMDB_MEMBER = re.compile(r"(?:^|/)(train|test)/(pos|neg|unsup)/([^/]+)\.txt$")
+
+
+class DataError(ValueError):
+    """Input that cannot be used; the message names the file (and row) and what is wrong."""
+
+
+@dataclass
+class SkipLog:
+    """Documents left out, by reason, with the first few ids of each for the report."""
+
+    counts: Counter = field(default_factory=Counter)
+    examples: dict = field(default_factory=lambda: defaultdict(list))
+
+    def add(self, reason: str, doc_id: str) -> None:
+        self.counts[reason] += 1
+        if len(self.examples[reason]) < 5:
+            self.examples[reason].append(doc_id)
+
+    def to_dict(self) -> dict:
+        return {"total": sum(self.counts.values()), "by_reason": dict(self.counts),
+                "examples": {k: list(v) for k, v in self.examples.items()}}
+
+
+@dataclass
+class IngestResult:
+    shards: list[str]
+    docs: int
+    groups: dict  # "split/label" -> documents
+    skipped: dict
+
+
+def resolve_source(data: str) -> Path:
+    """Turn `--data` into a path: "imdb" means $ULMFIT_IMDB, else fastai's IMDB download."""
+    if data != "imdb":
+        path = Path(data).expanduser()
+        if not path.exists():
+            raise DataError(f"{path}: no such file or folder")
+        return path
+    if os.environ.get(IMDB_ENV):
+        return resolve_source(os.environ[IMDB_ENV])
+    from fastai.data.external import URLs, untar_data
+
+    try:
+        return Path(untar_data(URLs.IMDB))
+    except Exception as exc:  # no network, interrupted download, ...
+        raise DataError(
+            f"--data imdb: {IMDB_ENV} is not set and downloading {URLs.IMDB} failed ({exc})"
+        ) from exc
+
+
+def iter_documents(source: Path, skips: SkipLog) -> Iterator[dict]:
+    """Yield usable documents of `source` in its natural order; count the rest in `skips`."""
+    name = source.name.lower()
+    if source.is_dir():
+        raws = _iter_imdb_folder(source)
+    elif name.endswith((".tar.gz", ".tgz", ".tar")):
+        raws = _iter_imdb_tarball(source)
+    elif name.endswith(".csv"):
+        raws = _iter_table(source, _csv_batches(source))
+    elif name.endswith(".parquet"):
+        raws = _iter_table(source, pq.ParquetFile(source).iter_batches(batch_size=4096))
+    else:
+        raise DataError(
+            f"{source}: unsupported source (expected an aclImdb .tar.gz or folder, .csv or .parquet)"
+        )
+    for doc_id, split, label, raw in raws:
+        if isinstance(raw, bytes):
+            try:
+                raw = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                skips.add("not_utf8", doc_id)
+                continue
+        if raw is None or not raw.strip():
+            skips.add("empty", doc_id)
+            continue
+        yield {"id": doc_id, "split": split, "label": label, "text": raw}
+
+
+def _imdb_fields(member: str):
+    match = _IMDB_MEMBER.search(member)
+    if not match:
+        return None
+    split, label, stem = match.groups()
+    if label == "unsup":
+        return f"{split}/{label}/{stem}", "unsup", None
+    return f"{split}/{label}/{stem}", split, label
+
+
+def _iter_imdb_tarball(path: Path):
+    try:
+        with tarfile.open(path, mode="r|*") as tar:
+            for member in tar:
+                fields = member.isfile() and _imdb_fields(member.name)
+                if fields:
+                    yield (*fields, tar.extractfile(member).read())
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
+        raise DataError(f"{path}: unreadable or truncated archive ({exc})") from exc
+
+
+def _iter_imdb_folder(path: Path):
+    root = path / "aclImdb" if (path / "aclImdb").is_dir() else path
+    files = sorted(root.glob("*/*/*.txt"))
+    found = 0
+    for file in files:
+        fields = _imdb_fields(file.relative_to(root).as_posix())
+        if fields:
+            found += 1
+            yield (*fields, file.read_bytes())
+    if not found:
+        raise DataError(f"{path}: no aclImdb reviews found (expected train|test/pos|neg|unsup/*.txt)")
+
+
+def _csv_batches(path: Path):
+    # Text is read as bytes so that one undecodable row is a counted skip, not a failed file.
+    convert = pacsv.ConvertOptions(column_types={"text": pa.binary(), "label": pa.string(),
+                                                 "split": pa.string(), "id": pa.string()})
+    try:
+        reader = pacsv.open_csv(path, convert_options=convert)
+        yield from reader
+    except pa.ArrowInvalid as exc:
+        raise DataError(f"{path}: cannot parse CSV ({exc})") from exc
+
+
+def _iter_table(path: Path, batches: Iterable[pa.RecordBatch]):
+    row = 0
+    for batch in batches:
+        names = batch.schema.names
+        if "text" not in names:
+            raise DataError(f"{path}: no 'text' column (columns: {', '.join(names) or 'none'})")
+        cols = {n: batch.column(n).to_pylist() for n in ("id", "split", "label", "text") if n in names}
+        for i in range(batch.num_rows):
+            label = cols["label"][i] if "label" in cols else None
+            label = None if label is None or str(label).strip() == "" else str(label)
+            doc_id = str(cols["id"][i]) if "id" in cols else str(row)
+            if "split" in cols:
+                split = cols["split"][i]
+                if split not in SPLITS:
+                    raise DataError(
+                        f"{path}: row {row}: split {split!r} is not one of {', '.join(SPLITS)}"
+                    )
+            else:
+                split = "train" if label is not None else "unsup"
+            yield doc_id, split, label, cols["text"][i]
+            row += 1
+
+
+def limit_per_group(docs: Iterable[dict], limit: int, seed: int) -> list[dict]:
+    """Keep at most `limit` documents per (split, label), chosen by a seeded hash of the id.
+
+    The choice does not depend on the order of the source; the kept documents stay in source
+    order. Memory holds `limit` documents per group, never the corpus.
+    """
+    heaps: dict[tuple, list] = defaultdict(list)
+    for order, doc in enumerate(docs):
+        # A heap of the `limit` smallest draws: store negated draws so heap[0] is the largest.
+        item = (-seeded_unit(seed, doc["id"], "sample"), order, doc)
+        heap = heaps[(doc["split"], doc["label"])]
+        if len(heap) < limit:
+            heapq.heappush(heap, item)
+        elif item[0] > heap[0][0]:
+            heapq.heapreplace(heap, item)
+    kept = [item for heap in heaps.values() for item in heap]
+    return [doc for _, _, doc in sorted(kept, key=lambda item: item[1])]
+
+
+def write_raw_shards(docs: Iterable[dict], out_dir: Path, shard_docs: int) -> list[Path]:
+    """Write documents to `out_dir/part-NNNNN.parquet`, `shard_docs` per shard."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in out_dir.glob("part-*.parquet"):
+        stale.unlink()
+    shards, buffer = [], []
+
+    def flush():
+        path = out_dir / f"part-{len(shards):05d}.parquet"
+        with atomic_path(path) as tmp:
+            pq.write_table(pa.Table.from_pylist(buffer, schema=RAW_SCHEMA), tmp)
+        shards.append(path)
+        buffer.clear()
+
+    for doc in docs:
+        buffer.append(doc)
+        if len(buffer) >= shard_docs:
+            flush()
+    if buffer:
+        flush()
+    return shards
+
+
+def ingest(source: Path, out_dir: Path, *, limit: int | None = None, seed: int = 0,
+           shard_docs: int = 5000) -> IngestResult:
+    """Read `source` into raw shards under `out_dir`; fail clearly when nothing usable is left."""
+    skips = SkipLog()
+    docs = iter_documents(source, skips)
+    if limit is not None:
+        docs = limit_per_group(docs, limit, seed)
+    groups: Counter = Counter()
+
+    def counted(stream):
+        for doc in stream:
+            groups[f"{doc['split']}/{doc['label'] or '-'}"] += 1
+            yield doc
+
+    shards = write_raw_shards(counted(docs), out_dir, shard_docs)
+    n_docs = sum(groups.values())
+    if n_docs == 0:
+        raise DataError(f"{source}: empty corpus (no usable documents; skipped: {dict(skips.counts)})")
+    return IngestResult([str(p) for p in shards], n_docs, dict(sorted(groups.items())), skips.to_dict())

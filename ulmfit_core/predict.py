@@ -1,0 +1,139 @@
+"""Inference: batched classification, test-set evaluation, and text generation.
+
+Saved models are rebuilt from their weights-only files and JSON vocab; the tokenizer is built
+once per model, not once per text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from fastai.text.data import pad_input_chunk
+from fastai.text.learner import decode_spec_tokens
+
+from .config import ClassifierConfig, ModelConfig
+from .models import build_classifier, build_language_model, load_model_file
+from .tokenize import WordTokenizer
+from .vocab import PAD_ID, UNK_ID, Vocab, FAKE
+
+CLASSIFIER_FILE, LM_FILE, VOCAB_FILE = "model.pth", "model.pth", "vocab.json"
+
+
+@torch.no_grad()
+def predict_proba(model: torch.nn.Module, ids: Sequence[np.ndarray], seq_len: int,
+                  bs: int = 64, device: torch.device | str = "cpu") -> np.ndarray:
+    """Class probabilities for id arrays, batched longest-first as the classifier expects."""
+    model = model.to(device).eval()
+    order = np.argsort([-len(d) for d in ids], kind="stable")
+    out = np.zeros((len(ids), 0), dtype=np.float32)
+    for start in range(0, len(order), bs):
+        batch = order[start:start + bs]
+        samples = [(torch.from_numpy(ids[i].astype(np.int64)),) for i in batch]
+        padded = pad_input_chunk(samples, pad_idx=PAD_ID, pad_first=True, seq_len=seq_len)
+        x = torch.stack([p[0] for p in padded]).to(device)
+        probs = torch.softmax(model(x)[0].float(), dim=-1).cpu().numpy()
+        if out.shape[1] == 0:
+            out = np.zeros((len(ids), probs.shape[1]), dtype=np.float32)
+        out[batch] = probs
+    return out
+
+
+def evaluate(probs: np.ndarray, labels: Sequence[str], truth: Sequence[str]) -> dict:
+    """Accuracy and confusion matrix (rows: true label, columns: predicted)."""
+    index = {y: i for i, y in enumerate(labels)}
+    y = np.array([index[t] for t in truth])
+    pred = probs.argmax(1)
+    confusion = np.zeros((len(labels), len(labels)), dtype=int)
+    np.add.at(confusion, (y, pred), 1)
+    return {"n": int(len(y)), "accuracy": float((pred == y).mean()) if len(y) else None,
+            "labels": list(labels), "confusion": confusion.tolist()}
+
+
+def _model_dir(path: str | Path, sub: str) -> Path:
+    """Accept a run directory or the model folder inside it."""
+    path = Path(path)
+    if (path / sub / VOCAB_FILE).exists():
+        return path / sub
+    if (path / VOCAB_FILE).exists():
+        return path
+    raise FileNotFoundError(f"{path}: no {sub} model here (expected {path / sub / VOCAB_FILE})")
+
+
+@dataclass
+class Classifier:
+    model: torch.nn.Module
+    vocab: Vocab
+    labels: list[str]
+    seq_len: int
+    device: torch.device
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | None = None) -> "Classifier":
+        folder = _model_dir(path, "classifier")
+        payload = load_model_file(folder / CLASSIFIER_FILE, "classifier")
+        vocab = Vocab.load(folder / VOCAB_FILE)
+        cfg = ClassifierConfig(**{k: v for k, v in payload["classifier"].items() if k != "stages"})
+        model = build_classifier(len(vocab), len(payload["labels"]), ModelConfig(**payload["model"]), cfg)
+        model.load_state_dict(payload["state_dict"])
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        return cls(model.to(device).eval(), vocab, list(payload["labels"]), cfg.seq_len, device)
+
+    def predict_ids(self, ids: Sequence[np.ndarray], bs: int = 64) -> np.ndarray:
+        return predict_proba(self.model, ids, self.seq_len, bs, self.device)
+
+    def predict_texts(self, texts: Sequence[str], bs: int = 64) -> np.ndarray:
+        tokens = WordTokenizer()(texts)
+        return self.predict_ids([self.vocab.encode(t) for t in tokens], bs)
+
+
+@dataclass
+class LanguageModel:
+    model: torch.nn.Module
+    vocab: Vocab
+    device: torch.device
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | None = None) -> "LanguageModel":
+        folder = _model_dir(path, "lm")
+        payload = load_model_file(folder / LM_FILE, "language_model")
+        vocab = Vocab.load(folder / VOCAB_FILE)
+        model = build_language_model(len(vocab), ModelConfig(**payload["model"]), payload["drop_mult"])
+        model.load_state_dict(payload["state_dict"])
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        return cls(model.to(device).eval(), vocab, device)
+
+    @torch.no_grad()
+    def generate(self, prompt: str, n_words: int = 40, temperature: float = 0.75, n: int = 1,
+                 seed: int | None = None) -> list[str]:
+        """`n` continuations of `prompt`, sampling `n_words` tokens at `temperature`."""
+        if temperature <= 0:
+            raise ValueError("temperature must be > 0")
+        gen = torch.Generator(device="cpu")
+        if seed is not None:
+            gen.manual_seed(seed)
+        prompt_tokens = next(WordTokenizer()([prompt]))
+        x = torch.from_numpy(self.vocab.encode(prompt_tokens).astype(np.int64))
+        x = x.unsqueeze(0).repeat(n, 1).to(self.device)  # (n, prompt_len)
+        banned = [UNK_ID, PAD_ID] + [i for i, t in enumerate(self.vocab.itos) if t == FAKE]
+        self.model.reset()
+        logits = self.model(x)[0][:, -1].float()  # (n, vocab)
+        out = []
+        for _ in range(n_words):
+            logits[:, banned] = -float("inf")
+            probs = torch.softmax(logits / temperature, dim=-1).cpu()
+            nxt = torch.multinomial(probs, 1, generator=gen)  # (n, 1)
+            out.append(nxt)
+            logits = self.model(nxt.to(self.device))[0][:, -1].float()
+        generated = torch.cat(out, dim=1).tolist()
+        return [f"{prompt} {detokenize(self.vocab.decode(ids))}" for ids in generated]
+
+
+def detokenize(tokens: list[str]) -> str:
+    """Readable text from tokens: xxmaj/xxup/xxrep/xxwrep undone, newlines kept."""
+    words = [t for t in decode_spec_tokens(tokens) if t not in ("xxbos", "xxeos")]
+    return " ".join(words).replace(" \n ", "\n").strip()
+

@@ -1,0 +1,111 @@
+"""The run's summary: `metrics.json` for machines, `report.md` for people. Written last."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from .predict import LanguageModel
+from .rundir import RunDir, read_json, write_json, write_text
+
+PROMPT = "I liked this movie because"
+
+
+def _read(path: Path) -> dict | None:
+    return read_json(path) if path.exists() else None
+
+
+def collect_metrics(run: RunDir, params: dict) -> dict:
+    """Merge the stage summaries under `run` into one metrics document."""
+    pre = _read(run.preprocess_metrics) or {}
+    lm = _read(run.lm / "metrics.json") or {}
+    clas = _read(run.classifier / "metrics.json") or {}
+    test = _read(run.classifier / "test.json") or {}
+    seconds = {"preprocess": pre.get("seconds"), "lm": lm.get("seconds"),
+               "classifier": clas.get("seconds"), "evaluate": test.get("seconds")}
+    return {
+        "run": params,
+        "device": lm.get("device") or clas.get("device"),
+        "preprocess": {k: pre.get(k) for k in ("docs", "tokens", "skipped", "skipped_by_reason",
+                                               "groups", "shards", "unknown_tokens", "source")},
+        "vocab": {"size": pre.get("vocab_size"), "distinct_tokens": pre.get("distinct_tokens")},
+        "lm": {k: lm.get(k) for k in ("valid_loss", "accuracy", "perplexity", "train_loss",
+                                      "epochs", "train_tokens", "tokens_per_s", "history")},
+        "classifier": {"stages": [{k: s[k] for k in ("name", "epochs", "lr", "valid_loss", "accuracy",
+                                                     "seconds")} for s in clas.get("stages", [])],
+                       "labels": clas.get("labels")},
+        "test": {k: test.get(k) for k in ("accuracy", "n", "labels", "confusion")},
+        "seconds": {**seconds, "total": sum(v for v in seconds.values() if v)},
+    }
+
+
+def _fmt(value, spec: str = ".4f") -> str:
+    if value is None:
+        return "—"
+    return format(value, spec) if isinstance(value, float) else str(value)
+
+
+def render_report(metrics: dict, samples: list[str]) -> str:
+    run, pre, lm, test = metrics["run"], metrics["preprocess"], metrics["lm"], metrics["test"]
+    vocab_size = metrics["vocab"]["size"]
+    acc = test.get("accuracy")
+    lines = [
+        "# ULMFiT run report",
+        "",
+        f"**Test accuracy: {_fmt(acc * 100 if acc is not None else None, '.2f')}%** on "
+        f"{test.get('n')} reviews · LM perplexity {_fmt(lm.get('perplexity'), '.1f')} · "
+        f"preset `{run.get('preset')}` on `{metrics.get('device')}`",
+        "",
+        "## Data",
+        f"- source: `{pre.get('source')}` (limit per split/label: {run.get('limit')}, seed {run.get('seed')})",
+        f"- documents: {pre.get('docs')} in {pre.get('shards')} shards; tokens: {pre.get('tokens')}",
+        f"- skipped: {pre.get('skipped')} {pre.get('skipped_by_reason') or ''}",
+        f"- vocab: {vocab_size} entries (ln = {_fmt(math.log(vocab_size) if vocab_size else None, '.2f')}); "
+        f"unknown tokens after numericalizing: {pre.get('unknown_tokens')}",
+        "",
+        "| split/label | documents |",
+        "|---|---|",
+        *[f"| {group} | {n} |" for group, n in (pre.get("groups") or {}).items()],
+        "",
+        "## Language model",
+        f"valid loss {_fmt(lm.get('valid_loss'))}, accuracy {_fmt(lm.get('accuracy'))}, "
+        f"perplexity {_fmt(lm.get('perplexity'), '.2f')} after {lm.get('epochs')} epoch(s) on "
+        f"{lm.get('train_tokens')} tokens ({_fmt(lm.get('tokens_per_s'), '.0f')} tokens/s)",
+        "",
+        "| epoch | train loss | valid loss | accuracy | perplexity |",
+        "|---|---|---|---|---|",
+        *[f"| {h['epoch']} | {_fmt(h.get('train_loss'))} | {_fmt(h.get('valid_loss'))} | "
+          f"{_fmt(h.get('accuracy'))} | {_fmt(h.get('perplexity'), '.2f')} |" for h in lm.get("history") or []],
+        "",
+        "## Classifier (gradual unfreezing)",
+        "| stage | epochs | lr | valid loss | valid accuracy | seconds |",
+        "|---|---|---|---|---|---|",
+        *[f"| {s['name']} | {s['epochs']} | {s['lr']:g} | {_fmt(s['valid_loss'])} | "
+          f"{_fmt(s['accuracy'])} | {s['seconds']:.0f} |" for s in metrics["classifier"]["stages"]],
+        "",
+        "## Test set",
+    ]
+    if test.get("confusion"):
+        labels = test["labels"]
+        lines += ["| true \\ predicted | " + " | ".join(labels) + " |",
+                  "|---|" + "---|" * len(labels),
+                  *[f"| {labels[i]} | " + " | ".join(map(str, row)) + " |"
+                    for i, row in enumerate(test["confusion"])]]
+    else:
+        lines.append("No labelled test split in this corpus.")
+    lines += ["", f"## Generated text (\"{PROMPT}\", temperature 0.75)", ""]
+    lines += [f"> {s}" for s in samples] + [""]
+    lines += ["## Time (seconds)", "| stage | seconds |", "|---|---|",
+              *[f"| {k} | {_fmt(v, '.1f')} |" for k, v in metrics["seconds"].items()], ""]
+    return "\n".join(lines)
+
+
+def write_report(run: RunDir, params: dict, seed: int = 0) -> dict:
+    metrics = collect_metrics(run, params)
+    samples = []
+    if (run.lm / "model.pth").exists():
+        samples = LanguageModel.load(run.lm).generate(PROMPT, n_words=40, temperature=0.75, n=2, seed=seed)
+    metrics["samples"] = samples
+    write_json(run.metrics, metrics)
+    write_text(run.report, render_report(metrics, samples))
+    return metrics

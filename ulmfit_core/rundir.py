@@ -1,0 +1,110 @@
+"""The layout of a run directory and the atomic writes that keep it honest.
+
+Everything a run produces lives under one folder:
+
+    raw/part-00000.parquet      documents: id, split, label, text
+    tokens/part-00000.parquet   + tokens (list<string>), and counts-00000.parquet per shard
+    ids/part-00000.parquet      + ids (list<int32>)
+    vocab.json                  the vocabulary, a JSON list in index order
+    preprocess.json             document, token and skip counts
+    lm/                         language model weights, history, metrics
+    export/                     encoder + vocab + config, for the classifier and for reuse
+    classifier/                 classifier weights, labels, history, metrics
+    metrics.json, report.md     the run's summary, written last
+    run.json                    status: running / failed / complete
+
+A file appears under its final name only once fully written (write to a temporary name in the
+same folder, then rename), so a crashed run never leaves a file that looks complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+
+@dataclass(frozen=True)
+class RunDir:
+    root: Path
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        object.__setattr__(self, "root", Path(root))
+
+    raw = property(lambda self: self.root / "raw")
+    tokens = property(lambda self: self.root / "tokens")
+    ids = property(lambda self: self.root / "ids")
+    vocab = property(lambda self: self.root / "vocab.json")
+    preprocess_metrics = property(lambda self: self.root / "preprocess.json")
+    lm = property(lambda self: self.root / "lm")
+    export = property(lambda self: self.root / "export")
+    classifier = property(lambda self: self.root / "classifier")
+    metrics = property(lambda self: self.root / "metrics.json")
+    report = property(lambda self: self.root / "report.md")
+    status = property(lambda self: self.root / "run.json")
+
+    def shards(self, folder: Path) -> list[Path]:
+        """The finished data shards of a stage folder, in order."""
+        return sorted(folder.glob("part-*.parquet"))
+
+    def require(self, path: Path, stage: str) -> Path:
+        if not path.exists():
+            raise FileNotFoundError(f"{path} is missing: run the {stage} stage first")
+        return path
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def write_json(path: str | os.PathLike, obj) -> Path:
+    return write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def read_json(path: str | os.PathLike):
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+@contextmanager
+def tracked_run(run: RunDir, params: dict) -> Iterator[RunDir]:
+    """Mark `run` as running, then complete or failed; drop the old summary while it runs.
+
+    metrics.json and report.md are the marks of a finished run, so they are removed first and
+    only written again by a run that gets to its end.
+    """
+    import time
+
+    run.root.mkdir(parents=True, exist_ok=True)
+    for stale in (run.metrics, run.report):
+        stale.unlink(missing_ok=True)
+    started = time.time()
+    status = {"status": "running", "params": params, "started": started}
+    write_json(run.status, status)
+    try:
+        yield run
+    except BaseException as exc:
+        write_json(run.status, {**status, "status": "failed", "error": f"{type(exc).__name__}: {exc}",
+                                "seconds": time.time() - started})
+        raise
+    write_json(run.status, {**status, "status": "complete", "seconds": time.time() - started})

@@ -1,0 +1,145 @@
+"""The pipeline's stages as functions of a run directory.
+
+Each stage reads what earlier stages wrote under the run directory, writes its own outputs there
+(atomically), and returns a small JSON-able summary. The Prefect tasks call these and nothing else.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections import Counter
+from pathlib import Path
+
+from .config import Preset
+from .data import load_docs
+from .ingest import ingest, resolve_source
+from .models import encoder_of, load_model_file, save_model
+from .predict import Classifier, evaluate
+from .rundir import RunDir, read_json, write_json
+from .tokenize import tokenize_shard
+from .train import train_classifier, train_language_model
+from .vocab import Vocab, merge_counts, numericalize_shard
+
+INGEST_MANIFEST = "_ingest.json"
+
+
+def ingest_stage(run: RunDir, data: str, limit: int | None, seed: int,
+                 shard_docs: int = 5000) -> dict:
+    t0 = time.time()
+    source = resolve_source(data)
+    result = ingest(source, run.raw, limit=limit, seed=seed, shard_docs=shard_docs)
+    summary = {"source": str(source), "limit": limit, "seed": seed, "shards": result.shards,
+               "docs": result.docs, "groups": result.groups, "skipped": result.skipped,
+               "seconds": time.time() - t0}
+    write_json(run.raw / INGEST_MANIFEST, summary)
+    return summary
+
+
+def token_paths(run: RunDir, raw_shard: str | Path) -> tuple[Path, Path]:
+    """Where the token shard and the count table of a raw shard go."""
+    stem = Path(raw_shard).stem  # part-00000
+    return run.tokens / f"{stem}.parquet", run.tokens / f"counts-{stem[5:]}.parquet"
+
+
+def tokenize_stage(run: RunDir, raw_shard: str, preset: Preset) -> dict:
+    out, counts = token_paths(run, raw_shard)
+    t0 = time.time()
+    result = tokenize_shard(raw_shard, out, counts, preset.tokenizer)
+    return {**result, "shard": str(out), "seconds": time.time() - t0}
+
+
+def vocab_stage(run: RunDir, preset: Preset) -> dict:
+    counts = merge_counts(sorted(run.tokens.glob("counts-*.parquet")))
+    vocab = Vocab.from_counts(counts, preset.vocab.max_vocab, preset.vocab.min_freq)
+    vocab.save(run.vocab)
+    return {"size": len(vocab), "distinct_tokens": len(counts), "path": str(run.vocab)}
+
+
+def numericalize_stage(run: RunDir, token_shard: str) -> dict:
+    vocab = Vocab.load(run.require(run.vocab, "vocab"))
+    out = run.ids / Path(token_shard).name
+    return {**numericalize_shard(token_shard, vocab, out), "shard": str(out)}
+
+
+def summarize_preprocess(run: RunDir, tokenized: list[dict], numericalized: list[dict],
+                         vocab: dict, seconds: float) -> dict:
+    manifest = read_json(run.raw / INGEST_MANIFEST)
+    summary = {
+        "docs": sum(r["docs"] for r in tokenized),
+        "tokens": sum(r["tokens"] for r in tokenized),
+        "unknown_tokens": sum(r["unknown"] for r in numericalized),
+        "skipped": manifest["skipped"]["total"],
+        "skipped_by_reason": manifest["skipped"]["by_reason"],
+        "skipped_examples": manifest["skipped"]["examples"],
+        "groups": manifest["groups"],
+        "shards": len(tokenized),
+        "source": manifest["source"],
+        "vocab_size": vocab["size"],
+        "distinct_tokens": vocab["distinct_tokens"],
+        "seconds": seconds,
+    }
+    write_json(run.preprocess_metrics, summary)
+    return summary
+
+
+def _copy_vocab(run: RunDir, folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(run.require(run.vocab, "vocab"), folder / "vocab.json")
+
+
+def lm_stage(run: RunDir, preset: Preset, seed: int) -> dict:
+    vocab = Vocab.load(run.require(run.vocab, "vocab"))
+    docs = load_docs(run.shards(run.ids))  # all text, labels unused
+    model, metrics = train_language_model(docs, len(vocab), preset, seed)
+    _copy_vocab(run, run.lm)
+    save_model(run.lm / "model.pth", "language_model", model.state_dict(),
+               model=vars(preset.model), drop_mult=preset.lm.drop_mult, vocab_size=len(vocab))
+    write_json(run.lm / "metrics.json", metrics)
+    return metrics
+
+
+def export_stage(run: RunDir) -> dict:
+    """The encoder of the fine-tuned LM, with its vocab and model config, for the classifier."""
+    payload = load_model_file(run.require(run.lm / "model.pth", "train-lm"), "language_model")
+    prefix = "0."
+    encoder = {k[len(prefix):]: v for k, v in payload["state_dict"].items() if k.startswith(prefix)}
+    _copy_vocab(run, run.export)
+    path = save_model(run.export / "encoder.pth", "encoder", encoder, model=payload["model"],
+                      vocab_size=payload["vocab_size"])
+    write_json(run.export / "config.json", {"arch": "AWD_LSTM", "model": payload["model"],
+                                            "vocab_size": payload["vocab_size"]})
+    return {"path": str(path), "parameters": int(sum(v.numel() for v in encoder.values()))}
+
+
+def classifier_stage(run: RunDir, preset: Preset, seed: int) -> dict:
+    encoder = load_model_file(run.require(run.export / "encoder.pth", "encoder export"), "encoder")
+    if encoder["model"] != vars(preset.model):
+        raise ValueError(f"the exported encoder has model {encoder['model']}, but preset "
+                         f"'{preset.name}' builds {vars(preset.model)}: use the LM's preset")
+    docs = load_docs(run.shards(run.ids), splits=["train"], labelled=True)
+    model, labels, metrics = train_classifier(docs, encoder["state_dict"], encoder["vocab_size"],
+                                              preset, seed)
+    _copy_vocab(run, run.classifier)
+    save_model(run.classifier / "model.pth", "classifier", model.state_dict(), labels=labels,
+               model=vars(preset.model), classifier=preset.to_dict()["classifier"],
+               vocab_size=encoder["vocab_size"])
+    write_json(run.classifier / "metrics.json", metrics)
+    return metrics
+
+
+def evaluate_stage(run: RunDir) -> dict:
+    t0 = time.time()
+    docs = load_docs(run.shards(run.ids), splits=["test"], labelled=True)
+    classifier = Classifier.load(run.classifier)
+    unknown = sorted(set(docs.labels) - set(classifier.labels))
+    if unknown:
+        raise ValueError(f"test split has labels {unknown} that the classifier never saw")
+    if len(docs):
+        result = evaluate(classifier.predict_ids(docs.ids), classifier.labels, docs.labels)
+    else:
+        result = {"n": 0, "accuracy": None, "labels": classifier.labels, "confusion": None}
+    result["label_counts"] = dict(Counter(docs.labels))
+    result["seconds"] = time.time() - t0
+    write_json(run.classifier / "test.json", result)
+    return result

@@ -1,0 +1,79 @@
+"""Vocabulary: merge per-shard counts, apply fastai's rules, encode token shards to ids.
+
+The vocab is fastai's `make_vocab`: tokens seen at least `min_freq` times, most frequent first
+(ties in first-occurrence order), at most `max_vocab`, special tokens first, padded with
+"xxfake" to a multiple of 8. It is stored as a JSON list in index order.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from fastai.text.data import make_vocab
+
+from .rundir import atomic_path, read_json, write_json
+from .tokenize import SPECIAL_TOKENS
+
+UNK_ID, PAD_ID = 0, 1
+FAKE = "xxfake"
+
+
+def merge_counts(count_paths: Iterable[str | Path]) -> Counter:
+    """Sum per-shard count tables, in shard order (which keeps fastai's tie order)."""
+    total: Counter = Counter()
+    for path in count_paths:
+        table = pq.read_table(path)
+        total.update(dict(zip(table.column("token").to_pylist(), table.column("count").to_pylist())))
+    return total
+
+
+class Vocab:
+    """Index <-> token maps; unknown tokens (and the "xxfake" padding) map to xxunk."""
+
+    def __init__(self, itos: Sequence[str]) -> None:
+        if list(itos[: len(SPECIAL_TOKENS)]) != SPECIAL_TOKENS:
+            raise ValueError(f"vocab must start with fastai's special tokens {SPECIAL_TOKENS}")
+        self.itos = list(itos)
+        self.stoi = {tok: i for i, tok in enumerate(self.itos) if tok != FAKE}
+
+    @classmethod
+    def from_counts(cls, counts: Counter, max_vocab: int = 60_000, min_freq: int = 3) -> "Vocab":
+        return cls(make_vocab(counts, min_freq=min_freq, max_vocab=max_vocab, special_toks=SPECIAL_TOKENS))
+
+    def __len__(self) -> int:
+        return len(self.itos)
+
+    def encode(self, tokens: Iterable[str]) -> np.ndarray:
+        get = self.stoi.get
+        return np.fromiter((get(t, UNK_ID) for t in tokens), dtype=np.int32)
+
+    def decode(self, ids: Iterable[int]) -> list[str]:
+        return [self.itos[int(i)] for i in ids]
+
+    def save(self, path: str | Path) -> Path:
+        return write_json(path, self.itos)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Vocab":
+        itos = read_json(path)
+        if not isinstance(itos, list) or not all(isinstance(t, str) for t in itos):
+            raise ValueError(f"{path}: a vocab file must be a JSON list of strings")
+        return cls(itos)
+
+
+def numericalize_shard(token_path: str | Path, vocab: Vocab, out_path: str | Path) -> dict:
+    """Replace the `tokens` column of a token shard by `ids` (list<int32>)."""
+    table = pq.read_table(token_path)
+    ids = [vocab.encode(doc) for doc in table.column("tokens").to_pylist()]
+    unknown = int(sum(int((doc == UNK_ID).sum()) for doc in ids))
+    out = table.drop_columns(["tokens"]).append_column(
+        "ids", pa.array(ids, type=pa.list_(pa.int32()))
+    )
+    with atomic_path(out_path) as tmp:
+        pq.write_table(out, tmp)
+    return {"docs": table.num_rows, "tokens": int(sum(len(d) for d in ids)), "unknown": unknown}
