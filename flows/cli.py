@@ -12,6 +12,7 @@ from pathlib import Path
 
 # Core modules log to "ulmfit"; Prefect forwards that logger to the run's logs in the UI.
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "ulmfit")
+os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
 
 from ulmfit_core.config import PRESETS, get_preset  # noqa: E402
 from ulmfit_core.ingest import DataError, resolve_source  # noqa: E402
@@ -37,7 +38,7 @@ def _add_data(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dask-address", default=None,
                    help="tcp://HOST:PORT of a running Dask scheduler (default: a LocalCluster)")
     p.add_argument("--workers", type=int, default=None, help="LocalCluster workers (default: cores)")
-    p.add_argument("--shard-docs", type=int, default=5000, help="documents per shard")
+    p.add_argument("--shard-docs", type=int, default=2000, help="documents per shard")
 
 
 def build_parser() -> argparse.ArgumentParser:

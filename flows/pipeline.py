@@ -23,7 +23,7 @@ from .runtime import dask_task_runner
 
 @flow(name="ulmfit-preprocess", log_prints=True)
 def preprocess_flow(out: str, data: str = "imdb", preset: str = "tiny", limit: int | None = None,
-                    seed: int = 0, shard_docs: int = 5000) -> dict:
+                    seed: int = 0, shard_docs: int = 2000) -> dict:
     """Raw shards → token shards (in parallel) → vocab → id shards (in parallel)."""
     settings = get_preset(preset)
     t0 = time.time()
@@ -61,7 +61,7 @@ def train_classifier_flow(out: str, preset: str = "tiny", seed: int = 0) -> dict
 @flow(name="ulmfit", log_prints=True)
 def ulmfit_flow(out: str, data: str = "imdb", preset: str = "tiny", limit: int | None = None,
                 seed: int = 0, dask_address: str | None = None, workers: int | None = None,
-                shard_docs: int = 5000) -> dict:
+                shard_docs: int = 2000) -> dict:
     """The whole recipe, from a corpus to a report."""
     params = {"data": data, "preset": preset, "limit": limit, "seed": seed, "out": out}
     with tracked_run(RunDir(out), params):

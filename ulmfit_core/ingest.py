@@ -219,7 +219,7 @@ def write_raw_shards(docs: Iterable[dict], out_dir: Path, shard_docs: int) -> li
 
 
 def ingest(source: Path, out_dir: Path, *, limit: int | None = None, seed: int = 0,
-           shard_docs: int = 5000) -> IngestResult:
+           shard_docs: int = 2000) -> IngestResult:
     """Read `source` into raw shards under `out_dir`; fail clearly when nothing usable is left."""
     skips = SkipLog()
     docs = iter_documents(source, skips)

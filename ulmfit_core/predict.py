@@ -12,11 +12,10 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from fastai.text.data import pad_input_chunk
 from fastai.text.learner import decode_spec_tokens
 
 from .config import ClassifierConfig, ModelConfig
-from .models import build_classifier, build_language_model, load_model_file
+from .models import build_classifier, build_language_model, load_model_file, pad_front
 from .tokenize import WordTokenizer
 from .vocab import PAD_ID, UNK_ID, Vocab, FAKE
 
@@ -24,17 +23,16 @@ CLASSIFIER_FILE, LM_FILE, VOCAB_FILE = "model.pth", "model.pth", "vocab.json"
 
 
 @torch.no_grad()
-def predict_proba(model: torch.nn.Module, ids: Sequence[np.ndarray], seq_len: int,
-                  bs: int = 64, device: torch.device | str = "cpu") -> np.ndarray:
-    """Class probabilities for id arrays, batched longest-first as the classifier expects."""
+def predict_proba(model: torch.nn.Module, ids: Sequence[np.ndarray], bs: int = 64,
+                  device: torch.device | str = "cpu") -> np.ndarray:
+    """Class probabilities for id arrays, in batches of similar length."""
     model = model.to(device).eval()
     order = np.argsort([-len(d) for d in ids], kind="stable")
     out = np.zeros((len(ids), 0), dtype=np.float32)
     for start in range(0, len(order), bs):
         batch = order[start:start + bs]
         samples = [(torch.from_numpy(ids[i].astype(np.int64)),) for i in batch]
-        padded = pad_input_chunk(samples, pad_idx=PAD_ID, pad_first=True, seq_len=seq_len)
-        x = torch.stack([p[0] for p in padded]).to(device)
+        x = torch.stack([p[0] for p in pad_front(samples, PAD_ID)]).to(device)
         probs = torch.softmax(model(x)[0].float(), dim=-1).cpu().numpy()
         if out.shape[1] == 0:
             out = np.zeros((len(ids), probs.shape[1]), dtype=np.float32)
@@ -68,7 +66,6 @@ class Classifier:
     model: torch.nn.Module
     vocab: Vocab
     labels: list[str]
-    seq_len: int
     device: torch.device
 
     @classmethod
@@ -80,10 +77,10 @@ class Classifier:
         model = build_classifier(len(vocab), len(payload["labels"]), ModelConfig(**payload["model"]), cfg)
         model.load_state_dict(payload["state_dict"])
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        return cls(model.to(device).eval(), vocab, list(payload["labels"]), cfg.seq_len, device)
+        return cls(model.to(device).eval(), vocab, list(payload["labels"]), device)
 
     def predict_ids(self, ids: Sequence[np.ndarray], bs: int = 64) -> np.ndarray:
-        return predict_proba(self.model, ids, self.seq_len, bs, self.device)
+        return predict_proba(self.model, ids, bs, self.device)
 
     def predict_texts(self, texts: Sequence[str], bs: int = 64) -> np.ndarray:
         tokens = WordTokenizer()(texts)

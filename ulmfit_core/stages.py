@@ -25,7 +25,7 @@ INGEST_MANIFEST = "_ingest.json"
 
 
 def ingest_stage(run: RunDir, data: str, limit: int | None, seed: int,
-                 shard_docs: int = 5000) -> dict:
+                 shard_docs: int = 2000) -> dict:
     t0 = time.time()
     source = resolve_source(data)
     result = ingest(source, run.raw, limit=limit, seed=seed, shard_docs=shard_docs)

@@ -21,7 +21,7 @@ from fastai.callback.schedule import fit_one_cycle  # noqa: F401  (patches Learn
 from fastai.data.core import DataLoaders
 from fastai.losses import CrossEntropyLossFlat
 from fastai.metrics import Perplexity, accuracy
-from fastai.text.data import LMDataLoader, SortedDL, pad_input_chunk
+from fastai.text.data import LMDataLoader, SortedDL
 from fastai.text.learner import LMLearner, TextLearner
 from fastai.text.models.awdlstm import awd_lstm_clas_split, awd_lstm_lm_split
 from fastai.torch_core import set_seed
@@ -29,7 +29,7 @@ from fastai.torch_core import set_seed
 from .config import LR_DIV, ClassifierConfig, LMConfig, Preset
 from .data import Docs
 from .ingest import DataError
-from .models import build_classifier, build_language_model, encoder_of
+from .models import build_classifier, build_language_model, encoder_of, pad_front
 from .vocab import PAD_ID
 
 log = logging.getLogger("ulmfit")
@@ -160,8 +160,8 @@ def _clas_dataset(docs: Docs, label_index: dict[str, int]):
 
 def classifier_dataloaders(train: Docs, valid: Docs, label_index: dict[str, int],
                            cfg: ClassifierConfig, device: torch.device) -> DataLoaders:
-    """Length-bucketed batches (fastai's SortedDL), padded first in chunks of seq_len."""
-    pad = partial(pad_input_chunk, pad_idx=PAD_ID, pad_first=True, seq_len=cfg.seq_len)
+    """Length-bucketed batches (fastai's SortedDL), padded at the front (AlignedSentenceEncoder)."""
+    pad = partial(pad_front, pad_idx=PAD_ID)
     train_dl = SortedDL(_clas_dataset(train, label_index), res=[len(d) for d in train.ids],
                         bs=cfg.bs, shuffle=True, before_batch=pad)
     valid_dl = SortedDL(_clas_dataset(valid, label_index), res=[len(d) for d in valid.ids],

@@ -1,0 +1,125 @@
+"""Tokens and vocab are fastai's, exactly: checked against fastai itself on real and odd text."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from fastai.text.core import SpacyTokenizer, Tokenizer, replace_space
+from fastai.text.data import Numericalize
+
+from ulmfit_core.config import TokenizerConfig
+from ulmfit_core.tokenize import SPECIAL_TOKENS, tokenize_shard, tokenize_texts
+from ulmfit_core.vocab import FAKE, UNK_ID, Vocab, merge_counts, numericalize_shard
+from ulmfit_core.ingest import ingest
+
+HARD_CASES = [
+    "",
+    "   ",
+    "This movie was AWFUL!!!! I mean, REALLY really really really bad.<br /><br />Don't watch.",
+    "Great &amp; fun &quot;film&quot; &#39;ok&#39; &lt;3 &nbsp; 10/10 #best",
+    "Soooooo goooood... wow wow wow wow!",
+    "Ünïcödé — “quotes” ½ naïve café 日本語 映画",
+    "emoji 😀😀😀 👍🏽 time",
+    "control\x00chars\x07 and\ttabs\r\nand\u200bzero width",
+    "I LOVED IT. A B C. Mr. Smith's U.S.A. trip on 12/25/2001 cost $1,000.50",
+    "xxbos xxmaj fake special tokens <unk> in text",
+    "line one\\nline two  \n\n  spaced   out",
+    "http://example.com/a#b e-mail: someone@example.com",
+]
+
+
+def fastai_tokens(texts):
+    """fastai's own output: Tokenizer(SpacyTokenizer("en")) with its default rules."""
+    tok = Tokenizer(SpacyTokenizer("en"))
+    return [[replace_space(t) for t in tok(text)] for text in texts]
+
+
+def test_tokens_equal_fastai_on_hard_cases():
+    ours = tokenize_texts(HARD_CASES)
+    theirs = fastai_tokens(HARD_CASES)
+    for text, a, b in zip(HARD_CASES, ours, theirs):
+        assert a == b, text
+    assert ours[0] == ["xxbos"]
+    assert "xxrep" in ours[4] and "xxwrep" in ours[4] and "xxup" in ours[2]
+
+
+def test_tokens_equal_fastai_on_real_reviews(sample_texts):
+    assert tokenize_texts(sample_texts) == fastai_tokens(sample_texts)
+
+
+def test_vocab_equals_fastai_numericalize(sample_texts, tmp_path):
+    docs = tokenize_texts(sample_texts)
+    for max_vocab, min_freq in [(60_000, 3), (300, 2), (1000, 1)]:
+        num = Numericalize(min_freq=min_freq, max_vocab=max_vocab)
+        num.setup(docs)
+        ours = Vocab.from_counts(Counter(t for d in docs for t in d), max_vocab, min_freq)
+        assert ours.itos == list(num.vocab)
+        assert len(ours) % 8 == 0 and ours.itos[: len(SPECIAL_TOKENS)] == SPECIAL_TOKENS
+        ids = ours.encode(docs[0])
+        assert ids.tolist() == num(docs[0]).tolist()
+
+
+def test_sharded_counts_rebuild_the_corpus_counter_in_order(sample_tarball, tmp_path):
+    result = ingest(sample_tarball, tmp_path / "raw", shard_docs=37)
+    texts, count_paths = [], []
+    for i, shard in enumerate(result.shards):
+        texts += pq.read_table(shard).column("text").to_pylist()
+        count_paths.append(tmp_path / f"counts-{i}.parquet")
+        tokenize_shard(shard, tmp_path / f"tok-{i}.parquet", count_paths[-1], TokenizerConfig())
+    whole = Counter(t for d in tokenize_texts(texts) for t in d)
+    merged = merge_counts(count_paths)
+    assert merged == whole
+    assert list(merged) == list(whole)  # first-occurrence order: fastai's tie order
+    assert merged.most_common() == whole.most_common()
+
+
+def test_token_shard_keeps_document_columns(sample_tarball, tmp_path):
+    shard = ingest(sample_tarball, tmp_path / "raw", limit=3).shards[0]
+    info = tokenize_shard(shard, tmp_path / "tok.parquet", tmp_path / "counts.parquet", TokenizerConfig())
+    raw, tok = pq.read_table(shard), pq.read_table(tmp_path / "tok.parquet")
+    assert tok.column_names == ["id", "split", "label", "tokens"]
+    assert tok.column("id").to_pylist() == raw.column("id").to_pylist()
+    assert tok.column("tokens").to_pylist() == tokenize_texts(raw.column("text").to_pylist())
+    assert info == {"docs": raw.num_rows, "tokens": sum(len(t) for t in tok.column("tokens").to_pylist())}
+    meta = json.loads(tok.schema.metadata[b"ulmfit.tokenizer"])
+    assert meta["kind"] == "word"
+
+
+def test_vocab_round_trip_and_unknowns(tmp_path, sample_texts):
+    docs = tokenize_texts(sample_texts[:50])
+    vocab = Vocab.from_counts(Counter(t for d in docs for t in d), min_freq=2)
+    loaded = Vocab.load(vocab.save(tmp_path / "vocab.json"))
+    assert loaded.itos == vocab.itos
+    assert json.loads((tmp_path / "vocab.json").read_text())[:2] == ["xxunk", "xxpad"]
+    known = [t for t in docs[0] if t in vocab.stoi]
+    assert loaded.decode(loaded.encode(known)) == known
+    assert loaded.encode(["never-seen-token", FAKE]).tolist() == [UNK_ID, UNK_ID]
+
+
+def test_vocab_file_must_be_a_list_of_strings(tmp_path):
+    path = tmp_path / "vocab.json"
+    path.write_text('{"a": 1}')
+    with pytest.raises(ValueError, match="JSON list of strings"):
+        Vocab.load(path)
+    path.write_text('["a", "b"]')
+    with pytest.raises(ValueError, match="special tokens"):
+        Vocab.load(path)
+
+
+def test_numericalized_shard(sample_tarball, tmp_path):
+    shard = ingest(sample_tarball, tmp_path / "raw", limit=4).shards[0]
+    tokenize_shard(shard, tmp_path / "tok.parquet", tmp_path / "counts.parquet", TokenizerConfig())
+    vocab = Vocab.from_counts(merge_counts([tmp_path / "counts.parquet"]), min_freq=2)
+    info = numericalize_shard(tmp_path / "tok.parquet", vocab, tmp_path / "ids.parquet")
+    ids = pq.read_table(tmp_path / "ids.parquet")
+    tokens = pq.read_table(tmp_path / "tok.parquet").column("tokens").to_pylist()
+    assert ids.schema.field("ids").type.value_type == "int32"
+    decoded = [vocab.decode(d) for d in ids.column("ids").to_pylist()]
+    expected = [[t if t in vocab.stoi else "xxunk" for t in doc] for doc in tokens]
+    assert decoded == expected
+    assert info["unknown"] == sum(d.count("xxunk") for d in expected)
+    assert info["tokens"] == int(np.sum([len(d) for d in tokens]))
