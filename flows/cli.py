@@ -15,7 +15,7 @@ os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "ulmfit")
 os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
 
 from ulmfit_core.config import PRESETS, get_preset  # noqa: E402
-from ulmfit_core.ingest import DataError, resolve_source  # noqa: E402
+from ulmfit_core.ingest import DataError, check_source, resolve_source  # noqa: E402
 
 USER_ERRORS = (DataError, ValueError, FileNotFoundError, FloatingPointError)
 
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in ("run", "preprocess", "train-lm", "train-classifier"):
             get_preset(args.preset)  # fail before any server or cluster starts
             if args.command in ("run", "preprocess"):
-                resolve_source(args.data)
+                check_source(resolve_source(args.data))
             return _run_flow(args)
         return _predict(args) if args.command == "predict" else _generate(args)
     except USER_ERRORS as exc:

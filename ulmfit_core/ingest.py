@@ -80,22 +80,45 @@ def resolve_source(data: str) -> Path:
         ) from exc
 
 
-def iter_documents(source: Path, skips: SkipLog) -> Iterator[dict]:
-    """Yield usable documents of `source` in its natural order; count the rest in `skips`."""
+def check_source(source: Path) -> None:
+    """Fail fast on a source that cannot work: wrong kind, unreadable, or no 'text' column.
+
+    Reads only the start of the file; damage further in is found (and named) during ingest.
+    """
+    name = source.name.lower()
+    try:
+        if name.endswith(".csv"):
+            columns = pacsv.open_csv(source).schema.names
+        elif name.endswith(".parquet"):
+            columns = pq.read_schema(source).names
+        else:
+            next(_raw_records(source), None)  # the first review, or an error naming the file
+            return
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DataError(f"{source}: cannot read ({exc})") from exc
+    if "text" not in columns:
+        raise DataError(f"{source}: no 'text' column (columns: {', '.join(columns) or 'none'})")
+
+
+def _raw_records(source: Path) -> Iterator[tuple]:
+    """(id, split, label, text as str or bytes) for each record of `source`."""
     name = source.name.lower()
     if source.is_dir():
-        raws = _iter_imdb_folder(source)
-    elif name.endswith((".tar.gz", ".tgz", ".tar")):
-        raws = _iter_imdb_tarball(source)
-    elif name.endswith(".csv"):
-        raws = _iter_table(source, _csv_batches(source))
-    elif name.endswith(".parquet"):
-        raws = _iter_table(source, pq.ParquetFile(source).iter_batches(batch_size=4096))
-    else:
-        raise DataError(
-            f"{source}: unsupported source (expected an aclImdb .tar.gz or folder, .csv or .parquet)"
-        )
-    for doc_id, split, label, raw in raws:
+        return _iter_imdb_folder(source)
+    if name.endswith((".tar.gz", ".tgz", ".tar")):
+        return _iter_imdb_tarball(source)
+    if name.endswith(".csv"):
+        return _iter_table(source, _csv_batches(source))
+    if name.endswith(".parquet"):
+        return _iter_table(source, pq.ParquetFile(source).iter_batches(batch_size=4096))
+    raise DataError(
+        f"{source}: unsupported source (expected an aclImdb .tar.gz or folder, .csv or .parquet)"
+    )
+
+
+def iter_documents(source: Path, skips: SkipLog) -> Iterator[dict]:
+    """Yield usable documents of `source` in its natural order; count the rest in `skips`."""
+    for doc_id, split, label, raw in _raw_records(source):
         if isinstance(raw, bytes):
             try:
                 raw = raw.decode("utf-8")

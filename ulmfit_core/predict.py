@@ -16,7 +16,7 @@ from fastai.text.learner import decode_spec_tokens
 
 from .config import ClassifierConfig, ModelConfig
 from .models import build_classifier, build_language_model, load_model_file, pad_front
-from .tokenize import WordTokenizer
+from .tokenize import word_tokenizer
 from .vocab import PAD_ID, UNK_ID, Vocab, FAKE
 
 CLASSIFIER_FILE, LM_FILE, VOCAB_FILE = "model.pth", "model.pth", "vocab.json"
@@ -83,7 +83,7 @@ class Classifier:
         return predict_proba(self.model, ids, bs, self.device)
 
     def predict_texts(self, texts: Sequence[str], bs: int = 64) -> np.ndarray:
-        tokens = WordTokenizer()(texts)
+        tokens = word_tokenizer()(texts)
         return self.predict_ids([self.vocab.encode(t) for t in tokens], bs)
 
 
@@ -112,7 +112,7 @@ class LanguageModel:
         gen = torch.Generator(device="cpu")
         if seed is not None:
             gen.manual_seed(seed)
-        prompt_tokens = next(WordTokenizer()([prompt]))
+        prompt_tokens = next(word_tokenizer()([prompt]))
         x = torch.from_numpy(self.vocab.encode(prompt_tokens).astype(np.int64))
         x = x.unsqueeze(0).repeat(n, 1).to(self.device)  # (n, prompt_len)
         banned = [UNK_ID, PAD_ID] + [i for i, t in enumerate(self.vocab.itos) if t == FAKE]

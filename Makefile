@@ -1,0 +1,24 @@
+# Two entry points for a fresh machine: `make run` (install + the main job) and `make test`.
+# Every install goes through constraints.txt, which pins torch to its CPU build.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+DATA   ?= imdb
+PRESET ?= tiny
+LIMIT  ?= 500
+OUT    ?= runs/$(PRESET)
+
+.PHONY: install run test bench
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
+	touch $@
+
+run: install
+	$(VENV)/bin/ulmfit run --data $(DATA) --preset $(PRESET) $(if $(LIMIT),--limit $(LIMIT)) --out $(OUT)
+
+test: install
+	$(PY) -m pytest -q

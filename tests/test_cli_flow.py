@@ -1,0 +1,107 @@
+"""The `ulmfit` command end to end: Prefect flows on a Dask LocalCluster, then predict/generate."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import pytest
+
+from ulmfit_core.rundir import read_json
+
+
+def ulmfit(*args, timeout=900):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", "flows.cli", *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout, env=env)
+
+
+def error_line(result) -> str:
+    assert result.returncode == 2, result.stderr[-3000:]
+    return result.stderr.strip().splitlines()[-1]
+
+
+def test_bad_input_fails_fast_with_one_line(tmp_path, sample_tarball):
+    out = tmp_path / "run"
+    assert error_line(ulmfit("run", "--data", sample_tarball, "--out", out, "--preset", "huge")) == (
+        "ulmfit: error: unknown preset 'huge' (choose from tiny, cpu, gpu)")
+    line = error_line(ulmfit("run", "--data", tmp_path / "nope.tar.gz", "--out", out))
+    assert line == f"ulmfit: error: {tmp_path / 'nope.tar.gz'}: no such file or folder"
+    no_text = tmp_path / "no_text.csv"
+    no_text.write_text("review,label\ngood,pos\n")
+    assert error_line(ulmfit("preprocess", "--data", no_text, "--out", out)) == (
+        f"ulmfit: error: {no_text}: no 'text' column (columns: review, label)")
+    not_tar = tmp_path / "fake.tar.gz"
+    not_tar.write_bytes(b"\x00" * 100)
+    assert "fake.tar.gz: unreadable or truncated archive" in error_line(
+        ulmfit("run", "--data", not_tar, "--out", out))
+    assert not out.exists()  # nothing started, nothing written
+    assert "no classifier model here" in error_line(ulmfit("predict", "--model", tmp_path, "hi"))
+
+
+@pytest.mark.slow
+def test_run_predict_generate(tmp_path, sample_tarball):
+    out = tmp_path / "run"
+    result = ulmfit("run", "--data", sample_tarball, "--out", out, "--preset", "tiny", "--limit", 25,
+                    "--workers", 2, "--shard-docs", 40, "--seed", 1)
+    assert result.returncode == 0, result.stderr[-5000:]
+    assert read_json(out / "run.json")["status"] == "complete"
+    metrics = read_json(out / "metrics.json")
+    assert metrics["preprocess"]["docs"] == 125 and metrics["preprocess"]["shards"] == 4
+    assert metrics["preprocess"]["skipped"] == 0
+    assert metrics["vocab"]["size"] == len(read_json(out / "vocab.json"))
+    assert metrics["lm"]["valid_loss"] < 7 and metrics["test"]["n"] == 50
+    assert [s["name"] for s in metrics["classifier"]["stages"]] == ["freeze", "freeze_to(-2)", "unfreeze"]
+    assert metrics["device"] == "cpu" and metrics["seconds"]["total"] > 0
+    assert "Test accuracy" in (out / "report.md").read_text()
+    assert len(list((out / "tokens").glob("part-*.parquet"))) == 4
+    assert len(list((out / "ids").glob("part-*.parquet"))) == 4
+
+    pred = ulmfit("predict", "--model", out, "A superb, moving film.", "Worst movie ever.")
+    assert pred.returncode == 0, pred.stderr[-3000:]
+    lines = pred.stdout.strip().splitlines()
+    assert len(lines) == 2
+    for line, text in zip(lines, ["A superb, moving film.", "Worst movie ever."]):
+        label, prob, echoed = line.split("\t")
+        assert label in ("neg", "pos") and 0.5 <= float(prob) <= 1 and echoed == text
+
+    src = tmp_path / "in.csv"
+    pacsv.write_csv(pa.table({"id": [7, 8, 9], "text": ["Loved it", "Hated it", None]}), src)
+    pred = ulmfit("predict", "--model", out / "classifier", "--input", src, "--output", tmp_path / "o.parquet")
+    assert pred.returncode == 0, pred.stderr[-3000:]
+    table = pq.read_table(tmp_path / "o.parquet")
+    assert table.column_names == ["id", "text", "pred", "p_neg", "p_pos"]
+    assert table.column("id").to_pylist() == [7, 8, 9]
+    for p_neg, p_pos in zip(table.column("p_neg").to_pylist(), table.column("p_pos").to_pylist()):
+        assert abs(p_neg + p_pos - 1) < 1e-5
+
+    gen = ulmfit("generate", "--model", out, "I liked this movie because", "--words", 10,
+                 "--temperature", 0.75, "--n", 2, "--seed", 0)
+    assert gen.returncode == 0, gen.stderr[-3000:]
+    texts = [t for t in gen.stdout.split("\n\n") if t.strip()]
+    assert len(texts) == 2 and all(t.startswith("I liked this movie because ") for t in texts)
+
+    # A stage command reruns its part into the same run directory and refreshes the summary.
+    again = ulmfit("train-classifier", "--out", out, "--preset", "tiny", "--seed", 2)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert read_json(out / "run.json")["params"]["command"] == "train-classifier"
+    assert read_json(out / "metrics.json")["test"]["n"] == 50
+
+
+@pytest.mark.slow
+def test_failed_run_never_looks_complete(tmp_path, sample_tarball):
+    data = sample_tarball.read_bytes()
+    cut = tmp_path / "cut.tar.gz"
+    cut.write_bytes(data[: int(len(data) * 0.6)])
+    out = tmp_path / "run"
+    line = error_line(ulmfit("run", "--data", cut, "--out", out, "--workers", 1))
+    assert "cut.tar.gz: unreadable or truncated archive" in line
+    status = read_json(out / "run.json")
+    assert status["status"] == "failed" and "truncated" in status["error"]
+    assert not (out / "metrics.json").exists() and not (out / "report.md").exists()
+    assert not list((out / "raw").glob("*.tmp"))
