@@ -24,8 +24,8 @@ def tokenize_shard(out: str, raw_shard: str, preset: Preset) -> dict:
 
 
 @task(name="build-vocab", **IO_RETRIES)
-def build_vocab(out: str, preset: Preset) -> dict:
-    return stages.vocab_stage(RunDir(out), preset)
+def build_vocab(out: str, preset: Preset, count_paths: list[str]) -> dict:
+    return stages.vocab_stage(RunDir(out), preset, count_paths)
 
 
 @task(name="numericalize-shard", task_run_name="numericalize {token_shard}", **IO_RETRIES)

@@ -35,7 +35,7 @@ def run(tmp_path_factory, sample_tarball, preset) -> RunDir:
     run = RunDir(tmp_path_factory.mktemp("run"))
     ingested = stages.ingest_stage(run, str(sample_tarball), limit=None, seed=SEED, shard_docs=60)
     tokenized = [stages.tokenize_stage(run, s, preset) for s in ingested["shards"]]
-    vocab = stages.vocab_stage(run, preset)
+    vocab = stages.vocab_stage(run, preset, [t["counts"] for t in tokenized])
     numericalized = [stages.numericalize_stage(run, t["shard"]) for t in tokenized]
     stages.summarize_preprocess(run, tokenized, numericalized, vocab, seconds=1.0)
     stages.lm_stage(run, preset, SEED)

@@ -11,12 +11,14 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from . import __version__
 from .config import Preset
 from .data import load_docs
 from .ingest import ingest, resolve_source
 from .models import encoder_of, load_model_file, save_model
 from .predict import Classifier, evaluate
 from .rundir import RunDir, read_json, write_json
+from .shards import file_sha256, reusable, write_manifest
 from .tokenize import tokenize_shard
 from .train import train_classifier, train_language_model
 from .vocab import Vocab, merge_counts, numericalize_shard
@@ -29,11 +31,20 @@ def ingest_stage(run: RunDir, data: str, limit: int | None, seed: int,
     t0 = time.time()
     source = resolve_source(data)
     result = ingest(source, run.raw, limit=limit, seed=seed, shard_docs=shard_docs)
+    _prune_stale(run, {Path(p).stem for p in result.shards})
     summary = {"source": str(source), "limit": limit, "seed": seed, "shards": result.shards,
                "docs": result.docs, "groups": result.groups, "skipped": result.skipped,
                "seconds": time.time() - t0}
     write_json(run.raw / INGEST_MANIFEST, summary)
     return summary
+
+
+def _prune_stale(run: RunDir, stems: set[str]) -> None:
+    """Remove token and id shards (and their side files) left from raw shards that are gone."""
+    for folder in (run.tokens, run.ids):
+        for path in folder.glob("*-*.*") if folder.exists() else []:
+            if "part-" + path.stem.split("-")[-1] not in stems:
+                path.unlink()
 
 
 def token_paths(run: RunDir, raw_shard: str | Path) -> tuple[Path, Path]:
@@ -42,24 +53,46 @@ def token_paths(run: RunDir, raw_shard: str | Path) -> tuple[Path, Path]:
     return run.tokens / f"{stem}.parquet", run.tokens / f"counts-{stem[5:]}.parquet"
 
 
+def _tokenizer_settings(preset: Preset) -> dict:
+    import fastai
+    import spacy
+
+    return {"tokenizer": vars(preset.tokenizer), "fastai": fastai.__version__,
+            "spacy": spacy.__version__, "ulmfit": __version__}
+
+
 def tokenize_stage(run: RunDir, raw_shard: str, preset: Preset) -> dict:
+    """Tokenize one raw shard, or reuse its token shard if made from the same input and settings."""
     out, counts = token_paths(run, raw_shard)
+    inputs, settings = {Path(raw_shard).name: file_sha256(raw_shard)}, _tokenizer_settings(preset)
+    summary = reusable(out, inputs, settings)
+    if summary is not None:
+        return {**summary, "reused": True}
     t0 = time.time()
-    result = tokenize_shard(raw_shard, out, counts, preset.tokenizer)
-    return {**result, "shard": str(out), "seconds": time.time() - t0}
+    summary = {**tokenize_shard(raw_shard, out, counts, preset.tokenizer), "shard": str(out),
+               "counts": str(counts), "seconds": time.time() - t0}
+    write_manifest(out, [out, counts], inputs, settings, summary)
+    return {**summary, "reused": False}
 
 
-def vocab_stage(run: RunDir, preset: Preset) -> dict:
-    counts = merge_counts(sorted(run.tokens.glob("counts-*.parquet")))
+def vocab_stage(run: RunDir, preset: Preset, count_paths: list[str]) -> dict:
+    counts = merge_counts(count_paths)
     vocab = Vocab.from_counts(counts, preset.vocab.max_vocab, preset.vocab.min_freq)
     vocab.save(run.vocab)
     return {"size": len(vocab), "distinct_tokens": len(counts), "path": str(run.vocab)}
 
 
 def numericalize_stage(run: RunDir, token_shard: str) -> dict:
-    vocab = Vocab.load(run.require(run.vocab, "vocab"))
+    """Encode one token shard with the vocab, or reuse its id shard if both are unchanged."""
     out = run.ids / Path(token_shard).name
-    return {**numericalize_shard(token_shard, vocab, out), "shard": str(out)}
+    vocab_path = run.require(run.vocab, "vocab")
+    inputs = {Path(token_shard).name: file_sha256(token_shard), "vocab.json": file_sha256(vocab_path)}
+    summary = reusable(out, inputs, {})
+    if summary is not None:
+        return {**summary, "reused": True}
+    summary = {**numericalize_shard(token_shard, Vocab.load(vocab_path), out), "shard": str(out)}
+    write_manifest(out, [out], inputs, {}, summary)
+    return {**summary, "reused": False}
 
 
 def summarize_preprocess(run: RunDir, tokenized: list[dict], numericalized: list[dict],
@@ -74,6 +107,8 @@ def summarize_preprocess(run: RunDir, tokenized: list[dict], numericalized: list
         "skipped_examples": manifest["skipped"]["examples"],
         "groups": manifest["groups"],
         "shards": len(tokenized),
+        "reused_shards": {"tokens": sum(r["reused"] for r in tokenized),
+                          "ids": sum(r["reused"] for r in numericalized)},
         "source": manifest["source"],
         "vocab_size": vocab["size"],
         "distinct_tokens": vocab["distinct_tokens"],

@@ -1,0 +1,54 @@
+"""Verifiable shards: a manifest beside each output records what made it, so reruns can reuse it.
+
+`part-00000.parquet` gets `part-00000.json` holding the SHA-256 of every file the step wrote,
+the SHA-256 of every input it read, and the settings it ran with. A rerun reuses the outputs only
+if the inputs and settings are unchanged and every output still matches its hash; otherwise the
+step runs again. The manifest is written last, so an interrupted step never looks finished.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+
+from .rundir import read_json, write_json
+
+log = logging.getLogger("ulmfit")
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def manifest_path(shard: str | Path) -> Path:
+    return Path(shard).with_suffix(".json")
+
+
+def write_manifest(shard: str | Path, outputs: list[str | Path], inputs: dict[str, str],
+                   settings: dict, summary: dict) -> dict:
+    """Record `outputs` (by hash), the hashes of `inputs` and `settings` beside `shard`."""
+    manifest = {"outputs": {Path(p).name: file_sha256(p) for p in outputs}, "inputs": inputs,
+                "settings": settings, "summary": summary}
+    write_json(manifest_path(shard), manifest)
+    return manifest
+
+
+def reusable(shard: str | Path, inputs: dict[str, str], settings: dict) -> dict | None:
+    """The shard's summary if it was made from the same inputs and settings and is intact."""
+    path = manifest_path(shard)
+    if not path.exists():
+        return None
+    manifest = read_json(path)
+    if manifest.get("inputs") != inputs or manifest.get("settings") != settings:
+        return None
+    folder = path.parent
+    for name, sha in manifest["outputs"].items():
+        if not (folder / name).exists() or file_sha256(folder / name) != sha:
+            log.warning("%s fails its hash check; recomputing it", folder / name)
+            return None
+    return manifest["summary"]
