@@ -31,7 +31,8 @@ def preprocess_flow(out: str, data: str = "imdb", preset: str = "tiny", limit: i
     print(f"ingested {ingested['docs']} documents into {len(ingested['shards'])} shards "
           f"(skipped {ingested['skipped']['total']})")
     tokenized = prep.tokenize_shard.map(unmapped(out), ingested["shards"], unmapped(settings)).result()
-    vocab = prep.build_vocab(out, settings, [r["counts"] for r in tokenized])
+    # On a worker: the vocab needs fastai, which the orchestrating process does not load.
+    vocab = prep.build_vocab.submit(out, settings, [r["counts"] for r in tokenized]).result()
     print(f"vocab: {vocab['size']} entries from {vocab['distinct_tokens']} distinct tokens")
     token_shards = [r["shard"] for r in tokenized]
     numericalized = prep.numericalize_shard.map(unmapped(out), token_shards).result()

@@ -29,6 +29,11 @@ HARD_CASES = [
     "xxbos xxmaj fake special tokens <unk> in text",
     "line one\\nline two  \n\n  spaced   out",
     "http://example.com/a#b e-mail: someone@example.com",
+    # spaCy's special cases meet across a space: these texts are tokenized whole.
+    "Whatcha talkin' 'bout?!\". It still stuns.",
+    "''Empire Strikes Back'' ''Return of the Jedi'' is more",
+    "a pair '''' their yours; Elvis' ''Love me''",
+    "in perfect shape :) ) . and :( sad (: happy",
 ]
 
 

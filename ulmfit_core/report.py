@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from .predict import LanguageModel
 from .rundir import RunDir, read_json, write_json, write_text
 
 PROMPT = "I liked this movie because"
@@ -104,6 +103,8 @@ def write_report(run: RunDir, params: dict, seed: int = 0) -> dict:
     metrics = collect_metrics(run, params)
     samples = []
     if (run.lm / "model.pth").exists():
+        from .predict import LanguageModel
+
         samples = LanguageModel.load(run.lm).generate(PROMPT, n_words=40, temperature=0.75, n=2, seed=seed)
     metrics["samples"] = samples
     write_json(run.metrics, metrics)

@@ -2,6 +2,9 @@
 
 Each stage reads what earlier stages wrote under the run directory, writes its own outputs there
 (atomically), and returns a small JSON-able summary. The Prefect tasks call these and nothing else.
+
+Modules that load torch, fastai or spaCy are imported inside the stages that use them: the
+orchestrating process runs ingest and the Dask scheduler and should not carry a model stack.
 """
 
 from __future__ import annotations
@@ -15,13 +18,8 @@ from . import __version__
 from .config import Preset
 from .data import load_docs
 from .ingest import ingest, resolve_source
-from .models import encoder_of, load_model_file, save_model
-from .predict import Classifier, evaluate
 from .rundir import RunDir, read_json, write_json
 from .shards import file_sha256, reusable, write_manifest
-from .tokenize import tokenize_shard
-from .train import train_classifier, train_language_model
-from .vocab import Vocab, merge_counts, numericalize_shard
 
 INGEST_MANIFEST = "_ingest.json"
 
@@ -68,6 +66,8 @@ def tokenize_stage(run: RunDir, raw_shard: str, preset: Preset) -> dict:
     summary = reusable(out, inputs, settings)
     if summary is not None:
         return {**summary, "reused": True}
+    from .tokenize import tokenize_shard
+
     t0 = time.time()
     summary = {**tokenize_shard(raw_shard, out, counts, preset.tokenizer), "shard": str(out),
                "counts": str(counts), "seconds": time.time() - t0}
@@ -76,6 +76,8 @@ def tokenize_stage(run: RunDir, raw_shard: str, preset: Preset) -> dict:
 
 
 def vocab_stage(run: RunDir, preset: Preset, count_paths: list[str]) -> dict:
+    from .vocab import Vocab, merge_counts
+
     counts = merge_counts(count_paths)
     vocab = Vocab.from_counts(counts, preset.vocab.max_vocab, preset.vocab.min_freq)
     vocab.save(run.vocab)
@@ -84,6 +86,8 @@ def vocab_stage(run: RunDir, preset: Preset, count_paths: list[str]) -> dict:
 
 def numericalize_stage(run: RunDir, token_shard: str) -> dict:
     """Encode one token shard with the vocab, or reuse its id shard if both are unchanged."""
+    from .vocab import Vocab, numericalize_shard
+
     out = run.ids / Path(token_shard).name
     vocab_path = run.require(run.vocab, "vocab")
     inputs = {Path(token_shard).name: file_sha256(token_shard), "vocab.json": file_sha256(vocab_path)}
@@ -124,6 +128,10 @@ def _copy_vocab(run: RunDir, folder: Path) -> None:
 
 
 def lm_stage(run: RunDir, preset: Preset, seed: int) -> dict:
+    from .models import save_model
+    from .train import train_language_model
+    from .vocab import Vocab
+
     vocab = Vocab.load(run.require(run.vocab, "vocab"))
     docs = load_docs(run.shards(run.ids))  # all text, labels unused
     model, metrics = train_language_model(docs, len(vocab), preset, seed)
@@ -136,6 +144,8 @@ def lm_stage(run: RunDir, preset: Preset, seed: int) -> dict:
 
 def export_stage(run: RunDir) -> dict:
     """The encoder of the fine-tuned LM, with its vocab and model config, for the classifier."""
+    from .models import load_model_file, save_model
+
     payload = load_model_file(run.require(run.lm / "model.pth", "train-lm"), "language_model")
     prefix = "0."
     encoder = {k[len(prefix):]: v for k, v in payload["state_dict"].items() if k.startswith(prefix)}
@@ -148,6 +158,9 @@ def export_stage(run: RunDir) -> dict:
 
 
 def classifier_stage(run: RunDir, preset: Preset, seed: int) -> dict:
+    from .models import load_model_file, save_model
+    from .train import train_classifier
+
     encoder = load_model_file(run.require(run.export / "encoder.pth", "encoder export"), "encoder")
     if encoder["model"] != vars(preset.model):
         raise ValueError(f"the exported encoder has model {encoder['model']}, but preset "
@@ -164,6 +177,8 @@ def classifier_stage(run: RunDir, preset: Preset, seed: int) -> dict:
 
 
 def evaluate_stage(run: RunDir) -> dict:
+    from .predict import Classifier, evaluate
+
     t0 = time.time()
     docs = load_docs(run.shards(run.ids), splits=["test"], labelled=True)
     classifier = Classifier.load(run.classifier)

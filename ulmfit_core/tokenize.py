@@ -40,21 +40,22 @@ _RUNS = re.compile(r"\S+|\s+")
 # Texts where splitting on " " would not give spaCy's runs: whitespace on both sides of a space
 # (one longer whitespace run), two spaces in a row, or a space at either end.
 _IRREGULAR = re.compile(r"\s \s|  |^ | $")
-_SPACE = re.compile(r"\s")
 
 
 class WordTokenizer:
     """spaCy's blank-language tokenizer behind fastai's pre- and post-rules, memoized per piece.
 
-    spaCy tokenizes every whitespace-delimited run of a text independently of its neighbours
-    (its own cache works the same way), so a text's tokens are the concatenation of its pieces'
-    tokens. This tokenizer keeps each piece's final tokens in a bounded cache and asks spaCy only
-    about pieces it has not seen, many at once, instead of building one spaCy Doc per text.
-    The output is identical to fastai's `Tokenizer(SpacyTokenizer())` (tested on real reviews
-    and odd inputs).
+    spaCy tokenizes every whitespace-delimited run of a text on its own (its own cache works
+    the same way), then merges special cases over the whole token sequence: ":" + ")" becomes
+    ":)" even across a space. So a text's tokens are the concatenation of its pieces' tokens
+    unless two neighbouring pieces meet in such a special case; those texts (a few in ten
+    thousand) go to spaCy whole. This tokenizer keeps each piece's final tokens in a bounded
+    cache and asks spaCy only about pieces it has not seen, instead of building one spaCy Doc
+    per text. The output is fastai's `Tokenizer(SpacyTokenizer())` output (tested on real
+    reviews and odd inputs).
     """
 
-    def __init__(self, lang: str = "en", rules=TEXT_RULES, cache_size: int = 500_000,
+    def __init__(self, lang: str = "en", rules=TEXT_RULES, cache_size: int = 200_000,
                  batch_size: int = 256) -> None:
         import spacy
         from spacy.symbols import ORTH
@@ -68,6 +69,12 @@ class WordTokenizer:
         self._spacy = nlp.tokenizer
         self._rules = list(rules)
         self._cache: dict[str, list[str]] = {}
+        self._split_cases = _split_special_cases(nlp)
+        self._adjacent = {pair for parts in self._split_cases.values() for pair in zip(parts, parts[1:])}
+        self._firsts = {a for a, _ in self._adjacent}
+        self._seconds = {b for _, b in self._adjacent}
+        self._ends: dict[str, str] = {}  # piece -> its last affix token, if it may start a match
+        self._starts: dict[str, str] = {}  # piece -> its first affix token, if it may end one
         self._cache_size = cache_size
         self._batch_size = batch_size
 
@@ -90,11 +97,15 @@ class WordTokenizer:
         return [p + " " if p[-1].isspace() else p for p in pieces[:-1]] + pieces[-1:]
 
     def _learn(self, pieces: set[str]) -> None:
-        """Tokenize unseen pieces with spaCy; those without whitespace in one call, joined by " "."""
-        with_space = [p for p in pieces if _SPACE.search(p)]
-        for piece in with_space:
-            self._cache[piece] = [replace_space(t.text) for t in self._spacy(piece)]
-        words = [p for p in pieces if not _SPACE.search(p)]
+        """Tokenize unseen pieces with spaCy: plain words in one call, joined by " ", the rest alone.
+
+        Only purely alphanumeric pieces are joined: spaCy's special cases (emoticons such as ":)",
+        quotes such as "''") are matched over neighbouring tokens, so a piece with punctuation is
+        tokenized on its own, as it is inside its text.
+        """
+        words = [p for p in pieces if p.isalnum()]
+        for piece in pieces.difference(words):
+            self._remember(piece, [replace_space(t.text) for t in self._spacy(piece)])
         if not words:
             return
         text = " ".join(words)
@@ -105,19 +116,47 @@ class WordTokenizer:
             while start >= ends[k]:
                 k += 1
             lists[k].append(text[start:start + length])  # no spaces inside: nothing to replace
-        self._cache.update(zip(words, lists))
+        for word, tokens in zip(words, lists):
+            self._remember(word, tokens)
+
+    def _remember(self, piece: str, tokens: list[str]) -> None:
+        self._cache[piece] = tokens
+        if not tokens:
+            return
+        # spaCy matches special cases on the tokens before they are merged: "''" is "'" "'" then.
+        last = self._split_cases.get(tokens[-1], tokens[-1:])[-1]
+        first = self._split_cases.get(tokens[0], tokens[:1])[0]
+        if last in self._firsts:
+            self._ends[piece] = last
+        if first in self._seconds:
+            self._starts[piece] = first
+
+    def _merges_across(self, pieces: list[str]) -> bool:
+        """Whether two neighbouring pieces could meet in a special case."""
+        ends, starts, adjacent = self._ends, self._starts, self._adjacent
+        last = None
+        for piece in pieces:
+            if last is not None and (last, starts.get(piece)) in adjacent:
+                return True
+            last = ends.get(piece)
+        return False
 
     def tokenize_many(self, texts: list[str]) -> list[list[str]]:
         pieces = [self._pieces(apply_rules(text, self._rules)) for text in texts]
         unseen = {p for doc in pieces for p in doc if p not in self._cache}
         if len(self._cache) + len(unseen) > self._cache_size:
-            self._cache.clear()  # bounded memory on corpora with endless new words
+            for table in (self._cache, self._ends, self._starts):
+                table.clear()  # bounded memory on corpora with endless new words
             unseen = {p for doc in pieces for p in doc}
         if unseen:
             self._learn(unseen)
         cache = self._cache
         out = []
-        for doc in pieces:
+        for text, doc in zip(texts, pieces):
+            if self._merges_across(doc):
+                processed = apply_rules(text, self._rules)
+                out.append([replace_space(t.text) for t in self._spacy(processed)])
+                continue
             tokens: list[str] = []
             for piece in doc:
                 tokens += cache[piece]
@@ -128,6 +167,22 @@ class WordTokenizer:
         texts = iter(texts)
         while batch := list(itertools.islice(texts, self._batch_size)):
             yield from self.tokenize_many(batch)
+
+
+def _split_special_cases(nlp) -> dict[str, list[str]]:
+    """Special cases that affix splitting cuts into several tokens, with those tokens.
+
+    spaCy finds these over the token sequence of a whole text, so one can join the last token
+    of a piece with the first of the next only if that pair sits side by side in it.
+    """
+    from spacy.tokenizer import Tokenizer
+
+    tok = nlp.tokenizer
+    affixes_only = Tokenizer(nlp.vocab, rules={}, prefix_search=tok.prefix_search,
+                             suffix_search=tok.suffix_search, infix_finditer=tok.infix_finditer,
+                             token_match=tok.token_match, url_match=tok.url_match)
+    cases = {case: [t.text for t in affixes_only(case)] for case in tok.rules}
+    return {case: parts for case, parts in cases.items() if len(parts) > 1}
 
 
 @functools.lru_cache(maxsize=4)
