@@ -40,6 +40,8 @@ _RUNS = re.compile(r"\S+|\s+")
 # Texts where splitting on " " would not give spaCy's runs: whitespace on both sides of a space
 # (one longer whitespace run), two spaces in a row, or a space at either end.
 _IRREGULAR = re.compile(r"\s \s|  |^ | $")
+_SPACE = re.compile(r"\s")
+_SEPARATOR = " \n "
 
 
 class WordTokenizer:
@@ -97,25 +99,25 @@ class WordTokenizer:
         return [p + " " if p[-1].isspace() else p for p in pieces[:-1]] + pieces[-1:]
 
     def _learn(self, pieces: set[str]) -> None:
-        """Tokenize unseen pieces with spaCy: plain words in one call, joined by " ", the rest alone.
+        """Tokenize unseen pieces with spaCy, those without whitespace together in one call.
 
-        Only purely alphanumeric pieces are joined: spaCy's special cases (emoticons such as ":)",
-        quotes such as "''") are matched over neighbouring tokens, so a piece with punctuation is
-        tokenized on its own, as it is inside its text.
+        They are joined by " \n ": the newline becomes a token of its own between two pieces, so
+        no special case can join the end of one piece to the start of the next.
         """
-        words = [p for p in pieces if p.isalnum()]
+        words = [p for p in pieces if not _SPACE.search(p)]
         for piece in pieces.difference(words):
             self._remember(piece, [replace_space(t.text) for t in self._spacy(piece)])
         if not words:
             return
-        text = " ".join(words)
-        ends = list(itertools.accumulate(len(w) + 1 for w in words))  # offset after each word's space
+        text = _SEPARATOR.join(words)
+        starts = list(itertools.accumulate((len(w) + len(_SEPARATOR) for w in words[:-1]), initial=0))
         lists: list[list[str]] = [[] for _ in words]
         k = 0
         for start, length in self._spacy(text).to_array([IDX, LENGTH]).tolist():
-            while start >= ends[k]:
+            while k + 1 < len(words) and start >= starts[k + 1]:
                 k += 1
-            lists[k].append(text[start:start + length])  # no spaces inside: nothing to replace
+            if start < starts[k] + len(words[k]):  # not the separator's newline token
+                lists[k].append(text[start:start + length])  # no spaces inside: nothing to replace
         for word, tokens in zip(words, lists):
             self._remember(word, tokens)
 
