@@ -39,6 +39,10 @@ def _add_data(p: argparse.ArgumentParser) -> None:
                    help="tcp://HOST:PORT of a running Dask scheduler (default: a LocalCluster)")
     p.add_argument("--workers", type=int, default=None, help="LocalCluster workers (default: cores)")
     p.add_argument("--shard-docs", type=int, default=2000, help="documents per shard")
+    p.add_argument("--tokenizer", choices=["word", "subword"], default=None,
+                   help="word: spaCy + fastai rules (default); subword: SentencePiece unigram")
+    p.add_argument("--vocab-size", type=int, default=None,
+                   help="subword pieces to learn (default 10,000; 200 to 10,000 are typical)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,14 +85,16 @@ def _run_flow(args: argparse.Namespace) -> int:
     with prefect_api():
         if args.command == "run":
             pipeline.ulmfit_flow(out, args.data, args.preset, args.limit, args.seed,
-                                 args.dask_address, args.workers, args.shard_docs)
+                                 args.dask_address, args.workers, args.shard_docs,
+                                 args.tokenizer, args.vocab_size)
             return 0
         params = {"command": args.command, "preset": args.preset, "seed": args.seed, "out": out}
         with tracked_run(RunDir(out), params):
             if args.command == "preprocess":
                 runner = dask_task_runner(args.dask_address, args.workers)
                 pipeline.preprocess_flow.with_options(task_runner=runner)(
-                    out, args.data, args.preset, args.limit, args.seed, args.shard_docs)
+                    out, args.data, args.preset, args.limit, args.seed, args.shard_docs,
+                    args.tokenizer, args.vocab_size)
             elif args.command == "train-lm":
                 pipeline.train_lm_flow(out, args.preset, args.seed)
             else:

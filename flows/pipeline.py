@@ -23,13 +23,15 @@ from .runtime import dask_task_runner
 
 @flow(name="ulmfit-preprocess", log_prints=True)
 def preprocess_flow(out: str, data: str = "imdb", preset: str = "tiny", limit: int | None = None,
-                    seed: int = 0, shard_docs: int = 2000) -> dict:
-    """Raw shards → token shards (in parallel) → vocab → id shards (in parallel)."""
-    settings = get_preset(preset)
+                    seed: int = 0, shard_docs: int = 2000, tokenizer: str | None = None,
+                    vocab_size: int | None = None) -> dict:
+    """Raw shards → (subword model) → token shards (in parallel) → vocab → id shards (in parallel)."""
+    settings = get_preset(preset, tokenizer, vocab_size)
     t0 = time.time()
     ingested = prep.ingest(out, data, limit, seed, shard_docs)
     print(f"ingested {ingested['docs']} documents into {len(ingested['shards'])} shards "
           f"(skipped {ingested['skipped']['total']})")
+    prep.train_tokenizer.submit(out, settings, seed).result()
     tokenized = prep.tokenize_shard.map(unmapped(out), ingested["shards"], unmapped(settings)).result()
     # On a worker: the vocab needs fastai, which the orchestrating process does not load.
     vocab = prep.build_vocab.submit(out, settings, [r["counts"] for r in tokenized]).result()
@@ -62,12 +64,15 @@ def train_classifier_flow(out: str, preset: str = "tiny", seed: int = 0) -> dict
 @flow(name="ulmfit", log_prints=True)
 def ulmfit_flow(out: str, data: str = "imdb", preset: str = "tiny", limit: int | None = None,
                 seed: int = 0, dask_address: str | None = None, workers: int | None = None,
-                shard_docs: int = 2000) -> dict:
+                shard_docs: int = 2000, tokenizer: str | None = None,
+                vocab_size: int | None = None) -> dict:
     """The whole recipe, from a corpus to a report."""
-    params = {"data": data, "preset": preset, "limit": limit, "seed": seed, "out": out}
+    params = {"data": data, "preset": preset, "limit": limit, "seed": seed, "out": out,
+              "tokenizer": tokenizer or "word", "vocab_size": vocab_size}
     with tracked_run(RunDir(out), params):
         runner = dask_task_runner(dask_address, workers)
-        preprocess_flow.with_options(task_runner=runner)(out, data, preset, limit, seed, shard_docs)
+        preprocess_flow.with_options(task_runner=runner)(out, data, preset, limit, seed, shard_docs,
+                                                         tokenizer, vocab_size)
         train_lm_flow(out, preset, seed)
         train_classifier_flow(out, preset, seed)
         metrics = rep.report(out, params, seed)

@@ -18,6 +18,11 @@ def ingest(out: str, data: str, limit: int | None, seed: int, shard_docs: int) -
     return stages.ingest_stage(RunDir(out), data, limit, seed, shard_docs)
 
 
+@task(name="train-tokenizer", **IO_RETRIES)
+def train_tokenizer(out: str, preset: Preset, seed: int) -> dict:
+    return stages.tokenizer_stage(RunDir(out), preset, seed)
+
+
 @task(name="tokenize-shard", task_run_name="tokenize {raw_shard}", **IO_RETRIES)
 def tokenize_shard(out: str, raw_shard: str, preset: Preset) -> dict:
     return stages.tokenize_stage(RunDir(out), raw_shard, preset)

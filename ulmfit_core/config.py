@@ -134,10 +134,14 @@ PRESETS: dict[str, Preset] = {
 }
 
 
-def get_preset(name: str, **overrides) -> Preset:
-    """The preset called `name`, with top-level fields replaced by `overrides`."""
+def get_preset(name: str, tokenizer: str | None = None, vocab_size: int | None = None) -> Preset:
+    """The preset called `name`, optionally with another tokenizer kind or subword vocab size."""
     try:
         preset = PRESETS[name]
     except KeyError:
         raise ValueError(f"unknown preset '{name}' (choose from {', '.join(PRESETS)})") from None
-    return replace(preset, **overrides) if overrides else preset
+    if tokenizer is None and vocab_size is None:
+        return preset
+    tok = preset.tokenizer
+    return replace(preset, tokenizer=TokenizerConfig(kind=tokenizer or tok.kind, lang=tok.lang,
+                                                     subword_vocab_size=vocab_size or tok.subword_vocab_size))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -75,3 +75,11 @@ def load_docs(id_shards: Sequence[str | Path], splits: Sequence[str] | None = No
     table = dataset.to_table(columns=["id", "label", "ids"], filter=expr)
     return Docs(table.column("id").to_pylist(), _split_lists(table.column("ids")),
                 table.column("label").to_pylist())
+
+
+def iter_raw_texts(raw_shards: Sequence[str | Path], splits: Sequence[str]) -> Iterator[tuple[str, str]]:
+    """(id, text) of the raw documents whose split is in `splits`, one shard in memory at a time."""
+    for shard in raw_shards:
+        table = ds.dataset(str(shard), format="parquet").to_table(
+            columns=["id", "text"], filter=pc.field("split").isin(list(splits)))
+        yield from zip(table.column("id").to_pylist(), table.column("text").to_pylist())

@@ -16,7 +16,10 @@ from fastai.text.learner import decode_spec_tokens
 
 from .config import ClassifierConfig, ModelConfig
 from .models import build_classifier, build_language_model, load_model_file, pad_front
-from .tokenize import word_tokenizer
+from .config import TokenizerConfig
+from .rundir import read_json
+from .subword import detokenize_pieces
+from .tokenize import text_tokenizer
 from .vocab import PAD_ID, UNK_ID, Vocab, FAKE
 
 CLASSIFIER_FILE, LM_FILE, VOCAB_FILE = "model.pth", "model.pth", "vocab.json"
@@ -51,6 +54,13 @@ def evaluate(probs: np.ndarray, labels: Sequence[str], truth: Sequence[str]) -> 
             "labels": list(labels), "confusion": confusion.tolist()}
 
 
+def load_tokenizer(folder: Path):
+    """The tokenizer a model folder was trained with (word tokens when it says nothing)."""
+    spec = folder / "tokenizer.json"
+    config = TokenizerConfig(**read_json(spec)) if spec.exists() else TokenizerConfig()
+    return config, text_tokenizer(config, folder)
+
+
 def _model_dir(path: str | Path, sub: str) -> Path:
     """Accept a run directory or the model folder inside it."""
     path = Path(path)
@@ -67,6 +77,7 @@ class Classifier:
     vocab: Vocab
     labels: list[str]
     device: torch.device
+    tokenizer: object
 
     @classmethod
     def load(cls, path: str | Path, device: str | None = None) -> "Classifier":
@@ -77,13 +88,14 @@ class Classifier:
         model = build_classifier(len(vocab), len(payload["labels"]), ModelConfig(**payload["model"]), cfg)
         model.load_state_dict(payload["state_dict"])
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        return cls(model.to(device).eval(), vocab, list(payload["labels"]), device)
+        return cls(model.to(device).eval(), vocab, list(payload["labels"]), device,
+                   load_tokenizer(folder)[1])
 
     def predict_ids(self, ids: Sequence[np.ndarray], bs: int = 64) -> np.ndarray:
         return predict_proba(self.model, ids, bs, self.device)
 
     def predict_texts(self, texts: Sequence[str], bs: int = 64) -> np.ndarray:
-        tokens = word_tokenizer()(texts)
+        tokens = self.tokenizer(texts)
         return self.predict_ids([self.vocab.encode(t) for t in tokens], bs)
 
 
@@ -92,6 +104,8 @@ class LanguageModel:
     model: torch.nn.Module
     vocab: Vocab
     device: torch.device
+    tokenizer_config: TokenizerConfig
+    tokenizer: object
 
     @classmethod
     def load(cls, path: str | Path, device: str | None = None) -> "LanguageModel":
@@ -101,7 +115,7 @@ class LanguageModel:
         model = build_language_model(len(vocab), ModelConfig(**payload["model"]), payload["drop_mult"])
         model.load_state_dict(payload["state_dict"])
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        return cls(model.to(device).eval(), vocab, device)
+        return cls(model.to(device).eval(), vocab, device, *load_tokenizer(folder))
 
     @torch.no_grad()
     def generate(self, prompt: str, n_words: int = 40, temperature: float = 0.75, n: int = 1,
@@ -112,7 +126,7 @@ class LanguageModel:
         gen = torch.Generator(device="cpu")
         if seed is not None:
             gen.manual_seed(seed)
-        prompt_tokens = next(word_tokenizer()([prompt]))
+        prompt_tokens = next(iter(self.tokenizer([prompt])))
         x = torch.from_numpy(self.vocab.encode(prompt_tokens).astype(np.int64))
         x = x.unsqueeze(0).repeat(n, 1).to(self.device)  # (n, prompt_len)
         banned = [UNK_ID, PAD_ID] + [i for i, t in enumerate(self.vocab.itos) if t == FAKE]
@@ -126,11 +140,14 @@ class LanguageModel:
             out.append(nxt)
             logits = self.model(nxt.to(self.device))[0][:, -1].float()
         generated = torch.cat(out, dim=1).tolist()
-        return [f"{prompt} {detokenize(self.vocab.decode(ids))}" for ids in generated]
+        subword = self.tokenizer_config.kind == "subword"
+        return [f"{prompt} {detokenize(self.vocab.decode(ids), subword)}" for ids in generated]
 
 
-def detokenize(tokens: list[str]) -> str:
+def detokenize(tokens: list[str], subword: bool = False) -> str:
     """Readable text from tokens: xxmaj/xxup/xxrep/xxwrep undone, newlines kept."""
+    if subword:
+        tokens = detokenize_pieces(tokens)
     words = [t for t in decode_spec_tokens(tokens) if t not in ("xxbos", "xxeos")]
     return " ".join(words).replace(" \n ", "\n").strip()
 

@@ -3,6 +3,7 @@
 Everything a run produces lives under one folder:
 
     raw/part-00000.parquet      documents: id, split, label, text
+    tokenizer/                  tokenizer.json (kind, language), spm.model for subwords
     tokens/part-00000.parquet   + tokens (list<string>), and counts-00000.parquet per shard
     ids/part-00000.parquet      + ids (list<int32>)
     vocab.json                  the vocabulary, a JSON list in index order
@@ -36,6 +37,7 @@ class RunDir:
         object.__setattr__(self, "root", Path(root))
 
     raw = property(lambda self: self.root / "raw")
+    tokenizer = property(lambda self: self.root / "tokenizer")
     tokens = property(lambda self: self.root / "tokens")
     ids = property(lambda self: self.root / "ids")
     vocab = property(lambda self: self.root / "vocab.json")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from . import __version__
 from .config import Preset
-from .data import load_docs
+from .data import iter_raw_texts, load_docs, seeded_unit
 from .ingest import ingest, resolve_source
 from .rundir import RunDir, read_json, write_json
 from .shards import file_sha256, reusable, write_manifest
@@ -45,6 +45,40 @@ def _prune_stale(run: RunDir, stems: set[str]) -> None:
                 path.unlink()
 
 
+SUBWORD_SAMPLE_DOCS = 20_000
+
+
+def tokenizer_stage(run: RunDir, preset: Preset, seed: int) -> dict:
+    """Record the tokenizer; for subwords, train SentencePiece on a sample of the training text.
+
+    The sample is every train/unsup document whose seeded draw falls under the share that
+    gives about SUBWORD_SAMPLE_DOCS documents. A model made from the same raw shards and
+    settings is reused.
+    """
+    cfg, folder = preset.tokenizer, run.tokenizer
+    write_json(folder / "tokenizer.json", vars(cfg))
+    if cfg.kind == "word":
+        return {"kind": "word"}
+    from .subword import MODEL_FILE, train_subword_model
+
+    manifest = read_json(run.raw / INGEST_MANIFEST)
+    inputs = {Path(p).name: file_sha256(p) for p in manifest["shards"]}
+    settings = {"tokenizer": vars(cfg), "seed": seed, "sample_docs": SUBWORD_SAMPLE_DOCS}
+    model = folder / MODEL_FILE
+    summary = reusable(model, inputs, settings)
+    if summary is not None:
+        return summary
+    candidates = sum(n for group, n in manifest["groups"].items() if not group.startswith("test/"))
+    share = min(1.0, SUBWORD_SAMPLE_DOCS / max(candidates, 1))
+    docs = iter_raw_texts(manifest["shards"], ["train", "unsup"])
+    texts = (text for doc_id, text in docs if seeded_unit(seed, doc_id, "subword-sample") < share)
+    t0 = time.time()
+    train_subword_model(texts, cfg.subword_vocab_size, folder, cfg.lang)
+    summary = {"kind": "subword", "vocab_size": cfg.subword_vocab_size, "seconds": time.time() - t0}
+    write_manifest(model, [model], inputs, settings, summary)
+    return summary
+
+
 def token_paths(run: RunDir, raw_shard: str | Path) -> tuple[Path, Path]:
     """Where the token shard and the count table of a raw shard go."""
     stem = Path(raw_shard).stem  # part-00000
@@ -63,13 +97,15 @@ def tokenize_stage(run: RunDir, raw_shard: str, preset: Preset) -> dict:
     """Tokenize one raw shard, or reuse its token shard if made from the same input and settings."""
     out, counts = token_paths(run, raw_shard)
     inputs, settings = {Path(raw_shard).name: file_sha256(raw_shard)}, _tokenizer_settings(preset)
+    if preset.tokenizer.kind == "subword":
+        inputs["spm.model"] = file_sha256(run.require(run.tokenizer / "spm.model", "tokenizer"))
     summary = reusable(out, inputs, settings)
     if summary is not None:
         return {**summary, "reused": True}
     from .tokenize import tokenize_shard
 
     t0 = time.time()
-    summary = {**tokenize_shard(raw_shard, out, counts, preset.tokenizer), "shard": str(out),
+    summary = {**tokenize_shard(raw_shard, out, counts, preset.tokenizer, run.tokenizer), "shard": str(out),
                "counts": str(counts), "seconds": time.time() - t0}
     write_manifest(out, [out, counts], inputs, settings, summary)
     return {**summary, "reused": False}
@@ -122,9 +158,13 @@ def summarize_preprocess(run: RunDir, tokenized: list[dict], numericalized: list
     return summary
 
 
-def _copy_vocab(run: RunDir, folder: Path) -> None:
+def _copy_text_assets(run: RunDir, folder: Path) -> None:
+    """Make a model folder self-contained: its vocab and the tokenizer that feeds it."""
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(run.require(run.vocab, "vocab"), folder / "vocab.json")
+    for name in ("tokenizer.json", "spm.model"):
+        if (run.tokenizer / name).exists():
+            shutil.copyfile(run.tokenizer / name, folder / name)
 
 
 def lm_stage(run: RunDir, preset: Preset, seed: int) -> dict:
@@ -135,7 +175,7 @@ def lm_stage(run: RunDir, preset: Preset, seed: int) -> dict:
     vocab = Vocab.load(run.require(run.vocab, "vocab"))
     docs = load_docs(run.shards(run.ids))  # all text, labels unused
     model, metrics = train_language_model(docs, len(vocab), preset, seed)
-    _copy_vocab(run, run.lm)
+    _copy_text_assets(run, run.lm)
     save_model(run.lm / "model.pth", "language_model", model.state_dict(),
                model=vars(preset.model), drop_mult=preset.lm.drop_mult, vocab_size=len(vocab))
     write_json(run.lm / "metrics.json", metrics)
@@ -149,7 +189,7 @@ def export_stage(run: RunDir) -> dict:
     payload = load_model_file(run.require(run.lm / "model.pth", "train-lm"), "language_model")
     prefix = "0."
     encoder = {k[len(prefix):]: v for k, v in payload["state_dict"].items() if k.startswith(prefix)}
-    _copy_vocab(run, run.export)
+    _copy_text_assets(run, run.export)
     path = save_model(run.export / "encoder.pth", "encoder", encoder, model=payload["model"],
                       vocab_size=payload["vocab_size"])
     write_json(run.export / "config.json", {"arch": "AWD_LSTM", "model": payload["model"],
@@ -168,7 +208,7 @@ def classifier_stage(run: RunDir, preset: Preset, seed: int) -> dict:
     docs = load_docs(run.shards(run.ids), splits=["train"], labelled=True)
     model, labels, metrics = train_classifier(docs, encoder["state_dict"], encoder["vocab_size"],
                                               preset, seed)
-    _copy_vocab(run, run.classifier)
+    _copy_text_assets(run, run.classifier)
     save_model(run.classifier / "model.pth", "classifier", model.state_dict(), labels=labels,
                model=vars(preset.model), classifier=preset.to_dict()["classifier"],
                vocab_size=encoder["vocab_size"])

@@ -194,8 +194,26 @@ def word_tokenizer(lang: str = "en") -> WordTokenizer:
     return WordTokenizer(lang)
 
 
-def tokenize_texts(texts: Iterable[str], config: TokenizerConfig = TokenizerConfig()) -> list[list[str]]:
-    return list(word_tokenizer(config.lang)(texts))
+@functools.lru_cache(maxsize=4)
+def _subword_tokenizer(model_path: str):
+    from .subword import SubwordTokenizer
+
+    return SubwordTokenizer(model_path)
+
+
+def text_tokenizer(config: TokenizerConfig, folder: str | Path | None = None):
+    """The tokenizer `config` describes; a subword one reads `spm.model` from `folder`."""
+    if config.kind == "word":
+        return word_tokenizer(config.lang)
+    model = Path(folder or ".") / "spm.model"
+    if not model.exists():
+        raise FileNotFoundError(f"{model} is missing: the subword model is trained during preprocess")
+    return _subword_tokenizer(str(model))
+
+
+def tokenize_texts(texts: Iterable[str], config: TokenizerConfig = TokenizerConfig(),
+                   folder: str | Path | None = None) -> list[list[str]]:
+    return list(text_tokenizer(config, folder)(texts))
 
 
 def _count_table(counts: Counter) -> pa.Table:
@@ -206,13 +224,13 @@ def _count_table(counts: Counter) -> pa.Table:
 
 
 def tokenize_shard(raw_path: str | Path, out_path: str | Path, counts_path: str | Path,
-                   config: TokenizerConfig = TokenizerConfig()) -> dict:
+                   config: TokenizerConfig = TokenizerConfig(), folder: str | Path | None = None) -> dict:
     """Tokenize one raw shard into a token shard and a token-count table.
 
     Returns small figures only (documents, tokens), so that a task's result stays tiny.
     """
     table = pq.read_table(raw_path)
-    tokens = list(word_tokenizer(config.lang)(table.column("text").to_pylist()))
+    tokens = tokenize_texts(table.column("text").to_pylist(), config, folder)
     counts: Counter = Counter()
     for doc in tokens:
         counts.update(doc)
