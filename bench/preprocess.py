@@ -20,13 +20,17 @@ from pathlib import Path
 import psutil
 
 
-def tree_rss(proc: psutil.Process) -> int:
+def tree_rss(proc: psutil.Process, peaks: dict) -> int:
+    """Summed RSS of `proc` and its descendants; records each process's own peak in `peaks`."""
     total = 0
     for p in [proc, *proc.children(recursive=True)]:
         try:
-            total += p.memory_info().rss
-        except psutil.NoSuchProcess:
-            pass
+            rss = p.memory_info().rss
+            name = " ".join(p.cmdline()[1:4])[:70]
+        except psutil.Error:
+            continue
+        total += rss
+        peaks[(p.pid, name)] = max(peaks.get((p.pid, name), 0), rss)
     return total
 
 
@@ -45,9 +49,9 @@ def main() -> None:
         cmd += ["--workers", str(args.workers)] if args.workers else []
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        ps, peak = psutil.Process(proc.pid), 0
+        ps, peak, peaks = psutil.Process(proc.pid), 0, {}
         while proc.poll() is None:
-            peak = max(peak, tree_rss(ps))
+            peak = max(peak, tree_rss(ps, peaks))
             time.sleep(0.1)
         wall = time.perf_counter() - t0
         stderr = proc.stderr.read()
@@ -57,7 +61,9 @@ def main() -> None:
     print(f"documents: {pre['docs']}  tokens: {pre['tokens']}  shards: {pre['shards']}  "
           f"vocab: {pre['vocab_size']}  skipped: {pre['skipped']}")
     print(f"wall: {wall:.1f} s (stages {pre['seconds']:.1f} s)  {pre['docs'] / wall:.0f} docs/s end to end")
-    print(f"peak RSS, all processes: {peak / 2**30:.2f} GiB")
+    print(f"peak RSS, all processes: {peak / 2**30:.2f} GiB; each process's own peak:")
+    for (pid, name), rss in sorted(peaks.items(), key=lambda kv: -kv[1]):
+        print(f"  {rss / 2**20:6.0f} MiB  {name}")
 
 
 if __name__ == "__main__":
