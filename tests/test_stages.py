@@ -157,3 +157,12 @@ def test_core_imports_no_orchestrator():
             "for m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_seeded_training_repeats_exactly(run, preset):
+    docs = load_docs(run.shards(run.ids))
+    one_epoch = replace(preset, lm=replace(preset.lm, epochs=1))
+    vocab_size = len(read_json(run.vocab))
+    _, first = train_language_model(docs, vocab_size, one_epoch, seed=11)
+    _, again = train_language_model(docs, vocab_size, one_epoch, seed=11)
+    assert first["history"] == again["history"]

@@ -19,6 +19,11 @@ from .rundir import atomic_path
 FORMAT = "ulmfit/1"
 
 
+def pick_device() -> torch.device:
+    """CUDA whenever this process can see a GPU, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def lm_config(model: ModelConfig) -> dict:
     return {**awd_lstm_lm_config, **vars(model)}
 

@@ -15,7 +15,7 @@ import torch
 from fastai.text.learner import decode_spec_tokens
 
 from .config import ClassifierConfig, ModelConfig
-from .models import build_classifier, build_language_model, load_model_file, pad_front
+from .models import build_classifier, build_language_model, load_model_file, pad_front, pick_device
 from .config import TokenizerConfig
 from .rundir import read_json
 from .subword import detokenize_pieces
@@ -71,6 +71,17 @@ def _model_dir(path: str | Path, sub: str) -> Path:
     raise FileNotFoundError(f"{path}: no {sub} model here (expected {path / sub / VOCAB_FILE})")
 
 
+def _open(path: str | Path, sub: str, file: str, kind: str | None = None) -> tuple[Path, dict, Vocab]:
+    """A model folder (given directly or as a run directory), its weights file and vocab."""
+    folder = _model_dir(path, sub)
+    return folder, load_model_file(folder / file, kind or sub), Vocab.load(folder / VOCAB_FILE)
+
+
+def _ready(model: torch.nn.Module, payload: dict, device: torch.device) -> torch.nn.Module:
+    model.load_state_dict(payload["state_dict"])
+    return model.to(device).eval()
+
+
 @dataclass
 class Classifier:
     model: torch.nn.Module
@@ -81,14 +92,11 @@ class Classifier:
 
     @classmethod
     def load(cls, path: str | Path, device: str | None = None) -> "Classifier":
-        folder = _model_dir(path, "classifier")
-        payload = load_model_file(folder / CLASSIFIER_FILE, "classifier")
-        vocab = Vocab.load(folder / VOCAB_FILE)
+        folder, payload, vocab = _open(path, "classifier", CLASSIFIER_FILE)
         cfg = ClassifierConfig(**{k: v for k, v in payload["classifier"].items() if k != "stages"})
         model = build_classifier(len(vocab), len(payload["labels"]), ModelConfig(**payload["model"]), cfg)
-        model.load_state_dict(payload["state_dict"])
-        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        return cls(model.to(device).eval(), vocab, list(payload["labels"]), device,
+        device = torch.device(device) if device else pick_device()
+        return cls(_ready(model, payload, device), vocab, list(payload["labels"]), device,
                    load_tokenizer(folder)[1])
 
     def predict_ids(self, ids: Sequence[np.ndarray], bs: int = 64) -> np.ndarray:
@@ -109,13 +117,10 @@ class LanguageModel:
 
     @classmethod
     def load(cls, path: str | Path, device: str | None = None) -> "LanguageModel":
-        folder = _model_dir(path, "lm")
-        payload = load_model_file(folder / LM_FILE, "language_model")
-        vocab = Vocab.load(folder / VOCAB_FILE)
+        folder, payload, vocab = _open(path, "lm", LM_FILE, "language_model")
         model = build_language_model(len(vocab), ModelConfig(**payload["model"]), payload["drop_mult"])
-        model.load_state_dict(payload["state_dict"])
-        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        return cls(model.to(device).eval(), vocab, device, *load_tokenizer(folder))
+        device = torch.device(device) if device else pick_device()
+        return cls(_ready(model, payload, device), vocab, device, *load_tokenizer(folder))
 
     @torch.no_grad()
     def generate(self, prompt: str, n_words: int = 40, temperature: float = 0.75, n: int = 1,

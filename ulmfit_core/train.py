@@ -29,14 +29,10 @@ from fastai.torch_core import set_seed
 from .config import LR_DIV, ClassifierConfig, LMConfig, Preset
 from .data import Docs
 from .ingest import DataError
-from .models import build_classifier, build_language_model, encoder_of, pad_front
+from .models import build_classifier, build_language_model, encoder_of, pad_front, pick_device
 from .vocab import PAD_ID
 
 log = logging.getLogger("ulmfit")
-
-
-def pick_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def use_all_cores() -> int:
