@@ -55,16 +55,19 @@ def tokenizer_stage(run: RunDir, preset: Preset, seed: int) -> dict:
     gives about SUBWORD_SAMPLE_DOCS documents. A model made from the same raw shards and
     settings is reused.
     """
+    from .subword import MODEL_FILE, train_subword_model
+
     cfg, folder = preset.tokenizer, run.tokenizer
     write_json(folder / "tokenizer.json", vars(cfg))
+    model = folder / MODEL_FILE
     if cfg.kind == "word":
+        for stale in (model, model.with_suffix(".json")):  # from an earlier subword run
+            stale.unlink(missing_ok=True)
         return {"kind": "word"}
-    from .subword import MODEL_FILE, train_subword_model
 
     manifest = read_json(run.raw / INGEST_MANIFEST)
     inputs = {Path(p).name: file_sha256(p) for p in manifest["shards"]}
     settings = {"tokenizer": vars(cfg), "seed": seed, "sample_docs": SUBWORD_SAMPLE_DOCS}
-    model = folder / MODEL_FILE
     summary = reusable(model, inputs, settings)
     if summary is not None:
         return summary
@@ -105,8 +108,8 @@ def tokenize_stage(run: RunDir, raw_shard: str, preset: Preset) -> dict:
     from .tokenize import tokenize_shard
 
     t0 = time.time()
-    summary = {**tokenize_shard(raw_shard, out, counts, preset.tokenizer, run.tokenizer), "shard": str(out),
-               "counts": str(counts), "seconds": time.time() - t0}
+    result = tokenize_shard(raw_shard, out, counts, preset.tokenizer, run.tokenizer)
+    summary = {**result, "shard": str(out), "counts": str(counts), "seconds": time.time() - t0}
     write_manifest(out, [out, counts], inputs, settings, summary)
     return {**summary, "reused": False}
 
