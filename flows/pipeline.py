@@ -53,11 +53,14 @@ def train_lm_flow(out: str, preset: str = "tiny", seed: int = 0) -> dict:
 
 @flow(name="ulmfit-train-classifier", log_prints=True)
 def train_classifier_flow(out: str, preset: str = "tiny", seed: int = 0) -> dict:
-    """Gradual unfreezing on the labelled train split, then accuracy on the test split."""
+    """Gradual unfreezing on the labelled train split, then accuracy on the test split, beside
+    the classical NB-LR baseline trained on the same reviews."""
     train.train_classifier(out, get_preset(preset), seed)
     result = train.evaluate(out)
     if result["accuracy"] is not None:
-        print(f"test accuracy {result['accuracy']:.4f} on {result['n']} reviews")
+        base = train.baseline(out)
+        print(f"test accuracy {result['accuracy']:.4f} on {result['n']} reviews "
+              f"(NB-LR baseline {base['accuracy']:.4f})")
     return result
 
 

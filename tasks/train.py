@@ -27,3 +27,8 @@ def train_classifier(out: str, preset: Preset, seed: int) -> dict:
 @task(name="evaluate")
 def evaluate(out: str) -> dict:
     return stages.evaluate_stage(RunDir(out))
+
+
+@task(name="baseline")
+def baseline(out: str) -> dict:
+    return stages.baseline_stage(RunDir(out))

@@ -42,6 +42,7 @@ def run(tmp_path_factory, sample_tarball, preset) -> RunDir:
     stages.export_stage(run)
     stages.classifier_stage(run, preset, SEED)
     stages.evaluate_stage(run)
+    stages.baseline_stage(run)
     write_report(run, {"preset": preset.name, "seed": SEED}, SEED)
     return run
 
@@ -90,6 +91,13 @@ def test_metrics_and_report(run):
     assert all(isinstance(v, float) for k, v in metrics["seconds"].items() if k != "evaluate")
     report = run.report.read_text()
     assert "Test accuracy" in report and "freeze_to(-2)" in report
+    assert "NB-LR baseline on the same split" in report and "![training curves](curves.png)" in report
+    assert (run.root / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert metrics["baseline"]["n"] == 80 and 0 <= metrics["baseline"]["accuracy"] <= 1
+    worst = metrics["test"]["top_losses"]
+    assert len(worst) == 5
+    assert [w["p_label"] for w in worst] == sorted(w["p_label"] for w in worst)
+    assert all(w["id"].startswith("test/") and len(w["text"]) > 20 for w in worst)
     assert len(metrics["samples"]) == 2 and all(s.startswith("I liked this movie because")
                                                 for s in metrics["samples"])
 

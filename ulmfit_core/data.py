@@ -83,3 +83,11 @@ def iter_raw_texts(raw_shards: Sequence[str | Path], splits: Sequence[str]) -> I
         table = ds.dataset(str(shard), format="parquet").to_table(
             columns=["id", "text"], filter=pc.field("split").isin(list(splits)))
         yield from zip(table.column("id").to_pylist(), table.column("text").to_pylist())
+
+
+def load_raw_labelled(raw_shards: Sequence[str | Path], split: str) -> tuple[list[str], list[str], list[str]]:
+    """(ids, texts, labels) of the labelled raw documents of one split."""
+    table = ds.dataset([str(p) for p in raw_shards], format="parquet").to_table(
+        columns=["id", "text", "label"], filter=(pc.field("split") == split) & pc.field("label").is_valid())
+    return (table.column("id").to_pylist(), table.column("text").to_pylist(),
+            table.column("label").to_pylist())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from .rundir import RunDir, read_json, write_json, write_text
+from .rundir import RunDir, atomic_path, read_json, write_json, write_text
 
 PROMPT = "I liked this movie because"
 
@@ -20,6 +20,7 @@ def collect_metrics(run: RunDir, params: dict) -> dict:
     lm = _read(run.lm / "metrics.json") or {}
     clas = _read(run.classifier / "metrics.json") or {}
     test = _read(run.classifier / "test.json") or {}
+    baseline = _read(run.classifier / "baseline.json") or {}
     seconds = {"preprocess": pre.get("seconds"), "lm": lm.get("seconds"),
                "classifier": clas.get("seconds"), "evaluate": test.get("seconds")}
     return {
@@ -31,9 +32,10 @@ def collect_metrics(run: RunDir, params: dict) -> dict:
         "lm": {k: lm.get(k) for k in ("valid_loss", "accuracy", "perplexity", "train_loss",
                                       "epochs", "train_tokens", "tokens_per_s", "history")},
         "classifier": {"stages": [{k: s[k] for k in ("name", "epochs", "lr", "valid_loss", "accuracy",
-                                                     "seconds")} for s in clas.get("stages", [])],
+                                                     "seconds", "history")} for s in clas.get("stages", [])],
                        "labels": clas.get("labels")},
-        "test": {k: test.get(k) for k in ("accuracy", "n", "labels", "confusion")},
+        "test": {k: test.get(k) for k in ("accuracy", "n", "labels", "confusion", "top_losses")},
+        "baseline": baseline or None,
         "seconds": {**seconds, "total": sum(v for v in seconds.values() if v)},
     }
 
@@ -44,16 +46,54 @@ def _fmt(value, spec: str = ".4f") -> str:
     return format(value, spec) if isinstance(value, float) else str(value)
 
 
+def _pct(value) -> str:
+    return "—" if value is None else f"{value * 100:.2f}%"
+
+
+def _cell(text: str, width: int = 160) -> str:
+    """Text fit for one markdown table cell."""
+    text = " ".join(text.replace("<br />", " ").split()).replace("|", "\\|")
+    return text if len(text) <= width else text[:width] + "…"
+
+
+def plot_curves(metrics: dict, path: Path) -> Path:
+    """LM losses per epoch, and classifier validation accuracy per epoch across the stages."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_lm, ax_clas) = plt.subplots(1, 2, figsize=(10, 3.5))
+    history = metrics["lm"].get("history") or []
+    epochs = [h["epoch"] for h in history]
+    for key in ("train_loss", "valid_loss"):
+        ax_lm.plot(epochs, [h[key] for h in history], marker="o", label=key.replace("_", " "))
+    ax_lm.set(title="language model", xlabel="epoch", ylabel="loss")
+    ax_lm.legend()
+    for stage in metrics["classifier"]["stages"]:
+        ax_clas.plot([h["epoch"] for h in stage["history"]], [h["accuracy"] for h in stage["history"]],
+                     marker="o", label=stage["name"])
+    ax_clas.set(title="classifier (validation)", xlabel="epoch", ylabel="accuracy")
+    ax_clas.legend()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=90)
+    plt.close(fig)
+    return path
+
+
 def render_report(metrics: dict, samples: list[str]) -> str:
     run, pre, lm, test = metrics["run"], metrics["preprocess"], metrics["lm"], metrics["test"]
     vocab_size = metrics["vocab"]["size"]
-    acc = test.get("accuracy")
+    acc, base = test.get("accuracy"), metrics.get("baseline") or {}
     lines = [
         "# ULMFiT run report",
         "",
-        f"**Test accuracy: {_fmt(acc * 100 if acc is not None else None, '.2f')}%** on "
-        f"{test.get('n')} reviews · LM perplexity {_fmt(lm.get('perplexity'), '.1f')} · "
+        f"**Test accuracy: {_pct(acc)}** on {test.get('n')} reviews · NB-LR baseline on the same "
+        f"split: {_pct(base.get('accuracy'))} · LM perplexity {_fmt(lm.get('perplexity'), '.1f')} · "
         f"preset `{run.get('preset')}` on `{metrics.get('device')}`",
+        "",
+        "![training curves](curves.png)",
         "",
         "## Data",
         f"- source: `{pre.get('source')}` (limit per split/label: {run.get('limit')}, seed {run.get('seed')})",
@@ -92,6 +132,11 @@ def render_report(metrics: dict, samples: list[str]) -> str:
                     for i, row in enumerate(test["confusion"])]]
     else:
         lines.append("No labelled test split in this corpus.")
+    if test.get("top_losses"):
+        lines += ["", "Reviews the classifier got most wrong:", "",
+                  "| id | label | predicted | p(label) | text |", "|---|---|---|---|---|",
+                  *[f"| {t['id']} | {t['label']} | {t['predicted']} | {t['p_label']:.3f} | "
+                    f"{_cell(t['text'])} |" for t in test["top_losses"]]]
     lines += ["", f"## Generated text (\"{PROMPT}\", temperature 0.75)", ""]
     lines += [f"> {s}" for s in samples] + [""]
     lines += ["## Time (seconds)", "| stage | seconds |", "|---|---|",
@@ -107,6 +152,7 @@ def write_report(run: RunDir, params: dict, seed: int = 0) -> dict:
 
         samples = LanguageModel.load(run.lm).generate(PROMPT, n_words=40, temperature=0.75, n=2, seed=seed)
     metrics["samples"] = samples
+    plot_curves(metrics, run.root / "curves.png")
     write_json(run.metrics, metrics)
     write_text(run.report, render_report(metrics, samples))
     return metrics

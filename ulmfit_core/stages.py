@@ -16,7 +16,7 @@ from pathlib import Path
 
 from . import __version__
 from .config import Preset
-from .data import iter_raw_texts, load_docs, seeded_unit
+from .data import iter_raw_texts, load_docs, load_raw_labelled, seeded_unit
 from .ingest import ingest, resolve_source
 from .rundir import RunDir, read_json, write_json
 from .shards import file_sha256, reusable, write_manifest
@@ -204,6 +204,8 @@ def classifier_stage(run: RunDir, preset: Preset, seed: int) -> dict:
     from .models import load_model_file, save_model
     from .train import train_classifier
 
+    for stale in ("test.json", "baseline.json"):  # scores of an earlier classifier
+        (run.classifier / stale).unlink(missing_ok=True)
     encoder = load_model_file(run.require(run.export / "encoder.pth", "encoder export"), "encoder")
     if encoder["model"] != vars(preset.model):
         raise ValueError(f"the exported encoder has model {encoder['model']}, but preset "
@@ -229,10 +231,35 @@ def evaluate_stage(run: RunDir) -> dict:
     if unknown:
         raise ValueError(f"test split has labels {unknown} that the classifier never saw")
     if len(docs):
-        result = evaluate(classifier.predict_ids(docs.ids), classifier.labels, docs.labels)
+        probs = classifier.predict_ids(docs.ids)
+        result = evaluate(probs, classifier.labels, docs.labels)
+        result["top_losses"] = _top_losses(run, docs, probs, classifier.labels)
     else:
         result = {"n": 0, "accuracy": None, "labels": classifier.labels, "confusion": None}
     result["label_counts"] = dict(Counter(docs.labels))
     result["seconds"] = time.time() - t0
     write_json(run.classifier / "test.json", result)
+    return result
+
+
+def _top_losses(run: RunDir, docs, probs, labels: list[str], k: int = 5) -> list[dict]:
+    """The k test reviews the classifier got most confidently wrong (or least right)."""
+    truth = [labels.index(y) for y in docs.labels]
+    p_true = probs[range(len(truth)), truth]
+    worst = [int(i) for i in p_true.argsort()[:k]]
+    ids, texts, _ = load_raw_labelled(run.shards(run.raw), "test")
+    text_of = dict(zip(ids, texts))
+    return [{"id": docs.doc_ids[i], "label": docs.labels[i], "predicted": labels[int(probs[i].argmax())],
+             "p_label": float(p_true[i]), "text": text_of.get(docs.doc_ids[i], "")[:400]}
+            for i in worst]
+
+
+def baseline_stage(run: RunDir) -> dict:
+    """The classical NB-LR baseline on the same train and test reviews as the classifier."""
+    from .baseline import nb_logistic_regression
+
+    _, train_texts, train_labels = load_raw_labelled(run.shards(run.raw), "train")
+    _, test_texts, test_labels = load_raw_labelled(run.shards(run.raw), "test")
+    result = nb_logistic_regression(train_texts, train_labels, test_texts, test_labels)
+    write_json(run.classifier / "baseline.json", result)
     return result
