@@ -29,6 +29,12 @@ def _add_training(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
 
 
+def _add_pretrained(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--pretrained", default="none",
+                   help="LM start: none, wt103 (fastai's WikiText-103 weights, downloaded), or a "
+                        "folder/.pth with fastai's .pth weights and .pkl vocabulary")
+
+
 def _add_data(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default="imdb",
                    help="'imdb' ($ULMFIT_IMDB or fastai's download), an aclImdb .tar.gz or folder, "
@@ -50,11 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="all stages: preprocess, LM, encoder, classifier, report")
-    _add_run_dir(p), _add_data(p), _add_training(p)
+    _add_run_dir(p), _add_data(p), _add_training(p), _add_pretrained(p)
     p = sub.add_parser("preprocess", help="ingest, tokenize, vocab, numericalize")
     _add_run_dir(p), _add_data(p), _add_training(p)
     p = sub.add_parser("train-lm", help="fine-tune the language model and export its encoder")
-    _add_run_dir(p), _add_training(p)
+    _add_run_dir(p), _add_training(p), _add_pretrained(p)
     p = sub.add_parser("train-classifier", help="train the classifier and evaluate it")
     _add_run_dir(p), _add_training(p)
 
@@ -86,7 +92,7 @@ def _run_flow(args: argparse.Namespace) -> int:
         if args.command == "run":
             pipeline.ulmfit_flow(out, args.data, args.preset, args.limit, args.seed,
                                  args.dask_address, args.workers, args.shard_docs,
-                                 args.tokenizer, args.vocab_size)
+                                 args.tokenizer, args.vocab_size, args.pretrained)
             return 0
         params = {"command": args.command, "preset": args.preset, "seed": args.seed, "out": out}
         with tracked_run(RunDir(out), params):
@@ -96,7 +102,7 @@ def _run_flow(args: argparse.Namespace) -> int:
                     out, args.data, args.preset, args.limit, args.seed, args.shard_docs,
                     args.tokenizer, args.vocab_size)
             elif args.command == "train-lm":
-                pipeline.train_lm_flow(out, args.preset, args.seed)
+                pipeline.train_lm_flow(out, args.preset, args.seed, args.pretrained)
             else:
                 pipeline.train_classifier_flow(out, args.preset, args.seed)
             report(out, params, args.seed)

@@ -42,9 +42,10 @@ def preprocess_flow(out: str, data: str = "imdb", preset: str = "tiny", limit: i
 
 
 @flow(name="ulmfit-train-lm", log_prints=True)
-def train_lm_flow(out: str, preset: str = "tiny", seed: int = 0) -> dict:
-    """Fine-tune the language model on all the text, then export its encoder."""
-    metrics = train.train_lm(out, get_preset(preset), seed)
+def train_lm_flow(out: str, preset: str = "tiny", seed: int = 0, pretrained: str = "none") -> dict:
+    """Fine-tune the language model on all the text (from pretrained weights when given),
+    then export its encoder."""
+    metrics = train.train_lm(out, get_preset(preset), seed, pretrained)
     print(f"language model: valid loss {metrics['valid_loss']:.4f}, accuracy "
           f"{metrics['accuracy']:.4f}, perplexity {metrics['perplexity']:.2f}")
     train.export_encoder(out)
@@ -68,15 +69,15 @@ def train_classifier_flow(out: str, preset: str = "tiny", seed: int = 0) -> dict
 def ulmfit_flow(out: str, data: str = "imdb", preset: str = "tiny", limit: int | None = None,
                 seed: int = 0, dask_address: str | None = None, workers: int | None = None,
                 shard_docs: int = 2000, tokenizer: str | None = None,
-                vocab_size: int | None = None) -> dict:
+                vocab_size: int | None = None, pretrained: str = "none") -> dict:
     """The whole recipe, from a corpus to a report."""
     params = {"data": data, "preset": preset, "limit": limit, "seed": seed, "out": out,
-              "tokenizer": tokenizer or "word", "vocab_size": vocab_size}
+              "tokenizer": tokenizer or "word", "vocab_size": vocab_size, "pretrained": pretrained}
     with tracked_run(RunDir(out), params):
         runner = dask_task_runner(dask_address, workers)
         preprocess_flow.with_options(task_runner=runner)(out, data, preset, limit, seed, shard_docs,
                                                          tokenizer, vocab_size)
-        train_lm_flow(out, preset, seed)
+        train_lm_flow(out, preset, seed, pretrained)
         train_classifier_flow(out, preset, seed)
         metrics = rep.report(out, params, seed)
     print(f"report: {RunDir(out).report}")

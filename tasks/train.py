@@ -10,8 +10,8 @@ from ulmfit_core.rundir import RunDir
 
 
 @task(name="train-language-model")
-def train_lm(out: str, preset: Preset, seed: int) -> dict:
-    return stages.lm_stage(RunDir(out), preset, seed)
+def train_lm(out: str, preset: Preset, seed: int, pretrained: str) -> dict:
+    return stages.lm_stage(RunDir(out), preset, seed, pretrained)
 
 
 @task(name="export-encoder")

@@ -170,14 +170,20 @@ def _copy_text_assets(run: RunDir, folder: Path) -> None:
             shutil.copyfile(run.tokenizer / name, folder / name)
 
 
-def lm_stage(run: RunDir, preset: Preset, seed: int) -> dict:
+def lm_stage(run: RunDir, preset: Preset, seed: int, pretrained: str = "none") -> dict:
+    """Fine-tune the LM on all text; `pretrained` is "none", "wt103" or a weights folder/file."""
     from .models import save_model
+    from .pretrained import load_pretrained
     from .train import train_language_model
     from .vocab import Vocab
 
     vocab = Vocab.load(run.require(run.vocab, "vocab"))
+    start, source = None, None
+    if pretrained != "none":
+        start, source = load_pretrained(pretrained, vocab.itos, preset.model)
     docs = load_docs(run.shards(run.ids))  # all text, labels unused
-    model, metrics = train_language_model(docs, len(vocab), preset, seed)
+    model, metrics = train_language_model(docs, len(vocab), preset, seed, pretrained=start)
+    metrics["pretrained"] = source
     _copy_text_assets(run, run.lm)
     save_model(run.lm / "model.pth", "language_model", model.state_dict(),
                model=vars(preset.model), drop_mult=preset.lm.drop_mult, vocab_size=len(vocab))

@@ -117,9 +117,22 @@ def lm_dataloaders(train: Docs, valid: Docs, cfg: LMConfig, device: torch.device
     )
 
 
+def _load_pretrained(model: torch.nn.Module, state: dict) -> None:
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    # WeightDropout rebuilds "module.weight_hh" from "weight_hh_raw"; nothing else may be absent.
+    missing = [k for k in missing if ".module.weight_hh_l" not in k]
+    if missing or unexpected:
+        raise DataError(f"pretrained weights do not fit this model (missing {missing[:3]}, "
+                        f"unexpected {unexpected[:3]}): choose the preset they were trained with")
+
+
 def train_language_model(docs: Docs, vocab_size: int, preset: Preset, seed: int = 0,
-                         device: torch.device | None = None):
-    """Fit an AWD-LSTM language model with one-cycle; returns (model, metrics)."""
+                         device: torch.device | None = None, pretrained: dict | None = None):
+    """Fit an AWD-LSTM language model with one-cycle; returns (model, metrics).
+
+    From `pretrained` weights (already matched to this vocab), first only the last layer group
+    (embeddings and decoder) trains for one cycle, then everything at a tenth of the rate (fastai).
+    """
     device = device or pick_device()
     threads = use_all_cores()
     set_seed(seed, reproducible=True)
@@ -127,6 +140,8 @@ def train_language_model(docs: Docs, vocab_size: int, preset: Preset, seed: int 
     train, valid = docs.split(cfg.valid_pct, seed, "lm-valid")
     dls = lm_dataloaders(train, valid, cfg, device)
     model = build_language_model(vocab_size, preset.model, cfg.drop_mult)
+    if pretrained is not None:
+        _load_pretrained(model, pretrained)
     learn = LMLearner(dls, model, loss_func=CrossEntropyLossFlat(), splitter=awd_lstm_lm_split,
                       metrics=[accuracy, Perplexity()], wd=cfg.wd, cbs=ProgressLog("lm"))
     learn = _prepare(learn, device, preset.fp16)
@@ -134,16 +149,24 @@ def train_language_model(docs: Docs, vocab_size: int, preset: Preset, seed: int 
              len(train), len(valid), train.n_tokens, valid.n_tokens, len(dls.train), device)
     t0 = time.time()
     with learn.no_bar(), learn.no_logging():
-        learn.fit_one_cycle(cfg.epochs, cfg.lr)
-    history = _history(learn)
+        if pretrained is None:
+            learn.fit_one_cycle(cfg.epochs, cfg.lr)
+            history = _history(learn)
+        else:
+            learn.freeze()
+            learn.fit_one_cycle(1, cfg.lr)
+            history = _history(learn)
+            learn.unfreeze()
+            learn.fit_one_cycle(cfg.epochs, cfg.lr / 10)
+            history += _history(learn, first_epoch=1)
     last = history[-1]
     metrics = {
         "train_docs": len(train), "valid_docs": len(valid),
         "train_tokens": train.n_tokens, "valid_tokens": valid.n_tokens,
         "train_loss": last["train_loss"], "valid_loss": last["valid_loss"],
         "accuracy": last["accuracy"], "perplexity": last["perplexity"],
-        "epochs": cfg.epochs, "history": history, "device": str(device), "threads": threads,
-        "tokens_per_s": cfg.epochs * len(dls.train) * cfg.bs * cfg.seq_len / (time.time() - t0),
+        "epochs": len(history), "history": history, "device": str(device), "threads": threads,
+        "tokens_per_s": len(history) * len(dls.train) * cfg.bs * cfg.seq_len / (time.time() - t0),
         "seconds": time.time() - t0,
     }
     return learn.model.float().eval(), metrics
