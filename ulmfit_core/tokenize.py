@@ -50,8 +50,8 @@ class WordTokenizer:
     spaCy tokenizes every whitespace-delimited run of a text on its own (its own cache works
     the same way), then merges special cases over the whole token sequence: ":" + ")" becomes
     ":)" even across a space. So a text's tokens are the concatenation of its pieces' tokens
-    unless two neighbouring pieces meet in such a special case; those texts (a few in ten
-    thousand) go to spaCy whole. This tokenizer keeps each piece's final tokens in a bounded
+    unless two neighbouring pieces could meet in such a special case; those texts (about 4% of
+    IMDB reviews) go to spaCy whole. This tokenizer keeps each piece's final tokens in a bounded
     cache and asks spaCy only about pieces it has not seen, instead of building one spaCy Doc
     per text. The output is fastai's `Tokenizer(SpacyTokenizer())` output (tested on real
     reviews and odd inputs).
@@ -144,7 +144,8 @@ class WordTokenizer:
         return False
 
     def tokenize_many(self, texts: list[str]) -> list[list[str]]:
-        pieces = [self._pieces(apply_rules(text, self._rules)) for text in texts]
+        processed = [apply_rules(text, self._rules) for text in texts]
+        pieces = [self._pieces(text) for text in processed]
         unseen = {p for doc in pieces for p in doc if p not in self._cache}
         if len(self._cache) + len(unseen) > self._cache_size:
             for table in (self._cache, self._ends, self._starts):
@@ -154,10 +155,9 @@ class WordTokenizer:
             self._learn(unseen)
         cache = self._cache
         out = []
-        for text, doc in zip(texts, pieces):
+        for text, doc in zip(processed, pieces):
             if self._merges_across(doc):
-                processed = apply_rules(text, self._rules)
-                out.append([replace_space(t.text) for t in self._spacy(processed)])
+                out.append([replace_space(t.text) for t in self._spacy(text)])
                 continue
             tokens: list[str] = []
             for piece in doc:
