@@ -50,6 +50,8 @@ class LMConfig:
     wd: float = 0.1
     drop_mult: float = 0.3
     valid_pct: float = 0.1
+    # Train on a seeded sample of documents of about this many tokens (None: all the text).
+    sample_tokens: int | None = None
 
 
 @dataclass(frozen=True)
@@ -91,7 +93,8 @@ class Preset:
     model: ModelConfig = field(default_factory=ModelConfig)
     lm: LMConfig = field(default_factory=LMConfig)
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
-    fp16: bool = True  # mixed precision, used only on CUDA
+    fp16: bool = True  # fp16 mixed precision, used only on CUDA
+    cpu_bf16: bool = False  # bf16 autocast on CPU (about 1.3x faster on AVX-512 BF16 cores)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -113,21 +116,26 @@ PRESETS: dict[str, Preset] = {
                 Stage("unfreeze", None, 2, 2e-3),
             ),
         ),
+        cpu_bf16=True,
     ),
-    # Sized for a 2-core CPU on the full corpus.
+    # The full corpus end to end in under an hour on 2 CPU cores: a small AWD-LSTM, one LM
+    # epoch over an 11M-token sample of the text (about 8k tokens/s in bf16), four classifier
+    # stages as fastai's walkthrough.
     "cpu": Preset(
         name="cpu",
         vocab=VocabConfig(max_vocab=15_000, min_freq=3),
         model=ModelConfig(emb_sz=128, n_hid=384, n_layers=2),
-        lm=LMConfig(bs=64, seq_len=72, epochs=1, lr=1e-2),
+        lm=LMConfig(bs=64, seq_len=72, epochs=1, lr=1e-2, sample_tokens=11_000_000),
         classifier=ClassifierConfig(
             bs=64,
             stages=(
                 Stage("freeze", -1, 1, 2e-2),
                 Stage("freeze_to(-2)", -2, 1, 1e-2),
+                Stage("freeze_to(-3)", -3, 1, 5e-3),
                 Stage("unfreeze", None, 1, 1e-3),
             ),
         ),
+        cpu_bf16=True,
     ),
     # The paper's AWD-LSTM as in fastai's IMDB walkthrough.
     "gpu": Preset(name="gpu"),

@@ -27,7 +27,7 @@ from fastai.text.models.awdlstm import awd_lstm_clas_split, awd_lstm_lm_split
 from fastai.torch_core import set_seed
 
 from .config import LR_DIV, ClassifierConfig, LMConfig, Preset
-from .data import Docs
+from .data import Docs, seeded_unit
 from .ingest import DataError
 from .models import build_classifier, build_language_model, encoder_of, pad_front, pick_device
 from .vocab import PAD_ID
@@ -94,10 +94,58 @@ def _history(learn, first_epoch: int = 0) -> list[dict]:
             for i, vals in enumerate(learn.recorder.values)]
 
 
-def _prepare(learn, device: torch.device, fp16: bool):
-    if device.type == "cuda" and fp16:
+class CPUBFloat16(Callback):
+    """bf16 autocast for the forward pass and loss on the CPU (fastai's MixedPrecision is CUDA
+    only). bf16 has fp32's range, so no loss scaling is needed."""
+
+    order = 10
+
+    def before_batch(self) -> None:
+        self.autocast = torch.autocast("cpu", dtype=torch.bfloat16)
+        self.autocast.__enter__()
+
+    def after_pred(self) -> None:
+        self.learn.pred = _to_float(self.pred)
+
+    def after_loss(self) -> None:
+        self.autocast.__exit__(None, None, None)
+
+    after_cancel_batch = after_loss
+
+
+def _to_float(x):
+    if isinstance(x, (tuple, list)):
+        return type(x)(_to_float(o) for o in x)
+    return x.float() if torch.is_tensor(x) and x.is_floating_point() else x
+
+
+def precision(device: torch.device, preset: Preset) -> str:
+    """fp16 mixed precision on CUDA, bf16 autocast on CPU, or plain fp32, as the preset allows."""
+    if device.type == "cuda":
+        return "fp16" if preset.fp16 else "fp32"
+    return "bf16" if preset.cpu_bf16 else "fp32"
+
+
+def _prepare(learn, device: torch.device, preset: Preset):
+    mode = precision(device, preset)
+    if mode == "fp16":
         learn = learn.to_fp16()
-    return learn
+    elif mode == "bf16":
+        learn.add_cb(CPUBFloat16())
+    return learn, mode
+
+
+def sample_tokens(docs: Docs, budget: int | None, seed: int) -> Docs:
+    """A seeded sample of whole documents with about `budget` tokens (all of them if None)."""
+    if budget is None or docs.n_tokens <= budget:
+        return docs
+    order = sorted(range(len(docs)), key=lambda i: seeded_unit(seed, docs.doc_ids[i], "lm-sample"))
+    keep, total = [False] * len(docs), 0
+    for i in order:
+        if total >= budget:
+            break
+        keep[i], total = True, total + len(docs.ids[i])
+    return docs.subset(keep)
 
 
 def lm_dataloaders(train: Docs, valid: Docs, cfg: LMConfig, device: torch.device) -> DataLoaders:
@@ -137,16 +185,16 @@ def train_language_model(docs: Docs, vocab_size: int, preset: Preset, seed: int 
     threads = use_all_cores()
     set_seed(seed, reproducible=True)
     cfg = preset.lm
-    train, valid = docs.split(cfg.valid_pct, seed, "lm-valid")
+    train, valid = sample_tokens(docs, cfg.sample_tokens, seed).split(cfg.valid_pct, seed, "lm-valid")
     dls = lm_dataloaders(train, valid, cfg, device)
     model = build_language_model(vocab_size, preset.model, cfg.drop_mult)
     if pretrained is not None:
         _load_pretrained(model, pretrained)
     learn = LMLearner(dls, model, loss_func=CrossEntropyLossFlat(), splitter=awd_lstm_lm_split,
                       metrics=[accuracy, Perplexity()], wd=cfg.wd, cbs=ProgressLog("lm"))
-    learn = _prepare(learn, device, preset.fp16)
-    log.info("lm: %d train / %d valid documents (%d / %d tokens), %d batches per epoch on %s",
-             len(train), len(valid), train.n_tokens, valid.n_tokens, len(dls.train), device)
+    learn, mode = _prepare(learn, device, preset)
+    log.info("lm: %d train / %d valid documents (%d / %d tokens), %d batches per epoch on %s (%s)",
+             len(train), len(valid), train.n_tokens, valid.n_tokens, len(dls.train), device, mode)
     t0 = time.time()
     with learn.no_bar(), learn.no_logging():
         if pretrained is None:
@@ -165,7 +213,8 @@ def train_language_model(docs: Docs, vocab_size: int, preset: Preset, seed: int 
         "train_tokens": train.n_tokens, "valid_tokens": valid.n_tokens,
         "train_loss": last["train_loss"], "valid_loss": last["valid_loss"],
         "accuracy": last["accuracy"], "perplexity": last["perplexity"],
-        "epochs": len(history), "history": history, "device": str(device), "threads": threads,
+        "epochs": len(history), "history": history, "device": str(device), "precision": mode,
+        "threads": threads,
         "tokens_per_s": len(history) * len(dls.train) * cfg.bs * cfg.seq_len / (time.time() - t0),
         "seconds": time.time() - t0,
     }
@@ -207,9 +256,9 @@ def train_classifier(docs: Docs, encoder_state: dict, vocab_size: int, preset: P
     encoder_of(model).load_state_dict(encoder_state)
     learn = TextLearner(dls, model, loss_func=CrossEntropyLossFlat(), splitter=awd_lstm_clas_split,
                         metrics=accuracy, wd=cfg.wd, cbs=ProgressLog("classifier"))
-    learn = _prepare(learn, device, preset.fp16)
-    log.info("classifier: %d train / %d valid reviews, labels %s, on %s",
-             len(train), len(valid), labels, device)
+    learn, mode = _prepare(learn, device, preset)
+    log.info("classifier: %d train / %d valid reviews, labels %s, on %s (%s)",
+             len(train), len(valid), labels, device, mode)
     stages, epochs_done, t_all = [], 0, time.time()
     for stage in cfg.stages:
         t0 = time.time()
@@ -228,6 +277,6 @@ def train_classifier(docs: Docs, encoder_state: dict, vocab_size: int, preset: P
         log.info("classifier: stage %s: valid loss %.4f, accuracy %.4f", stage.name,
                  stages[-1]["valid_loss"], stages[-1]["accuracy"])
     metrics = {"train_docs": len(train), "valid_docs": len(valid), "labels": labels,
-               "stages": stages, "device": str(device), "threads": threads,
+               "stages": stages, "device": str(device), "precision": mode, "threads": threads,
                "seconds": time.time() - t_all}
     return learn.model.float().eval(), labels, metrics
