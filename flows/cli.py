@@ -29,6 +29,20 @@ def _add_training(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
 
 
+def _add_direction(p: argparse.ArgumentParser) -> None:
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--backwards", dest="direction", action="store_const", const="backward",
+                       default="forward", help="train a backward LM and classifier (text reversed)")
+    group.add_argument("--bidirectional", dest="direction", action="store_const",
+                       const="bidirectional", help="train both directions and report each and "
+                                                   "their averaged-probability ensemble")
+    p.add_argument("--dask-address", default=None,
+                   help="tcp://HOST:PORT of a running Dask scheduler (default: a LocalCluster)")
+    p.add_argument("--train-resource", default=None, metavar="NAME",
+                   help="run training tasks on the Dask workers started with --resources NAME=1 "
+                        "(e.g. GPU); needs --dask-address")
+
+
 def _add_pretrained(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pretrained", default="none",
                    help="LM start: none, wt103 (fastai's WikiText-103 weights, downloaded), or a "
@@ -41,8 +55,6 @@ def _add_data(p: argparse.ArgumentParser) -> None:
                         "or a .csv/.parquet file with a 'text' column")
     p.add_argument("--limit", type=int, default=None,
                    help="keep at most N documents per (split, label), chosen by the seed")
-    p.add_argument("--dask-address", default=None,
-                   help="tcp://HOST:PORT of a running Dask scheduler (default: a LocalCluster)")
     p.add_argument("--workers", type=int, default=None, help="LocalCluster workers (default: cores)")
     p.add_argument("--shard-docs", type=int, default=2000, help="documents per shard")
     p.add_argument("--tokenizer", choices=["word", "subword"], default=None,
@@ -56,13 +68,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="all stages: preprocess, LM, encoder, classifier, report")
-    _add_run_dir(p), _add_data(p), _add_training(p), _add_pretrained(p)
+    _add_run_dir(p), _add_data(p), _add_training(p), _add_pretrained(p), _add_direction(p)
     p = sub.add_parser("preprocess", help="ingest, tokenize, vocab, numericalize")
     _add_run_dir(p), _add_data(p), _add_training(p)
+    p.add_argument("--dask-address", default=None,
+                   help="tcp://HOST:PORT of a running Dask scheduler (default: a LocalCluster)")
     p = sub.add_parser("train-lm", help="fine-tune the language model and export its encoder")
-    _add_run_dir(p), _add_training(p), _add_pretrained(p)
+    _add_run_dir(p), _add_training(p), _add_pretrained(p), _add_direction(p)
     p = sub.add_parser("train-classifier", help="train the classifier and evaluate it")
-    _add_run_dir(p), _add_training(p)
+    _add_run_dir(p), _add_training(p), _add_direction(p)
 
     p = sub.add_parser("predict", help="classify texts with a trained classifier")
     p.add_argument("--model", required=True, help="run directory or its classifier/ folder")
@@ -70,6 +84,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", help="CSV or Parquet file with a 'text' column")
     p.add_argument("--output", help="where to write --input's rows with predictions (.csv/.parquet)")
     p.add_argument("--bs", type=int, default=64)
+
+    p = sub.add_parser("serve", help="serve the pipeline and preprocessing on their schedules "
+                                      "from this process (one machine; see deployments/ for pools)")
+    _add_run_dir(p), _add_data(p), _add_training(p)
+    p.add_argument("--dask-address", default=None,
+                   help="tcp://HOST:PORT of a running Dask scheduler (default: a LocalCluster)")
+    p.add_argument("--cron", default="0 2 * * *", help="schedule of the full pipeline (UTC)")
+    p.add_argument("--preprocess-cron", default="0 * * * *",
+                   help="schedule of preprocessing alone (UTC), keeping shards and vocab current")
+
+    p = sub.add_parser("lineage", help="what made each artifact of a run, as a tree")
+    p.add_argument("run", help="run directory")
+    p.add_argument("--artifact", default=None,
+                   help="start from this artifact (a path inside the run, e.g. classifier/model.pth)")
+    p.add_argument("--json", action="store_true", help="print lineage.json instead")
 
     p = sub.add_parser("generate", help="continue a prompt with the fine-tuned language model")
     p.add_argument("--model", required=True, help="run directory or its lm/ folder")
@@ -83,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _run_flow(args: argparse.Namespace) -> int:
     from flows import pipeline
-    from flows.runtime import dask_task_runner, prefect_api
+    from flows.runtime import prefect_api, training_runner
     from tasks.report import report
     from ulmfit_core.rundir import RunDir, tracked_run
 
@@ -92,20 +121,47 @@ def _run_flow(args: argparse.Namespace) -> int:
         if args.command == "run":
             pipeline.ulmfit_flow(out, args.data, args.preset, args.limit, args.seed,
                                  args.dask_address, args.workers, args.shard_docs,
-                                 args.tokenizer, args.vocab_size, args.pretrained)
+                                 args.tokenizer, args.vocab_size, args.pretrained, args.direction,
+                                 args.train_resource)
             return 0
-        params = {"command": args.command, "preset": args.preset, "seed": args.seed, "out": out}
+        if args.command == "preprocess":
+            pipeline.preprocess_job(out, args.data, args.preset, args.limit, args.seed,
+                                    args.dask_address, args.workers, args.shard_docs,
+                                    args.tokenizer, args.vocab_size)
+            return 0
+        params = {"command": args.command, "preset": args.preset, "seed": args.seed, "out": out,
+                  "direction": args.direction}
+        trainer = training_runner(args.dask_address, args.train_resource)
         with tracked_run(RunDir(out), params):
-            if args.command == "preprocess":
-                runner = dask_task_runner(args.dask_address, args.workers)
-                pipeline.preprocess_flow.with_options(task_runner=runner)(
-                    out, args.data, args.preset, args.limit, args.seed, args.shard_docs,
-                    args.tokenizer, args.vocab_size)
-            elif args.command == "train-lm":
-                pipeline.train_lm_flow(out, args.preset, args.seed, args.pretrained)
+            if args.command == "train-lm":
+                pipeline.train_lm_flow.with_options(task_runner=trainer)(
+                    out, args.preset, args.seed, args.pretrained, args.direction, args.train_resource)
             else:
-                pipeline.train_classifier_flow(out, args.preset, args.seed)
+                pipeline.train_classifier_flow.with_options(task_runner=trainer)(
+                    out, args.preset, args.seed, args.direction, args.train_resource)
             report(out, params, args.seed)
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    """Both flows as served deployments with cron schedules, until interrupted."""
+    from prefect import serve
+
+    from flows import pipeline
+    from flows.runtime import prefect_api
+
+    out = str(Path(args.out).resolve())
+    common = {"out": out, "data": args.data, "preset": args.preset, "limit": args.limit,
+              "seed": args.seed, "dask_address": args.dask_address, "workers": args.workers,
+              "shard_docs": args.shard_docs, "tokenizer": args.tokenizer,
+              "vocab_size": args.vocab_size}
+    with prefect_api() as api:
+        print(f"serving on the Prefect API at {api}; Ctrl-C stops")
+        serve(pipeline.ulmfit_flow.to_deployment(name="ulmfit-scheduled", cron=args.cron,
+                                                 parameters=common, tags=["ulmfit"]),
+              pipeline.preprocess_job.to_deployment(name="preprocess-scheduled",
+                                                    cron=args.preprocess_cron,
+                                                    parameters=common, tags=["ulmfit"]))
     return 0
 
 
@@ -147,15 +203,40 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _lineage(args: argparse.Namespace) -> int:
+    import json
+
+    from ulmfit_core.lineage import build_lineage, render_lineage
+    from ulmfit_core.rundir import RunDir
+
+    root = Path(args.run)
+    if not (root / "raw" / "_ingest.json").exists():
+        raise FileNotFoundError(f"{root}: not a run directory (no raw/_ingest.json)")
+    lineage = build_lineage(RunDir(root.resolve()))
+    print(json.dumps(lineage, indent=2) if args.json else render_lineage(lineage, args.artifact))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "serve":
+            get_preset(args.preset)
+            check_source(resolve_source(args.data))
+            return _serve(args)
         if args.command in ("run", "preprocess", "train-lm", "train-classifier"):
             get_preset(args.preset)  # fail before any server or cluster starts
+            if getattr(args, "train_resource", None) and not args.dask_address:
+                raise ValueError("--train-resource needs --dask-address (the cluster whose "
+                                 "workers declare the resource)")
+            if getattr(args, "direction", "forward") == "bidirectional" and getattr(args, "pretrained", "none") not in (
+                    "none", "wt103"):
+                raise ValueError("--bidirectional with --pretrained PATH: one folder holds one "
+                                 "direction's weights; use wt103 or none")
             if args.command in ("run", "preprocess"):
                 check_source(resolve_source(args.data))
             return _run_flow(args)
-        return _predict(args) if args.command == "predict" else _generate(args)
+        return {"predict": _predict, "generate": _generate, "lineage": _lineage}[args.command](args)
     except USER_ERRORS as exc:
         print(f"ulmfit: error: {exc}", file=sys.stderr)
         return 2

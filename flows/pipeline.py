@@ -1,24 +1,30 @@
 """The ULMFiT pipeline as Prefect flows.
 
     preprocess      ingest → tokenize shards on Dask → vocab → numericalize shards on Dask
-    train-lm        fine-tune the AWD-LSTM language model → export its encoder
-    train-classifier  staged classifier on the encoder → evaluate on the test split
+    train-lm        fine-tune the AWD-LSTM language model(s) → export the encoder(s)
+    train-classifier  staged classifier(s) on the encoder(s) → evaluate on the test split
+                    (→ forward + backward ensemble) → NB-LR baseline
     ulmfit          all three, then the report
 """
 
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 
+import dask
 from prefect import flow, unmapped
+from prefect.futures import as_completed
 
 from tasks import preprocess as prep
-from tasks import report as rep
 from tasks import train
+from tasks.common import materializing, progress_artifact
+from tasks.report import report
+from ulmfit_core.ingest import resolve_source
 from ulmfit_core.config import get_preset
 from ulmfit_core.rundir import RunDir, tracked_run
 
-from .runtime import dask_task_runner
+from .runtime import dask_task_runner, training_runner
 
 
 @flow(name="ulmfit-preprocess", log_prints=True)
@@ -28,57 +34,156 @@ def preprocess_flow(out: str, data: str = "imdb", preset: str = "tiny", limit: i
     """Raw shards → (subword model) → token shards (in parallel) → vocab → id shards (in parallel)."""
     settings = get_preset(preset, tokenizer, vocab_size)
     t0 = time.time()
-    ingested = prep.ingest(out, data, limit, seed, shard_docs)
+    ingested = materializing(prep.ingest, out, ["raw"], [str(resolve_source(data))])(
+        out, data, limit, seed, shard_docs)
     print(f"ingested {ingested['docs']} documents into {len(ingested['shards'])} shards "
           f"(skipped {ingested['skipped']['total']})")
-    prep.train_tokenizer.submit(out, settings, seed).result()
-    tokenized = prep.tokenize_shard.map(unmapped(out), ingested["shards"], unmapped(settings)).result()
+    materializing(prep.train_tokenizer, out, ["tokenizer"], ["raw"]).submit(out, settings, seed).result()
+    futures = materializing(prep.tokenize_shard, out, ["tokens"], ["raw", "tokenizer"]).map(
+        unmapped(out), ingested["shards"], unmapped(settings))
+    progress = progress_artifact("tokenization")
+    for done, _ in enumerate(as_completed(futures), 1):
+        progress(done / len(futures), f"{done}/{len(futures)} shards tokenized")
+    tokenized = futures.result()
     # On a worker: the vocab needs fastai, which the orchestrating process does not load.
-    vocab = prep.build_vocab.submit(out, settings, [r["counts"] for r in tokenized]).result()
+    vocab = materializing(prep.build_vocab, out, ["vocab.json"], ["tokens"]).submit(
+        out, settings, [r["counts"] for r in tokenized]).result()
     print(f"vocab: {vocab['size']} entries from {vocab['distinct_tokens']} distinct tokens")
     token_shards = [r["shard"] for r in tokenized]
-    numericalized = prep.numericalize_shard.map(unmapped(out), token_shards).result()
+    numericalized = materializing(prep.numericalize_shard, out, ["ids"], ["tokens", "vocab.json"]).map(
+        unmapped(out), token_shards).result()
     return prep.summarize(out, tokenized, numericalized, vocab, time.time() - t0)
 
 
+def _rel(run: RunDir, path) -> str:
+    return path.relative_to(run.root).as_posix()
+
+
+DIRECTIONS = {"forward": [False], "backward": [True], "bidirectional": [False, True]}
+
+
+def _directions(direction: str) -> list[bool]:
+    if direction not in DIRECTIONS:
+        raise ValueError(f"unknown direction '{direction}' (choose {', '.join(DIRECTIONS)})")
+    return DIRECTIONS[direction]
+
+
+def _routed(train_resource: str | None):
+    """Send the tasks submitted inside to Dask workers that have `train_resource` (e.g. GPU=1)."""
+    return dask.annotate(resources={train_resource: 1}) if train_resource else nullcontext()
+
+
+def _train(direction: str, train_resource: str | None, submit_chain) -> list:
+    """Submit one chain of training tasks per direction; on a shared cluster the directions run
+    side by side on the workers with the resource, here one after the other (they would fight
+    over the same cores)."""
+    chains = []
+    for backwards in _directions(direction):
+        with _routed(train_resource):
+            chains.append(submit_chain(backwards))
+        if train_resource is None:
+            chains[-1][-1].wait()
+    return [[f.result() for f in chain] for chain in chains]
+
+
 @flow(name="ulmfit-train-lm", log_prints=True)
-def train_lm_flow(out: str, preset: str = "tiny", seed: int = 0, pretrained: str = "none") -> dict:
-    """Fine-tune the language model on all the text (from pretrained weights when given),
-    then export its encoder."""
-    metrics = train.train_lm(out, get_preset(preset), seed, pretrained)
-    print(f"language model: valid loss {metrics['valid_loss']:.4f}, accuracy "
-          f"{metrics['accuracy']:.4f}, perplexity {metrics['perplexity']:.2f}")
-    train.export_encoder(out)
-    return metrics
+def train_lm_flow(out: str, preset: str = "tiny", seed: int = 0, pretrained: str = "none",
+                  direction: str = "forward", train_resource: str | None = None) -> dict:
+    """Fine-tune the language model(s) on all the text (from pretrained weights when given), then
+    export the encoder(s). `direction`: forward, backward or bidirectional (both)."""
+    settings = get_preset(preset)
+
+    def chain(backwards: bool):
+        run = RunDir(out, backwards)
+        lm_file, encoder = _rel(run, run.lm / "model.pth"), _rel(run, run.export / "encoder.pth")
+        lm = materializing(train.train_lm, out, [lm_file], ["vocab.json", "ids"]).submit(
+            out, settings, seed, pretrained, backwards)
+        return lm, materializing(train.export_encoder, out, [encoder], [lm_file]).submit(
+            out, backwards, wait_for=[lm])
+
+    results = {}
+    for backwards, (metrics, _) in zip(_directions(direction), _train(direction, train_resource, chain)):
+        name = train.direction_name(backwards)
+        print(f"{name} language model: valid loss {metrics['valid_loss']:.4f}, accuracy "
+              f"{metrics['accuracy']:.4f}, perplexity {metrics['perplexity']:.2f} "
+              f"(host {metrics['host']}, {metrics['device']}, {metrics['precision']})")
+        results[name] = metrics
+    return results
 
 
 @flow(name="ulmfit-train-classifier", log_prints=True)
-def train_classifier_flow(out: str, preset: str = "tiny", seed: int = 0) -> dict:
+def train_classifier_flow(out: str, preset: str = "tiny", seed: int = 0, direction: str = "forward",
+                          train_resource: str | None = None) -> dict:
     """Gradual unfreezing on the labelled train split, then accuracy on the test split, beside
-    the classical NB-LR baseline trained on the same reviews."""
-    train.train_classifier(out, get_preset(preset), seed)
-    result = train.evaluate(out)
-    if result["accuracy"] is not None:
-        base = train.baseline(out)
-        print(f"test accuracy {result['accuracy']:.4f} on {result['n']} reviews "
-              f"(NB-LR baseline {base['accuracy']:.4f})")
-    return result
+    the classical NB-LR baseline trained on the same reviews (and, for both directions, the
+    ensemble of their averaged probabilities)."""
+    settings = get_preset(preset)
+
+    def chain(backwards: bool):
+        run = RunDir(out, backwards)
+        encoder, model = _rel(run, run.export / "encoder.pth"), _rel(run, run.classifier / "model.pth")
+        clas = materializing(train.train_classifier, out, [model], [encoder, "ids"]).submit(
+            out, settings, seed, backwards)
+        test = _rel(run, run.classifier / "test.json")
+        return clas, materializing(train.evaluate, out, [test], [model, "ids"]).submit(
+            out, backwards, wait_for=[clas])
+
+    results = {}
+    for backwards, (metrics, test) in zip(_directions(direction), _train(direction, train_resource, chain)):
+        name = train.direction_name(backwards)
+        results[name] = test
+        if test["accuracy"] is not None:
+            print(f"{name} classifier: test accuracy {test['accuracy']:.4f} on {test['n']} reviews "
+                  f"(trained on host {metrics['host']}, {metrics['device']}, {metrics['precision']})")
+    if any(r["accuracy"] is not None for r in results.values()):
+        if direction == "bidirectional":
+            results["ensemble"] = materializing(train.ensemble, out, ["ensemble.json"], [
+                "classifier/test.json", "classifier-bwd/test.json"])(out)["ensemble"]
+            print(f"forward + backward ensemble: test accuracy {results['ensemble']['accuracy']:.4f}")
+        first = RunDir(out, _directions(direction)[0])
+        base = materializing(train.baseline, out, [_rel(first, first.classifier / "baseline.json")],
+                             ["raw"])(out, first.backwards)
+        print(f"NB-LR baseline on the same split: {base['accuracy']:.4f}")
+    return results
+
+
+@flow(name="ulmfit-preprocess-job", log_prints=True)
+def preprocess_job(out: str, data: str = "imdb", preset: str = "tiny", limit: int | None = None,
+                   seed: int = 0, dask_address: str | None = None, workers: int | None = None,
+                   shard_docs: int = 2000, tokenizer: str | None = None,
+                   vocab_size: int | None = None) -> dict:
+    """Preprocessing alone, as a run of its own (lock, status, report): what the `cpu` work
+    pool runs on a schedule to keep token shards and vocab current."""
+    params = {"command": "preprocess", "data": data, "preset": preset, "limit": limit,
+              "seed": seed, "out": out, "tokenizer": tokenizer or "word", "vocab_size": vocab_size}
+    with tracked_run(RunDir(out), params):
+        summary = preprocess_flow.with_options(task_runner=dask_task_runner(dask_address, workers))(
+            out, data, preset, limit, seed, shard_docs, tokenizer, vocab_size)
+        report(out, params, seed)
+    return summary
 
 
 @flow(name="ulmfit", log_prints=True)
 def ulmfit_flow(out: str, data: str = "imdb", preset: str = "tiny", limit: int | None = None,
                 seed: int = 0, dask_address: str | None = None, workers: int | None = None,
                 shard_docs: int = 2000, tokenizer: str | None = None,
-                vocab_size: int | None = None, pretrained: str = "none") -> dict:
-    """The whole recipe, from a corpus to a report."""
+                vocab_size: int | None = None, pretrained: str = "none",
+                direction: str = "forward", train_resource: str | None = None) -> dict:
+    """The whole recipe, from a corpus to a report. With `train_resource` (and a Dask cluster
+    whose training workers declare it, e.g. `dask worker --resources GPU=1`), training runs on
+    those workers while tokenization runs anywhere."""
     params = {"data": data, "preset": preset, "limit": limit, "seed": seed, "out": out,
-              "tokenizer": tokenizer or "word", "vocab_size": vocab_size, "pretrained": pretrained}
+              "tokenizer": tokenizer or "word", "vocab_size": vocab_size, "pretrained": pretrained,
+              "direction": direction, "train_resource": train_resource}
+    _directions(direction)
     with tracked_run(RunDir(out), params):
         runner = dask_task_runner(dask_address, workers)
         preprocess_flow.with_options(task_runner=runner)(out, data, preset, limit, seed, shard_docs,
                                                          tokenizer, vocab_size)
-        train_lm_flow(out, preset, seed, pretrained)
-        train_classifier_flow(out, preset, seed)
-        metrics = rep.report(out, params, seed)
+        train_lm_flow.with_options(task_runner=training_runner(dask_address, train_resource))(
+            out, preset, seed, pretrained, direction, train_resource)
+        train_classifier_flow.with_options(task_runner=training_runner(dask_address, train_resource))(
+            out, preset, seed, direction, train_resource)
+        metrics = report(out, params, seed)
     print(f"report: {RunDir(out).report}")
     return metrics

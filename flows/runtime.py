@@ -7,6 +7,7 @@ import os
 from contextlib import contextmanager
 from typing import Iterator
 
+from prefect.task_runners import ThreadPoolTaskRunner
 from prefect_dask import DaskTaskRunner
 
 log = logging.getLogger("ulmfit")
@@ -26,6 +27,17 @@ def dask_task_runner(address: str | None = None, workers: int | None = None) -> 
         cluster_kwargs={"n_workers": n, "threads_per_worker": 1, "processes": True,
                         "host": "127.0.0.1", "dashboard_address": "127.0.0.1:0"},
     )
+
+
+def training_runner(address: str | None, train_resource: str | None):
+    """Training tasks run in this process (on its GPU if it has one) unless they are routed to
+    the workers of a Dask cluster that declare `train_resource`."""
+    if train_resource is None:
+        return ThreadPoolTaskRunner(max_workers=2)
+    if not address:
+        raise ValueError("--train-resource routes training to Dask workers that declare it: "
+                         "give the scheduler with --dask-address")
+    return DaskTaskRunner(address=address)
 
 
 @contextmanager

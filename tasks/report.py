@@ -1,18 +1,51 @@
-"""The run summary: metrics.json and report.md, also published as a Prefect markdown artifact."""
+"""The run summary: metrics.json, report.md and lineage.json, also published to the Prefect UI
+(the report as a markdown artifact, the headline figures as a table artifact)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from prefect import task
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from ulmfit_core.report import write_report
 from ulmfit_core.rundir import RunDir
 
+from .common import materializing
+
+SUMMARY_FILES = ["metrics.json", "report.md", "lineage.json"]
+
+
+def _figures(metrics: dict) -> list[dict]:
+    test, lm, base = metrics["test"], metrics["lm"], metrics.get("baseline") or {}
+    rows = [("test accuracy", test.get("accuracy")), ("test reviews", test.get("n")),
+            ("NB-LR baseline accuracy", base.get("accuracy")),
+            ("LM valid loss", lm.get("valid_loss")), ("LM accuracy", lm.get("accuracy")),
+            ("LM perplexity", lm.get("perplexity")), ("vocab size", metrics["vocab"]["size"]),
+            ("documents", metrics["preprocess"].get("docs")),
+            ("tokens", metrics["preprocess"].get("tokens")),
+            ("skipped documents", metrics["preprocess"].get("skipped"))]
+    if metrics.get("ensemble"):
+        rows.insert(0, ("ensemble test accuracy", metrics["ensemble"]["ensemble"]["accuracy"]))
+    rows += [(f"seconds: {k}", v) for k, v in metrics["seconds"].items()]
+    return [{"figure": k, "value": v} for k, v in rows if v is not None]
+
 
 @task(name="report")
-def report(out: str, params: dict, seed: int) -> dict:
+def report_task(out: str, params: dict, seed: int) -> dict:
     run = RunDir(out)
     metrics = write_report(run, params, seed)
     create_markdown_artifact(run.report.read_text(encoding="utf-8"), key="ulmfit-report",
                              description=f"ULMFiT run report for {out}")
+    create_table_artifact(_figures(metrics), key="ulmfit-metrics",
+                          description=f"Headline figures of the run in {out}")
     return metrics
+
+
+def report(out: str, params: dict, seed: int) -> dict:
+    """Run the report task as the materializer of the summary files, downstream of the models
+    and evaluations this run holds."""
+    root = Path(out)
+    reads = [p.relative_to(root).as_posix() for pattern in ("preprocess.json", "*/test.json", "lm*/model.pth")
+             for p in sorted(root.glob(pattern))]
+    return materializing(report_task, out, SUMMARY_FILES, reads)(out, params, seed)

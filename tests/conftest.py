@@ -15,7 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from ulmfit_core import stages
+from ulmfit_core.config import get_preset
 from ulmfit_core.ingest import IMDB_ENV, SkipLog, iter_documents
+from ulmfit_core.rundir import RunDir
 
 GROUPS = ["train/pos", "train/neg", "train/unsup", "test/pos", "test/neg"]
 PER_GROUP = 40
@@ -82,3 +85,17 @@ def sample_tarball(tmp_path_factory, reviews) -> Path:
 @pytest.fixture(scope="session")
 def sample_texts(sample_tarball) -> list[str]:
     return [d["text"] for d in iter_documents(sample_tarball, SkipLog())]
+
+
+@pytest.fixture(scope="session")
+def preprocessed(tmp_path_factory, sample_tarball) -> Path:
+    """The sample preprocessed once (word tokens, 4 shards), by the stage functions; tests that
+    write into a run copy it first (shutil.copytree)."""
+    run = RunDir(tmp_path_factory.mktemp("preprocessed") / "run")
+    preset = get_preset("tiny")
+    ingested = stages.ingest_stage(run, str(sample_tarball), limit=None, seed=0, shard_docs=60)
+    tokenized = [stages.tokenize_stage(run, s, preset) for s in ingested["shards"]]
+    vocab = stages.vocab_stage(run, preset, [t["counts"] for t in tokenized])
+    numericalized = [stages.numericalize_stage(run, t["shard"]) for t in tokenized]
+    stages.summarize_preprocess(run, tokenized, numericalized, vocab, seconds=1.0)
+    return run.root

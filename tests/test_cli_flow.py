@@ -48,7 +48,7 @@ def test_bad_input_fails_fast_with_one_line(tmp_path, sample_tarball):
 def test_run_predict_generate(tmp_path, sample_tarball):
     out = tmp_path / "run"
     result = ulmfit("run", "--data", sample_tarball, "--out", out, "--preset", "tiny", "--limit", 25,
-                    "--workers", 2, "--shard-docs", 40, "--seed", 1)
+                    "--workers", 2, "--shard-docs", 40, "--seed", 1, "--bidirectional")
     assert result.returncode == 0, result.stderr[-5000:]
     assert read_json(out / "run.json")["status"] == "complete"
     metrics = read_json(out / "metrics.json")
@@ -58,7 +58,15 @@ def test_run_predict_generate(tmp_path, sample_tarball):
     assert metrics["lm"]["valid_loss"] < 7 and metrics["test"]["n"] == 50
     assert [s["name"] for s in metrics["classifier"]["stages"]] == ["freeze", "freeze_to(-2)", "unfreeze"]
     assert metrics["device"] == "cpu" and metrics["seconds"]["total"] > 0
-    assert "Test accuracy" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "Test accuracy" in report and "(forward + backward)" in report
+    ensemble = metrics["ensemble"]
+    assert set(ensemble) == {"forward", "backward", "ensemble"}
+    assert ensemble["forward"]["accuracy"] == metrics["test"]["accuracy"]
+    assert ensemble["backward"]["accuracy"] == metrics["backward"]["test"]["accuracy"]
+    assert metrics["lm"]["precision"] == "bf16" and metrics["backward"]["lm"]["perplexity"] > 1
+    lineage = read_json(out / "lineage.json")["artifacts"]
+    assert {"lm-bwd/model.pth", "export-bwd/encoder.pth", "classifier-bwd/model.pth"} <= set(lineage)
     assert len(list((out / "tokens").glob("part-*.parquet"))) == 4
     assert len(list((out / "ids").glob("part-*.parquet"))) == 4
 
@@ -90,7 +98,9 @@ def test_run_predict_generate(tmp_path, sample_tarball):
     again = ulmfit("train-classifier", "--out", out, "--preset", "tiny", "--seed", 2)
     assert again.returncode == 0, again.stderr[-3000:]
     assert read_json(out / "run.json")["params"]["command"] == "train-classifier"
-    assert read_json(out / "metrics.json")["test"]["n"] == 50
+    rerun = read_json(out / "metrics.json")
+    assert rerun["test"]["n"] == 50
+    assert rerun["ensemble"] is None  # the forward classifier changed: the old ensemble is gone
 
 
 @pytest.mark.slow

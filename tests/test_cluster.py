@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -31,7 +32,8 @@ def _wait_for(predicate, timeout: float, what: str):
 class Cluster:
     """A scheduler and single-threaded worker processes, each its own OS process."""
 
-    def __init__(self, tmp: Path, workers: int) -> None:
+    def __init__(self, tmp: Path, workers: int, resources: dict[int, str] | None = None) -> None:
+        resources = resources or {}
         self.file = tmp / "scheduler.json"
         self.procs = [subprocess.Popen(
             [BIN / "dask", "scheduler", "--host", "127.0.0.1", "--port", "0",
@@ -41,7 +43,8 @@ class Cluster:
         self.address = json.loads(self.file.read_text())["address"]
         self.workers = [subprocess.Popen(
             [BIN / "dask", "worker", self.address, "--nthreads", "1", "--no-nanny",
-             "--host", "127.0.0.1", "--name", f"w{i}"],
+             "--host", "127.0.0.1", "--name", f"w{i}",
+             *(["--resources", resources[i]] if i in resources else [])],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for i in range(workers)]
         self.procs += self.workers
         from distributed import Client
@@ -108,3 +111,19 @@ def test_killing_a_worker_mid_tokenization_changes_nothing(cluster, tmp_path, sa
     done = len(list((out / "tokens").glob("part-*.json")))
     assert done == 20
     assert outputs(out) == reference
+
+
+def test_training_is_routed_to_the_worker_with_the_resource(tmp_path, preprocessed):
+    """Tokenization may run on any worker; training only where `--resources GPU=1` was declared."""
+    cluster = Cluster(tmp_path, workers=2, resources={1: "GPU=1"})
+    try:
+        out = tmp_path / "run"
+        shutil.copytree(preprocessed, out)
+        result = ulmfit("train-lm", "--out", out, "--dask-address", cluster.address,
+                        "--train-resource", "GPU", "--seed", 1)
+        assert result.returncode == 0, result.stderr[-3000:]
+        metrics = json.loads((out / "lm" / "metrics.json").read_text())
+        assert metrics["pid"] == cluster.workers[1].pid != cluster.workers[0].pid
+        assert (out / "export" / "encoder.pth").exists()
+    finally:
+        cluster.close()

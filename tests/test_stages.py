@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import shutil
 import subprocess
 import sys
 from dataclasses import replace
@@ -17,7 +18,8 @@ from ulmfit_core.data import load_docs
 from ulmfit_core.models import load_model_file
 from ulmfit_core.predict import Classifier, LanguageModel
 from ulmfit_core.report import write_report
-from ulmfit_core.rundir import RunDir, read_json
+from ulmfit_core.rundir import RunDir, RunInUse, read_json, tracked_run
+from ulmfit_core.shards import file_sha256
 from ulmfit_core.train import classifier_dataloaders, lm_dataloaders, train_language_model
 from ulmfit_core.vocab import PAD_ID
 
@@ -31,13 +33,9 @@ def preset():
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, sample_tarball, preset) -> RunDir:
-    run = RunDir(tmp_path_factory.mktemp("run"))
-    ingested = stages.ingest_stage(run, str(sample_tarball), limit=None, seed=SEED, shard_docs=60)
-    tokenized = [stages.tokenize_stage(run, s, preset) for s in ingested["shards"]]
-    vocab = stages.vocab_stage(run, preset, [t["counts"] for t in tokenized])
-    numericalized = [stages.numericalize_stage(run, t["shard"]) for t in tokenized]
-    stages.summarize_preprocess(run, tokenized, numericalized, vocab, seconds=1.0)
+def run(tmp_path_factory, preprocessed, preset) -> RunDir:
+    run = RunDir(tmp_path_factory.mktemp("stages") / "run")
+    shutil.copytree(preprocessed, run.root)
     stages.lm_stage(run, preset, SEED)
     stages.export_stage(run)
     stages.classifier_stage(run, preset, SEED)
@@ -173,4 +171,76 @@ def test_seeded_training_repeats_exactly(run, preset):
     vocab_size = len(read_json(run.vocab))
     _, first = train_language_model(docs, vocab_size, one_epoch, seed=11)
     _, again = train_language_model(docs, vocab_size, one_epoch, seed=11)
-    assert first["history"] == again["history"]
+    def drop_time(history):
+        return [{k: v for k, v in h.items() if k != "seconds"} for h in history]
+
+    assert drop_time(first["history"]) == drop_time(again["history"])
+
+
+def test_rerun_reuses_every_unchanged_stage(run, preset):
+    counts = sorted(str(p) for p in run.tokens.glob("counts-*.parquet"))
+    assert stages.vocab_stage(run, preset, counts)["reused"]
+    assert stages.lm_stage(run, preset, SEED)["reused"]
+    assert stages.export_stage(run)["reused"]
+    assert stages.classifier_stage(run, preset, SEED)["reused"]
+    assert stages.evaluate_stage(run)["reused"]
+
+
+def test_a_changed_setting_recomputes_that_stage_and_what_follows(run, preset, tmp_path):
+    copy = RunDir(tmp_path / "run")
+    shutil.copytree(run.root, copy.root)
+    before = read_json(copy.classifier / "test.json")
+    assert stages.lm_stage(copy, preset, SEED)["reused"]
+    changed = replace(preset, classifier=replace(preset.classifier, drop_mult=0.3))
+    assert not stages.classifier_stage(copy, changed, SEED)["reused"]
+    after = stages.evaluate_stage(copy)
+    assert not after["reused"] and after["n"] == before["n"]
+    assert stages.classifier_stage(copy, changed, SEED)["reused"]  # and now that one is current
+
+
+def test_lineage_links_every_artifact_to_its_inputs(run):
+    lineage = read_json(run.root / "lineage.json")
+    assert lineage["code"]["ulmfit"] and "torch" in lineage["libraries"]
+    art = lineage["artifacts"]
+
+    def inputs(path):
+        return {i["path"] for i in art[path]["inputs"]}
+
+    ids = {f"ids/{p.name}" for p in run.shards(run.ids)}
+    assert inputs("classifier/model.pth") == {"export/encoder.pth"} | ids
+    assert inputs("export/encoder.pth") == {"lm/model.pth"}
+    assert inputs("lm/model.pth") == {"vocab.json"} | ids
+    assert inputs("vocab.json") == {f"tokens/{p.name}" for p in run.tokens.glob("counts-*.parquet")}
+    assert inputs("ids/part-00000.parquet") == {"tokens/part-00000.parquet", "vocab.json"}
+    assert inputs("tokens/part-00000.parquet") == {"raw/part-00000.parquet"}
+    assert art["raw/part-00000.parquet"]["source"]["path"].endswith(".tar.gz")
+    assert art["lm/model.pth"]["settings"]["seed"] == SEED
+    for path, entry in art.items():  # every recorded hash is the file's
+        if (run.root / path).is_file() and path not in ("lineage.json",):
+            assert entry["sha256"] == file_sha256(run.root / path), path
+    tree = subprocess.run([sys.executable, "-m", "flows.cli", "lineage", str(run.root),
+                           "--artifact", "classifier/model.pth"], capture_output=True, text=True)
+    assert tree.returncode == 0, tree.stderr
+    lines = tree.stdout.splitlines()
+    assert lines[1].startswith("└── classifier/model.pth  [classifier]  sha256:")
+    assert any("export/encoder.pth" in line for line in lines)
+    assert any(f"ids/ {len(ids)} × id shard" in line for line in lines)
+    assert any("[source]" in line for line in lines)
+
+
+def test_a_run_directory_in_use_is_refused(tmp_path):
+    code = ("import sys, time; from ulmfit_core.rundir import RunDir, tracked_run\n"
+            "with tracked_run(RunDir(sys.argv[1]), {}):\n"
+            "    print('holding', flush=True); time.sleep(60)\n")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        with pytest.raises(RunInUse, match=f"pid {holder.pid} on"):
+            with tracked_run(RunDir(tmp_path), {}):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with tracked_run(RunDir(tmp_path), {"again": True}):  # a dead holder leaves the lock free
+        assert read_json(tmp_path / "run.json")["status"] == "running"
+    assert read_json(tmp_path / "run.json")["status"] == "complete"

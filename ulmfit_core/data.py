@@ -47,6 +47,10 @@ class Docs:
         return Docs([self.doc_ids[i] for i in pick], [self.ids[i] for i in pick],
                     [self.labels[i] for i in pick])
 
+    def reversed(self) -> "Docs":
+        """Every document read backwards (last token first), for a backward model (fastai)."""
+        return Docs(self.doc_ids, [d[::-1].copy() for d in self.ids], self.labels)
+
     def split(self, valid_pct: float, seed: int, purpose: str) -> tuple["Docs", "Docs"]:
         """(train, valid): a document is in valid when its seeded draw is below `valid_pct`."""
         in_valid = [seeded_unit(seed, d, purpose) < valid_pct for d in self.doc_ids]

@@ -89,6 +89,7 @@ class Classifier:
     labels: list[str]
     device: torch.device
     tokenizer: object
+    backwards: bool = False  # trained on documents read last token first
 
     @classmethod
     def load(cls, path: str | Path, device: str | None = None) -> "Classifier":
@@ -97,9 +98,11 @@ class Classifier:
         model = build_classifier(len(vocab), len(payload["labels"]), ModelConfig(**payload["model"]), cfg)
         device = torch.device(device) if device else pick_device()
         return cls(_ready(model, payload, device), vocab, list(payload["labels"]), device,
-                   load_tokenizer(folder)[1])
+                   load_tokenizer(folder)[1], bool(payload.get("backwards", False)))
 
     def predict_ids(self, ids: Sequence[np.ndarray], bs: int = 64) -> np.ndarray:
+        if self.backwards:
+            ids = [d[::-1] for d in ids]
         return predict_proba(self.model, ids, bs, self.device)
 
     def predict_texts(self, texts: Sequence[str], bs: int = 64) -> np.ndarray:
@@ -118,6 +121,9 @@ class LanguageModel:
     @classmethod
     def load(cls, path: str | Path, device: str | None = None) -> "LanguageModel":
         folder, payload, vocab = _open(path, "lm", LM_FILE, "language_model")
+        if payload.get("backwards"):
+            raise ValueError(f"{folder}: a backward language model continues text to the left; "
+                             "generate with the forward one")
         model = build_language_model(len(vocab), ModelConfig(**payload["model"]), payload["drop_mult"])
         device = torch.device(device) if device else pick_device()
         return cls(_ready(model, payload, device), vocab, device, *load_tokenizer(folder))

@@ -39,17 +39,18 @@ def load_itos(path: str | Path) -> list[str]:
 
 
 def resolve_pretrained(spec: str) -> tuple[Path, Path]:
-    """(weights .pth, vocab .pkl) for "wt103" (fastai's download) or a folder/.pth path."""
-    if spec == "wt103":
+    """(weights .pth, vocab .pkl) for "wt103" / "wt103-bwd" (fastai's forward / backward
+    download) or a folder/.pth path."""
+    if spec in ("wt103", "wt103-bwd"):
         from fastai.data.external import untar_data
         from fastai.text.models.awdlstm import AWD_LSTM
         from fastai.text.models.core import _model_meta
 
-        url = _model_meta[AWD_LSTM]["url"]
+        url = _model_meta[AWD_LSTM]["url" if spec == "wt103" else "url_bwd"]
         try:
             spec = str(untar_data(url, c_key="model"))
         except Exception as exc:  # offline, interrupted download, ...
-            raise DataError(f"--pretrained wt103: downloading {url} failed ({exc})") from exc
+            raise DataError(f"--pretrained {spec}: downloading {url} failed ({exc})") from exc
     path = Path(spec)
     folder = path if path.is_dir() else path.parent
     weights = [path] if path.suffix == ".pth" else sorted(folder.glob("*.pth"))

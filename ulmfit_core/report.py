@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from .lineage import write_lineage
 from .rundir import RunDir, atomic_path, read_json, write_json, write_text
 
 PROMPT = "I liked this movie because"
@@ -14,28 +15,54 @@ def _read(path: Path) -> dict | None:
     return read_json(path) if path.exists() else None
 
 
-def collect_metrics(run: RunDir, params: dict) -> dict:
-    """Merge the stage summaries under `run` into one metrics document."""
-    pre = _read(run.preprocess_metrics) or {}
-    lm = _read(run.lm / "metrics.json") or {}
+def _direction(run: RunDir) -> dict | None:
+    """LM, classifier and test summaries of one direction, or None if it was not trained."""
+    lm = _read(run.lm / "metrics.json")
+    if lm is None:
+        return None
     clas = _read(run.classifier / "metrics.json") or {}
     test = _read(run.classifier / "test.json") or {}
-    baseline = _read(run.classifier / "baseline.json") or {}
-    seconds = {"preprocess": pre.get("seconds"), "lm": lm.get("seconds"),
-               "classifier": clas.get("seconds"), "evaluate": test.get("seconds")}
+    return {
+        "lm": {k: lm.get(k) for k in ("valid_loss", "accuracy", "perplexity", "train_loss", "epochs",
+                                      "train_tokens", "tokens_per_s", "history", "device",
+                                      "precision", "resumed", "pretrained", "seconds")},
+        "classifier": {"stages": [{k: s[k] for k in ("name", "epochs", "lr", "valid_loss", "accuracy",
+                                                     "seconds", "history")} for s in clas.get("stages", [])],
+                       "labels": clas.get("labels"), "device": clas.get("device"),
+                       "precision": clas.get("precision"), "resumed": clas.get("resumed"),
+                       "seconds": clas.get("seconds")},
+        "test": {k: test.get(k) for k in ("accuracy", "n", "labels", "confusion", "top_losses", "seconds")},
+    }
+
+
+def collect_metrics(run: RunDir, params: dict) -> dict:
+    """Merge the stage summaries under `run` into one metrics document.
+
+    The top-level lm/classifier/test are the forward model's (the backward one's when only that
+    was trained); `backward` and `ensemble` appear for a bidirectional run.
+    """
+    pre = _read(run.preprocess_metrics) or {}
+    fwd, bwd = _direction(run.direction(False)), _direction(run.direction(True))
+    main = fwd or bwd or {"lm": {}, "classifier": {"stages": []}, "test": {}}
+    baseline = _read(run.direction(main is bwd).classifier / "baseline.json")
+    ensemble = _read(run.ensemble) if fwd and bwd else None
+    seconds = {"preprocess": pre.get("seconds")}
+    for name, d in (("forward", fwd), ("backward", bwd)):
+        if d:
+            seconds.update({f"lm {name}": d["lm"]["seconds"], f"classifier {name}": d["classifier"]["seconds"],
+                            f"evaluate {name}": d["test"]["seconds"]})
     return {
         "run": params,
-        "device": lm.get("device") or clas.get("device"),
+        "device": main["lm"].get("device") or main["classifier"].get("device"),
+        "precision": main["lm"].get("precision"),
+        "direction": "bidirectional" if ensemble else ("backward" if main is bwd else "forward"),
         "preprocess": {k: pre.get(k) for k in ("docs", "tokens", "skipped", "skipped_by_reason",
                                                "groups", "shards", "unknown_tokens", "source")},
         "vocab": {"size": pre.get("vocab_size"), "distinct_tokens": pre.get("distinct_tokens")},
-        "lm": {k: lm.get(k) for k in ("valid_loss", "accuracy", "perplexity", "train_loss",
-                                      "epochs", "train_tokens", "tokens_per_s", "history")},
-        "classifier": {"stages": [{k: s[k] for k in ("name", "epochs", "lr", "valid_loss", "accuracy",
-                                                     "seconds", "history")} for s in clas.get("stages", [])],
-                       "labels": clas.get("labels")},
-        "test": {k: test.get(k) for k in ("accuracy", "n", "labels", "confusion", "top_losses")},
-        "baseline": baseline or None,
+        **main,
+        "backward": bwd if fwd and bwd else None,
+        "ensemble": ensemble,
+        "baseline": baseline,
         "seconds": {**seconds, "total": sum(v for v in seconds.values() if v)},
     }
 
@@ -86,12 +113,15 @@ def render_report(metrics: dict, samples: list[str]) -> str:
     run, pre, lm, test = metrics["run"], metrics["preprocess"], metrics["lm"], metrics["test"]
     vocab_size = metrics["vocab"]["size"]
     acc, base = test.get("accuracy"), metrics.get("baseline") or {}
+    ensemble = metrics.get("ensemble")
+    headline = (f"**Test accuracy: {_pct(ensemble['ensemble']['accuracy'])}** (forward + backward) "
+                if ensemble else f"**Test accuracy: {_pct(acc)}** ({metrics.get('direction')}) ")
     lines = [
         "# ULMFiT run report",
         "",
-        f"**Test accuracy: {_pct(acc)}** on {test.get('n')} reviews · NB-LR baseline on the same "
+        headline + f"on {test.get('n')} reviews · NB-LR baseline on the same "
         f"split: {_pct(base.get('accuracy'))} · LM perplexity {_fmt(lm.get('perplexity'), '.1f')} · "
-        f"preset `{run.get('preset')}` on `{metrics.get('device')}`",
+        f"preset `{run.get('preset')}` on `{metrics.get('device')}` ({metrics.get('precision')})",
         "",
         "![training curves](curves.png)",
         "",
@@ -124,6 +154,11 @@ def render_report(metrics: dict, samples: list[str]) -> str:
         "",
         "## Test set",
     ]
+    if ensemble:
+        lines += ["| model | test accuracy |", "|---|---|",
+                  *[f"| {name} | {_pct(r['accuracy'])} |" for name, r in ensemble.items()],
+                  f"| NB-LR baseline | {_pct(base.get('accuracy'))} |", "",
+                  "Forward model on the test set:", ""]
     if test.get("confusion"):
         labels = test["labels"]
         lines += ["| true \\ predicted | " + " | ".join(labels) + " |",
@@ -147,12 +182,13 @@ def render_report(metrics: dict, samples: list[str]) -> str:
 def write_report(run: RunDir, params: dict, seed: int = 0) -> dict:
     metrics = collect_metrics(run, params)
     samples = []
-    if (run.lm / "model.pth").exists():
+    if (run.direction(False).lm / "model.pth").exists():  # a backward LM writes right to left
         from .predict import LanguageModel
 
-        samples = LanguageModel.load(run.lm).generate(PROMPT, n_words=40, temperature=0.75, n=2, seed=seed)
+        samples = LanguageModel.load(run.direction(False).lm).generate(PROMPT, n_words=40, temperature=0.75, n=2, seed=seed)
     metrics["samples"] = samples
     plot_curves(metrics, run.root / "curves.png")
     write_json(run.metrics, metrics)
     write_text(run.report, render_report(metrics, samples))
+    write_lineage(run)
     return metrics

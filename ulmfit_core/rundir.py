@@ -8,9 +8,12 @@ Everything a run produces lives under one folder:
     ids/part-00000.parquet      + ids (list<int32>)
     vocab.json                  the vocabulary, a JSON list in index order
     preprocess.json             document, token and skip counts
-    lm/                         language model weights, history, metrics
+    lm/                         language model weights, history, metrics (checkpoint.pth while
+                                training: the last finished epoch, resumed by a restarted task)
     export/                     encoder + vocab + config, for the classifier and for reuse
-    classifier/                 classifier weights, labels, history, metrics
+    classifier/                 classifier weights, labels, history, metrics, test predictions
+    lm-bwd/, export-bwd/, classifier-bwd/   the same for the backward direction
+    ensemble.json               forward + backward classifiers, averaged probabilities
     metrics.json, report.md     the run's summary, written last
     run.json                    status: running / failed / complete
 
@@ -20,8 +23,10 @@ same folder, then rename), so a crashed run never leaves a file that looks compl
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import socket
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -31,10 +36,20 @@ from typing import Iterator
 
 @dataclass(frozen=True)
 class RunDir:
-    root: Path
+    """Paths of a run; with `backwards`, the model folders are those of the backward direction."""
 
-    def __init__(self, root: str | os.PathLike) -> None:
+    root: Path
+    backwards: bool = False
+
+    def __init__(self, root: str | os.PathLike, backwards: bool = False) -> None:
         object.__setattr__(self, "root", Path(root))
+        object.__setattr__(self, "backwards", backwards)
+
+    def direction(self, backwards: bool) -> "RunDir":
+        return RunDir(self.root, backwards)
+
+    def _model_dir(self, name: str) -> Path:
+        return self.root / (f"{name}-bwd" if self.backwards else name)
 
     raw = property(lambda self: self.root / "raw")
     tokenizer = property(lambda self: self.root / "tokenizer")
@@ -42,9 +57,10 @@ class RunDir:
     ids = property(lambda self: self.root / "ids")
     vocab = property(lambda self: self.root / "vocab.json")
     preprocess_metrics = property(lambda self: self.root / "preprocess.json")
-    lm = property(lambda self: self.root / "lm")
-    export = property(lambda self: self.root / "export")
-    classifier = property(lambda self: self.root / "classifier")
+    lm = property(lambda self: self._model_dir("lm"))
+    export = property(lambda self: self._model_dir("export"))
+    classifier = property(lambda self: self._model_dir("classifier"))
+    ensemble = property(lambda self: self.root / "ensemble.json")
     metrics = property(lambda self: self.root / "metrics.json")
     report = property(lambda self: self.root / "report.md")
     status = property(lambda self: self.root / "run.json")
@@ -88,16 +104,48 @@ def read_json(path: str | os.PathLike):
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
+class RunInUse(ValueError):
+    """Another live process is writing into this run directory."""
+
+
+@contextmanager
+def run_lock(run: RunDir) -> Iterator[None]:
+    """Hold the run directory for this process (an OS lock on `.lock`, freed when the process
+    ends, also by a crash, so a crashed run can be resumed into the same directory)."""
+    run.root.mkdir(parents=True, exist_ok=True)
+    path = run.root / ".lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        holder = path.read_text(encoding="utf-8").strip() or "another process"
+        raise RunInUse(f"{run.root} is in use by a run still going ({holder}): wait for it to "
+                       "end, or give another --out") from None
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode())
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
 @contextmanager
 def tracked_run(run: RunDir, params: dict) -> Iterator[RunDir]:
-    """Mark `run` as running, then complete or failed; drop the old summary while it runs.
+    """Hold the run directory, mark it running, then complete or failed; drop the old summary
+    while it runs.
 
     metrics.json and report.md are the marks of a finished run, so they are removed first and
     only written again by a run that gets to its end.
     """
+    with run_lock(run):
+        yield from _tracked(run, params)
+
+
+def _tracked(run: RunDir, params: dict) -> Iterator[RunDir]:
     import time
 
-    run.root.mkdir(parents=True, exist_ok=True)
     for stale in (run.metrics, run.report):
         stale.unlink(missing_ok=True)
     started = time.time()

@@ -9,6 +9,7 @@ step runs again. The manifest is written last, so an interrupted step never look
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from pathlib import Path
 
@@ -26,7 +27,9 @@ def file_sha256(path: str | Path) -> str:
 
 
 def manifest_path(shard: str | Path) -> Path:
-    return Path(shard).with_suffix(".json")
+    """part-00000.parquet → part-00000.json; a JSON output (vocab.json) → vocab.manifest.json."""
+    shard = Path(shard)
+    return shard.with_name(f"{shard.stem}.manifest.json") if shard.suffix == ".json" else shard.with_suffix(".json")
 
 
 def write_manifest(shard: str | Path, outputs: list[str | Path], inputs: dict[str, str],
@@ -44,6 +47,7 @@ def reusable(shard: str | Path, inputs: dict[str, str], settings: dict) -> dict 
     if not path.exists():
         return None
     manifest = read_json(path)
+    settings = json.loads(json.dumps(settings))  # as stored: tuples become lists
     if manifest.get("inputs") != inputs or manifest.get("settings") != settings:
         return None
     folder = path.parent

@@ -9,6 +9,8 @@ orchestrating process runs ingest and the Dask scheduler and should not carry a 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import shutil
 import time
 from collections import Counter
@@ -18,10 +20,15 @@ from . import __version__
 from .config import Preset
 from .data import iter_raw_texts, load_docs, load_raw_labelled, seeded_unit
 from .ingest import ingest, resolve_source
-from .rundir import RunDir, read_json, write_json
+from .rundir import RunDir, atomic_path, read_json, write_json
 from .shards import file_sha256, reusable, write_manifest
 
 INGEST_MANIFEST = "_ingest.json"
+
+
+def file_inputs(run: RunDir, paths) -> dict[str, str]:
+    """{path relative to the run: SHA-256} of the files a stage reads."""
+    return {Path(p).relative_to(run.root).as_posix(): file_sha256(p) for p in paths}
 
 
 def ingest_stage(run: RunDir, data: str, limit: int | None, seed: int,
@@ -115,12 +122,19 @@ def tokenize_stage(run: RunDir, raw_shard: str, preset: Preset) -> dict:
 
 
 def vocab_stage(run: RunDir, preset: Preset, count_paths: list[str]) -> dict:
+    """fastai's vocab from the per-shard counts, merged in shard order; reused if unchanged."""
     from .vocab import Vocab, merge_counts
 
+    inputs, settings = file_inputs(run, count_paths), vars(preset.vocab)
+    summary = reusable(run.vocab, inputs, settings)
+    if summary is not None:
+        return {**summary, "reused": True}
     counts = merge_counts(count_paths)
     vocab = Vocab.from_counts(counts, preset.vocab.max_vocab, preset.vocab.min_freq)
     vocab.save(run.vocab)
-    return {"size": len(vocab), "distinct_tokens": len(counts), "path": str(run.vocab)}
+    summary = {"size": len(vocab), "distinct_tokens": len(counts), "path": str(run.vocab)}
+    write_manifest(run.vocab, [run.vocab], inputs, settings, summary)
+    return {**summary, "reused": False}
 
 
 def numericalize_stage(run: RunDir, token_shard: str) -> dict:
@@ -170,81 +184,197 @@ def _copy_text_assets(run: RunDir, folder: Path) -> None:
             shutil.copyfile(run.tokenizer / name, folder / name)
 
 
-def lm_stage(run: RunDir, preset: Preset, seed: int, pretrained: str = "none") -> dict:
-    """Fine-tune the LM on all text; `pretrained` is "none", "wt103" or a weights folder/file."""
+CHECKPOINT = "checkpoint.pth"
+
+
+def fingerprint(inputs: dict, settings: dict) -> str:
+    return hashlib.sha256(json.dumps({"inputs": inputs, "settings": settings}, sort_keys=True,
+                                     default=str).encode()).hexdigest()
+
+
+def _training_settings(preset: Preset, part: str, seed: int, run: RunDir, **extra) -> dict:
+    config = preset.to_dict()
+    return {"model": config["model"], part: config[part], "fp16": preset.fp16,
+            "cpu_bf16": preset.cpu_bf16, "seed": seed, "backwards": run.backwards,
+            "ulmfit": __version__, **extra}
+
+
+def _training_docs(run: RunDir, **kwargs):
+    docs = load_docs(run.shards(run.ids), **kwargs)
+    return docs.reversed() if run.backwards else docs
+
+
+def _model_outputs(folder: Path, *names: str) -> list[Path]:
+    return [folder / n for n in (*names, "vocab.json", "tokenizer.json", "spm.model")
+            if (folder / n).exists()]
+
+
+def lm_stage(run: RunDir, preset: Preset, seed: int, pretrained: str = "none",
+             progress=None) -> dict:
+    """Fine-tune the LM on all text; `pretrained` is "none", "wt103" or a weights folder/file.
+
+    A language model made from the same vocab, id shards and settings is reused. Otherwise each
+    epoch is checkpointed under lm/, and a rerun after a crash resumes from the last one.
+    """
     from .models import save_model
     from .pretrained import load_pretrained
     from .train import train_language_model
     from .vocab import Vocab
 
-    vocab = Vocab.load(run.require(run.vocab, "vocab"))
+    vocab_path = run.require(run.vocab, "vocab")
+    if run.backwards and pretrained == "wt103":
+        pretrained = "wt103-bwd"
+    inputs = file_inputs(run, [vocab_path, *run.shards(run.ids)])
+    settings = _training_settings(preset, "lm", seed, run, pretrained=pretrained)
+    summary = reusable(run.lm / "model.pth", inputs, settings)
+    if summary is not None:
+        return {**summary, "reused": True}
+    vocab = Vocab.load(vocab_path)
     start, source = None, None
     if pretrained != "none":
         start, source = load_pretrained(pretrained, vocab.itos, preset.model)
-    docs = load_docs(run.shards(run.ids))  # all text, labels unused
-    model, metrics = train_language_model(docs, len(vocab), preset, seed, pretrained=start)
-    metrics["pretrained"] = source
+    docs = _training_docs(run)  # all text, labels unused
+    checkpoint = run.lm / CHECKPOINT
+    model, metrics = train_language_model(docs, len(vocab), preset, seed, pretrained=start,
+                                          checkpoint=checkpoint,
+                                          fingerprint=fingerprint(inputs, settings),
+                                          progress=progress)
+    metrics.update(pretrained=source, backwards=run.backwards)
     _copy_text_assets(run, run.lm)
     save_model(run.lm / "model.pth", "language_model", model.state_dict(),
-               model=vars(preset.model), drop_mult=preset.lm.drop_mult, vocab_size=len(vocab))
+               model=vars(preset.model), drop_mult=preset.lm.drop_mult, vocab_size=len(vocab),
+               backwards=run.backwards)
     write_json(run.lm / "metrics.json", metrics)
-    return metrics
+    write_manifest(run.lm / "model.pth", _model_outputs(run.lm, "model.pth", "metrics.json"),
+                   inputs, settings, metrics)
+    checkpoint.unlink()
+    return {**metrics, "reused": False}
 
 
 def export_stage(run: RunDir) -> dict:
     """The encoder of the fine-tuned LM, with its vocab and model config, for the classifier."""
     from .models import load_model_file, save_model
 
-    payload = load_model_file(run.require(run.lm / "model.pth", "train-lm"), "language_model")
+    lm_path = run.require(run.lm / "model.pth", "train-lm")
+    inputs = file_inputs(run, [lm_path])
+    summary = reusable(run.export / "encoder.pth", inputs, {})
+    if summary is not None:
+        return {**summary, "reused": True}
+    payload = load_model_file(lm_path, "language_model")
     prefix = "0."
     encoder = {k[len(prefix):]: v for k, v in payload["state_dict"].items() if k.startswith(prefix)}
     _copy_text_assets(run, run.export)
     path = save_model(run.export / "encoder.pth", "encoder", encoder, model=payload["model"],
-                      vocab_size=payload["vocab_size"])
+                      vocab_size=payload["vocab_size"], backwards=run.backwards)
     write_json(run.export / "config.json", {"arch": "AWD_LSTM", "model": payload["model"],
-                                            "vocab_size": payload["vocab_size"]})
-    return {"path": str(path), "parameters": int(sum(v.numel() for v in encoder.values()))}
+                                            "vocab_size": payload["vocab_size"],
+                                            "backwards": run.backwards})
+    summary = {"path": str(path), "parameters": int(sum(v.numel() for v in encoder.values()))}
+    write_manifest(path, _model_outputs(run.export, "encoder.pth", "config.json"), inputs, {}, summary)
+    return {**summary, "reused": False}
 
 
-def classifier_stage(run: RunDir, preset: Preset, seed: int) -> dict:
+def classifier_stage(run: RunDir, preset: Preset, seed: int, progress=None) -> dict:
+    """Gradual unfreezing on the labelled train split; reused when the encoder, id shards and
+    settings are unchanged, else checkpointed (and resumed) per epoch."""
     from .models import load_model_file, save_model
     from .train import train_classifier
 
-    for stale in ("test.json", "baseline.json"):  # scores of an earlier classifier
+    encoder_path = run.require(run.export / "encoder.pth", "encoder export")
+    inputs = file_inputs(run, [encoder_path, *run.shards(run.ids)])
+    settings = _training_settings(preset, "classifier", seed, run)
+    summary = reusable(run.classifier / "model.pth", inputs, settings)
+    if summary is not None:
+        return {**summary, "reused": True}
+    for stale in ("test.json", PREDICTIONS, "baseline.json"):  # scores of an earlier classifier
         (run.classifier / stale).unlink(missing_ok=True)
-    encoder = load_model_file(run.require(run.export / "encoder.pth", "encoder export"), "encoder")
+    run.ensemble.unlink(missing_ok=True)
+    encoder = load_model_file(encoder_path, "encoder")
     if encoder["model"] != vars(preset.model):
         raise ValueError(f"the exported encoder has model {encoder['model']}, but preset "
                          f"'{preset.name}' builds {vars(preset.model)}: use the LM's preset")
-    docs = load_docs(run.shards(run.ids), splits=["train"], labelled=True)
+    docs = _training_docs(run, splits=["train"], labelled=True)
+    checkpoint = run.classifier / CHECKPOINT
     model, labels, metrics = train_classifier(docs, encoder["state_dict"], encoder["vocab_size"],
-                                              preset, seed)
+                                              preset, seed, checkpoint=checkpoint,
+                                              fingerprint=fingerprint(inputs, settings),
+                                              progress=progress)
+    metrics["backwards"] = run.backwards
     _copy_text_assets(run, run.classifier)
     save_model(run.classifier / "model.pth", "classifier", model.state_dict(), labels=labels,
                model=vars(preset.model), classifier=preset.to_dict()["classifier"],
-               vocab_size=encoder["vocab_size"])
+               vocab_size=encoder["vocab_size"], backwards=run.backwards)
     write_json(run.classifier / "metrics.json", metrics)
-    return metrics
+    write_manifest(run.classifier / "model.pth",
+                   _model_outputs(run.classifier, "model.pth", "metrics.json"), inputs, settings, metrics)
+    checkpoint.unlink()
+    return {**metrics, "reused": False}
+
+
+PREDICTIONS = "test-predictions.parquet"
 
 
 def evaluate_stage(run: RunDir) -> dict:
+    """Accuracy on the labelled test split; per-review probabilities go to a Parquet file."""
     from .predict import Classifier, evaluate
 
     t0 = time.time()
+    model_path = run.require(run.classifier / "model.pth", "train-classifier")
+    inputs = file_inputs(run, [model_path, *run.shards(run.ids)])
+    summary = reusable(run.classifier / "test.json", inputs, {})
+    if summary is not None:
+        return {**summary, "reused": True}
     docs = load_docs(run.shards(run.ids), splits=["test"], labelled=True)
-    classifier = Classifier.load(run.classifier)
+    classifier = Classifier.load(run.classifier)  # reverses the ids itself if it reads backwards
     unknown = sorted(set(docs.labels) - set(classifier.labels))
     if unknown:
         raise ValueError(f"test split has labels {unknown} that the classifier never saw")
+    outputs = [run.classifier / "test.json"]
     if len(docs):
         probs = classifier.predict_ids(docs.ids)
         result = evaluate(probs, classifier.labels, docs.labels)
         result["top_losses"] = _top_losses(run, docs, probs, classifier.labels)
+        outputs.append(write_predictions(run.classifier / PREDICTIONS, docs, probs, classifier.labels))
     else:
         result = {"n": 0, "accuracy": None, "labels": classifier.labels, "confusion": None}
     result["label_counts"] = dict(Counter(docs.labels))
+    result["backwards"] = run.backwards
     result["seconds"] = time.time() - t0
     write_json(run.classifier / "test.json", result)
+    write_manifest(run.classifier / "test.json", outputs, inputs, {}, result)
+    return {**result, "reused": False}
+
+
+def write_predictions(path: Path, docs, probs, labels: list[str]) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table({"id": docs.doc_ids, "label": docs.labels,
+                      **{f"p_{y}": probs[:, i] for i, y in enumerate(labels)}})
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+    return path
+
+
+def ensemble_stage(run: RunDir) -> dict:
+    """The forward and backward classifiers' averaged probabilities on the test split."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from .predict import evaluate
+
+    fwd, bwd = (pq.read_table(run.direction(b).require(run.direction(b).classifier / PREDICTIONS,
+                                                       "evaluate")) for b in (False, True))
+    if fwd.column("id").to_pylist() != bwd.column("id").to_pylist():
+        raise ValueError("forward and backward test predictions cover different reviews")
+    columns = [c for c in fwd.column_names if c.startswith("p_")]
+    labels = [c[2:] for c in columns]
+    probs = {name: np.stack([t.column(c).to_numpy() for c in columns], axis=1)
+             for name, t in (("forward", fwd), ("backward", bwd))}
+    probs["ensemble"] = (probs["forward"] + probs["backward"]) / 2
+    truth = fwd.column("label").to_pylist()
+    result = {name: evaluate(p, labels, truth) for name, p in probs.items()}
+    write_json(run.ensemble, result)
     return result
 
 

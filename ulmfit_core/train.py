@@ -10,9 +10,12 @@ from __future__ import annotations
 import logging
 import math
 import os
+import socket
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from functools import partial
+from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -26,6 +29,7 @@ from fastai.text.learner import LMLearner, TextLearner
 from fastai.text.models.awdlstm import awd_lstm_clas_split, awd_lstm_lm_split
 from fastai.torch_core import set_seed
 
+from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import LR_DIV, ClassifierConfig, LMConfig, Preset
 from .data import Docs, seeded_unit
 from .ingest import DataError
@@ -35,6 +39,11 @@ from .vocab import PAD_ID
 log = logging.getLogger("ulmfit")
 
 
+def executed_on() -> dict:
+    """Which machine and process trained (to check where a scheduler sent the work)."""
+    return {"host": socket.gethostname(), "pid": os.getpid()}
+
+
 def use_all_cores() -> int:
     """Dask workers start with one thread for math libraries; training wants all the cores."""
     n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -42,17 +51,21 @@ def use_all_cores() -> int:
     return n
 
 
+Progress = Callable[[float, str], None]  # (fraction done, message): a hook for the caller
+
+
 class ProgressLog(Callback):
     """Logs i/N, loss and ETA as training goes; stops on a non-finite loss before the step."""
 
     order = 70  # after the Recorder has logged the epoch
 
-    def __init__(self, stage: str, every_s: float = 30.0) -> None:
-        self.stage, self.every_s = stage, every_s
+    def __init__(self, stage: str, every_s: float = 30.0, progress: Progress | None = None) -> None:
+        self.stage, self.every_s, self.progress = stage, every_s, progress
+        self.first = 0  # epochs of this fit already done before a resume
 
     def before_fit(self) -> None:
         self.t0 = self.last = time.time()
-        self.total = self.n_epoch * len(self.dls.train)
+        self.total = (self.n_epoch - self.first) * len(self.dls.train)
         self.done = 0
 
     def after_loss(self) -> None:
@@ -71,27 +84,106 @@ class ProgressLog(Callback):
         if now - self.last >= self.every_s:
             self.last = now
             eta = (now - self.t0) / self.done * (self.total - self.done)
-            log.info("%s: epoch %d/%d, batch %d/%d, loss %.4f, ETA %.0fs", self.stage,
-                     self.epoch + 1, self.n_epoch, self.iter + 1, self.n_iter,
-                     float(self.smooth_loss), eta)
+            message = (f"{self.stage}: epoch {self.epoch + 1}/{self.n_epoch}, batch {self.iter + 1}/"
+                       f"{self.n_iter}, loss {float(self.smooth_loss):.4f}, ETA {eta:.0f}s")
+            log.info(message)
+            if self.progress:
+                self.progress(self.done / self.total, message)
+
+
+class EpochEnd(Callback):
+    """After each epoch: record its metrics, log them, write the checkpoint, tell the caller."""
+
+    order = 80  # after the Recorder
+
+    def __init__(self, stage: str, history: list[dict], checkpoint: Callable[[], None],
+                 progress: Progress | None) -> None:
+        self.stage, self.history, self.checkpoint, self.progress = stage, history, checkpoint, progress
+        self.phase, self.first = "", 0
+
+    def before_epoch(self) -> None:
+        self.t_epoch = time.time()
 
     def after_epoch(self) -> None:
+        if self.epoch < self.first:  # skipped: done before the checkpoint this fit resumed from
+            return
         names = self.recorder.metric_names[1:-1]
-        values = self.recorder.log[1:-1]
-        shown = ", ".join(f"{n} {v:.4f}" if isinstance(v, float) else f"{n} {v}"
-                          for n, v in zip(names, values))
-        log.info("%s: epoch %d/%d done (%s) in %.0fs", self.stage, self.epoch + 1, self.n_epoch,
-                 shown, time.time() - self.t0)
+        values = dict(zip(names, map(float, self.learn.final_record)))
+        self.history.append({"epoch": len(self.history) + 1, "phase": self.phase, **values,
+                             "seconds": time.time() - self.t_epoch})
+        self.checkpoint()
+        message = (f"{self.stage}: {self.phase} epoch {self.epoch + 1}/{self.n_epoch} done ("
+                   + ", ".join(f"{n} {v:.4f}" for n, v in values.items()) + ")")
+        log.info(message)
+        if self.progress:
+            self.progress(1.0 if self.epoch + 1 == self.n_epoch else (self.epoch + 1) / self.n_epoch,
+                          message)
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One one-cycle fit: which layer groups train (freeze_to; None: all), epochs, rate(s)."""
+
+    name: str
+    freeze_to: int | None
+    epochs: int
+    lr: float | slice
+
+
+def fit_phases(learn, phases: list[Phase], stage: str, checkpoint: Path | None, fingerprint: str,
+               progress: Progress | None = None) -> tuple[list[dict], dict | None]:
+    """Run `phases` one after another, checkpointing after every epoch; returns (history, resumed).
+
+    When `checkpoint` holds the state of an earlier attempt with the same fingerprint, training
+    continues after its last finished epoch, with the optimizer, schedule position and random
+    generators as they were, instead of starting over.
+    """
+    loaders = {"train": learn.dls.train, "valid": learn.dls.valid}
+    state = load_checkpoint(checkpoint, fingerprint)
+    history: list[dict] = [] if state is None else list(state["history"])
+    start = (0, 0) if state is None else (state["phase"], state["epoch"])
+    resumed = None
+    if state is not None:
+        learn.model.load_state_dict(state["model"])
+        resumed = {"phase": phases[start[0]].name if start[0] < len(phases) else None,
+                   "epoch": start[1], "epochs_done": len(history)}
+        log.info("%s: resuming from %s after %d finished epoch(s)", stage, checkpoint, len(history))
+    position = {"phase": 0}
+
+    def save() -> None:
+        if checkpoint is None:
+            return
+        phase, epoch = position["phase"], learn.epoch + 1
+        if epoch == phases[phase].epochs:
+            phase, epoch = phase + 1, 0
+        save_checkpoint(checkpoint, fingerprint, phase=phase, epoch=epoch, history=history,
+                        model=learn.model.state_dict(), opt=learn.opt.state_dict(),
+                        rng=rng_state(loaders))
+
+    progress_log = ProgressLog(stage, progress=progress)
+    epoch_end = EpochEnd(stage, history, save, progress)
+    for index, phase in enumerate(phases):
+        if index < start[0]:
+            continue
+        first = start[1] if index == start[0] else 0
+        if phase.freeze_to is None:
+            learn.unfreeze()
+        else:
+            learn.freeze_to(phase.freeze_to)
+        if state is not None and index == start[0]:
+            if first > 0:  # mid-phase; a new phase starts with a cleared optimizer (freeze_to)
+                learn.opt.load_state_dict(state["opt"])
+            set_rng_state(state["rng"], loaders)
+        position["phase"] = index
+        progress_log.first = epoch_end.first = first
+        epoch_end.phase = phase.name
+        with learn.no_bar(), learn.no_logging():
+            learn.fit_one_cycle(phase.epochs, phase.lr, start_epoch=first, cbs=[progress_log, epoch_end])
+    return history, resumed
 
 
 def _as_tensors(docs: Docs) -> list[torch.Tensor]:
     return [torch.from_numpy(d.astype(np.int64)) for d in docs.ids]
-
-
-def _history(learn, first_epoch: int = 0) -> list[dict]:
-    names = learn.recorder.metric_names[1:-1]
-    return [{"epoch": first_epoch + i + 1, **dict(zip(names, map(float, vals)))}
-            for i, vals in enumerate(learn.recorder.values)]
 
 
 class CPUBFloat16(Callback):
@@ -175,11 +267,14 @@ def _load_pretrained(model: torch.nn.Module, state: dict) -> None:
 
 
 def train_language_model(docs: Docs, vocab_size: int, preset: Preset, seed: int = 0,
-                         device: torch.device | None = None, pretrained: dict | None = None):
+                         device: torch.device | None = None, pretrained: dict | None = None,
+                         checkpoint: Path | None = None, fingerprint: str = "",
+                         progress: Progress | None = None):
     """Fit an AWD-LSTM language model with one-cycle; returns (model, metrics).
 
     From `pretrained` weights (already matched to this vocab), first only the last layer group
     (embeddings and decoder) trains for one cycle, then everything at a tenth of the rate (fastai).
+    With `checkpoint`, every epoch is saved there and an earlier attempt's checkpoint is resumed.
     """
     device = device or pick_device()
     threads = use_all_cores()
@@ -191,22 +286,18 @@ def train_language_model(docs: Docs, vocab_size: int, preset: Preset, seed: int 
     if pretrained is not None:
         _load_pretrained(model, pretrained)
     learn = LMLearner(dls, model, loss_func=CrossEntropyLossFlat(), splitter=awd_lstm_lm_split,
-                      metrics=[accuracy, Perplexity()], wd=cfg.wd, cbs=ProgressLog("lm"))
+                      metrics=[accuracy, Perplexity()], wd=cfg.wd)
     learn, mode = _prepare(learn, device, preset)
     log.info("lm: %d train / %d valid documents (%d / %d tokens), %d batches per epoch on %s (%s)",
              len(train), len(valid), train.n_tokens, valid.n_tokens, len(dls.train), device, mode)
+    if pretrained is None:
+        phases = [Phase("fit", None, cfg.epochs, cfg.lr)]
+    else:
+        phases = [Phase("frozen", -1, 1, cfg.lr), Phase("unfrozen", None, cfg.epochs, cfg.lr / 10)]
     t0 = time.time()
-    with learn.no_bar(), learn.no_logging():
-        if pretrained is None:
-            learn.fit_one_cycle(cfg.epochs, cfg.lr)
-            history = _history(learn)
-        else:
-            learn.freeze()
-            learn.fit_one_cycle(1, cfg.lr)
-            history = _history(learn)
-            learn.unfreeze()
-            learn.fit_one_cycle(cfg.epochs, cfg.lr / 10)
-            history += _history(learn, first_epoch=1)
+    history, resumed = fit_phases(learn, phases, "lm", checkpoint, fingerprint, progress)
+    seconds = time.time() - t0
+    ran = len(history) - (resumed["epochs_done"] if resumed else 0)
     last = history[-1]
     metrics = {
         "train_docs": len(train), "valid_docs": len(valid),
@@ -214,9 +305,9 @@ def train_language_model(docs: Docs, vocab_size: int, preset: Preset, seed: int 
         "train_loss": last["train_loss"], "valid_loss": last["valid_loss"],
         "accuracy": last["accuracy"], "perplexity": last["perplexity"],
         "epochs": len(history), "history": history, "device": str(device), "precision": mode,
-        "threads": threads,
-        "tokens_per_s": len(history) * len(dls.train) * cfg.bs * cfg.seq_len / (time.time() - t0),
-        "seconds": time.time() - t0,
+        "threads": threads, "resumed": resumed, **executed_on(),
+        "tokens_per_s": ran * len(dls.train) * cfg.bs * cfg.seq_len / seconds if ran else None,
+        "seconds": seconds,
     }
     return learn.model.float().eval(), metrics
 
@@ -238,7 +329,9 @@ def classifier_dataloaders(train: Docs, valid: Docs, label_index: dict[str, int]
 
 
 def train_classifier(docs: Docs, encoder_state: dict, vocab_size: int, preset: Preset,
-                     seed: int = 0, device: torch.device | None = None):
+                     seed: int = 0, device: torch.device | None = None,
+                     checkpoint: Path | None = None, fingerprint: str = "",
+                     progress: Progress | None = None):
     """Gradual unfreezing with discriminative rates; returns (model, labels, metrics)."""
     device = device or pick_device()
     threads = use_all_cores()
@@ -255,28 +348,21 @@ def train_classifier(docs: Docs, encoder_state: dict, vocab_size: int, preset: P
     model = build_classifier(vocab_size, len(labels), preset.model, cfg)
     encoder_of(model).load_state_dict(encoder_state)
     learn = TextLearner(dls, model, loss_func=CrossEntropyLossFlat(), splitter=awd_lstm_clas_split,
-                        metrics=accuracy, wd=cfg.wd, cbs=ProgressLog("classifier"))
+                        metrics=accuracy, wd=cfg.wd)
     learn, mode = _prepare(learn, device, preset)
     log.info("classifier: %d train / %d valid reviews, labels %s, on %s (%s)",
              len(train), len(valid), labels, device, mode)
-    stages, epochs_done, t_all = [], 0, time.time()
+    phases = [Phase(s.name, s.freeze_to, s.epochs,
+                    slice(s.lr / LR_DIV, s.lr) if s.discriminative else s.lr) for s in cfg.stages]
+    t0 = time.time()
+    history, resumed = fit_phases(learn, phases, "classifier", checkpoint, fingerprint, progress)
+    stages = []
     for stage in cfg.stages:
-        t0 = time.time()
-        if stage.freeze_to is None:
-            learn.unfreeze()
-        else:
-            learn.freeze_to(stage.freeze_to)
-        lr = slice(stage.lr / LR_DIV, stage.lr) if stage.discriminative else stage.lr
-        with learn.no_bar(), learn.no_logging():
-            learn.fit_one_cycle(stage.epochs, lr)
-        history = _history(learn, epochs_done)
-        epochs_done += stage.epochs
-        stages.append({**asdict(stage), "valid_loss": history[-1]["valid_loss"],
-                       "accuracy": history[-1]["accuracy"], "history": history,
-                       "seconds": time.time() - t0})
-        log.info("classifier: stage %s: valid loss %.4f, accuracy %.4f", stage.name,
-                 stages[-1]["valid_loss"], stages[-1]["accuracy"])
+        entries = [h for h in history if h["phase"] == stage.name]
+        stages.append({**asdict(stage), "valid_loss": entries[-1]["valid_loss"],
+                       "accuracy": entries[-1]["accuracy"], "history": entries,
+                       "seconds": sum(h["seconds"] for h in entries)})
     metrics = {"train_docs": len(train), "valid_docs": len(valid), "labels": labels,
                "stages": stages, "device": str(device), "precision": mode, "threads": threads,
-               "seconds": time.time() - t_all}
+               "resumed": resumed, **executed_on(), "seconds": time.time() - t0}
     return learn.model.float().eval(), labels, metrics

@@ -1,0 +1,166 @@
+"""lineage.json: every artifact of a run, its content hash, and what made it from what.
+
+Every stage leaves a manifest beside its outputs (output hashes, input hashes, settings; see
+`shards`). The lineage joins them: an input is linked to the artifact whose content hash it
+has, so for any classifier the chain back to its encoder, LM, vocab, id/token/raw shards and the
+source is explicit. The code version (package version, git commit) and library versions are
+recorded once for the run.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import platform
+import subprocess
+from collections import defaultdict
+from pathlib import Path
+
+from . import __version__
+from .rundir import RunDir, read_json, write_json
+from .shards import file_sha256
+
+LIBRARIES = ("torch", "fastai", "spacy", "sentencepiece", "pyarrow", "numpy", "prefect",
+             "prefect-dask", "dask", "distributed")
+
+# manifest glob (relative to the run) → kind of the artifacts it describes
+MANIFESTS = {
+    "tokenizer/spm.json": "subword model",
+    "tokens/part-*.json": "token shard",
+    "vocab.manifest.json": "vocab",
+    "ids/part-*.json": "id shard",
+    "lm*/model.json": "language model",
+    "export*/encoder.json": "encoder",
+    "classifier*/model.json": "classifier",
+    "classifier*/test.manifest.json": "evaluation",
+}
+
+
+def code_version() -> dict:
+    """This package's version and, from a git checkout, its commit (and whether it is dirty)."""
+    version = {"ulmfit": __version__, "python": platform.python_version()}
+    root = Path(__file__).resolve().parent.parent
+    if (root / ".git").exists():
+        def git(*args: str) -> str:
+            return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True,
+                                  timeout=10).stdout.strip()
+
+        try:
+            version["git_commit"] = git("rev-parse", "HEAD")
+            version["git_dirty"] = bool(git("status", "--porcelain", "--untracked-files=no"))
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return version
+
+
+def library_versions() -> dict:
+    out = {}
+    for name in LIBRARIES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _raw_artifacts(run: RunDir) -> dict:
+    manifest_file = run.raw / "_ingest.json"
+    if not manifest_file.exists():
+        return {}
+    manifest = read_json(manifest_file)
+    source = Path(manifest["source"])
+    source_entry = {"path": str(source)}
+    if source.is_file():
+        source_entry["sha256"] = file_sha256(source)
+    settings = {k: manifest[k] for k in ("limit", "seed")}
+    shards = [run.raw / Path(p).name for p in manifest["shards"]]  # where they are now
+    return {f"raw/{p.name}": {"kind": "raw shard", "sha256": file_sha256(p),
+                              "made_by": "raw/_ingest.json", "settings": settings,
+                              "source": source_entry, "inputs": []}
+            for p in shards if p.exists()}
+
+
+def build_lineage(run: RunDir) -> dict:
+    """Every artifact under `run` with its hash, settings and inputs (linked by content hash)."""
+    artifacts = _raw_artifacts(run)
+    raw_inputs = {}
+    for pattern, kind in MANIFESTS.items():
+        for manifest_file in sorted(run.root.glob(pattern)):
+            manifest = read_json(manifest_file)
+            folder = manifest_file.parent.relative_to(run.root)
+            for name, sha in manifest["outputs"].items():
+                path = (folder / name).as_posix()
+                artifacts[path] = {"kind": kind, "sha256": sha,
+                                   "made_by": manifest_file.relative_to(run.root).as_posix(),
+                                   "settings": manifest.get("settings", {})}
+                raw_inputs[path] = manifest.get("inputs", {})
+    by_hash: dict[str, str] = {}
+    for path, a in artifacts.items():  # the first writer of a content: model folders hold copies
+        by_hash.setdefault(a["sha256"], path)
+    for path, inputs in raw_inputs.items():
+        artifacts[path]["inputs"] = [{"path": by_hash.get(sha, name), "sha256": sha}
+                                     for name, sha in inputs.items()]
+    for name, kind in (("metrics.json", "run metrics"), ("report.md", "report")):
+        if (run.root / name).exists():
+            finals = [p for p, a in artifacts.items() if a["kind"] in ("evaluation", "language model")]
+            artifacts[name] = {"kind": kind, "sha256": file_sha256(run.root / name), "settings": {},
+                               "inputs": [{"path": p, "sha256": artifacts[p]["sha256"]} for p in finals]}
+    return {"run": str(run.root), "code": code_version(), "libraries": library_versions(),
+            "artifacts": artifacts}
+
+
+def write_lineage(run: RunDir) -> dict:
+    lineage = build_lineage(run)
+    write_json(run.root / "lineage.json", lineage)
+    return lineage
+
+
+def _group(paths: list[str], artifacts: dict) -> list[tuple[str, list[str]]]:
+    """Inputs of one kind in one folder become one line: ("ids/ 50 id shards", their paths)."""
+    groups: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for p in paths:
+        kind = artifacts.get(p, {}).get("kind", "external")
+        groups[(str(Path(p).parent), kind)].append(p)
+    out = []
+    for (folder, kind), members in groups.items():
+        if len(members) == 1:
+            label = f"{members[0]}  [{kind}]"
+        else:
+            label = f"{folder}/ {len(members)} × {kind}"
+        out.append((label, sorted(members)))
+    return out
+
+
+def render_lineage(lineage: dict, target: str | None = None) -> str:
+    """The lineage as an indented tree, from `target` (default: the run's final artifacts)."""
+    artifacts = lineage["artifacts"]
+    if target is None:
+        used = {i["path"] for a in artifacts.values() for i in a.get("inputs", [])}
+        roots = [p for p in artifacts if p not in used]
+    else:
+        if target not in artifacts:
+            raise ValueError(f"no artifact '{target}' in this run's lineage (known: "
+                             f"{', '.join(sorted(p for p in artifacts if '/part-' not in p))})")
+        roots = [target]
+    code = lineage["code"]
+    lines = [f"run {lineage['run']}  (ulmfit {code['ulmfit']}"
+             + (f", commit {code['git_commit'][:10]}{'+dirty' if code.get('git_dirty') else ''}"
+                if code.get("git_commit") else "") + ")"]
+
+    def walk(paths: list[str], prefix: str, seen: set) -> None:
+        groups = _group(paths, artifacts)
+        for i, (label, members) in enumerate(groups):
+            last = i == len(groups) - 1
+            first = artifacts.get(members[0], {})
+            sha = f"  sha256:{first['sha256'][:12]}" if len(members) == 1 and "sha256" in first else ""
+            lines.append(f"{prefix}{'└── ' if last else '├── '}{label}{sha}")
+            child_prefix = prefix + ("    " if last else "│   ")
+            inputs = sorted({i["path"] for m in members for i in artifacts.get(m, {}).get("inputs", [])})
+            sources = {artifacts[m]["source"]["path"] for m in members if "source" in artifacts.get(m, {})}
+            for s in sorted(sources):
+                lines.append(f"{child_prefix}└── {s}  [source]")
+            key = tuple(members)
+            if inputs and key not in seen:
+                walk(inputs, child_prefix, seen | {key})
+
+    walk(roots, "", set())
+    return "\n".join(lines)
