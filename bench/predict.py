@@ -13,12 +13,18 @@ largest probability difference.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+# This folder goes last on the path: its tokenize.py must not shadow the standard library's.
+HERE = Path(__file__).resolve().parent
+sys.path = [p for p in sys.path if Path(p or ".").resolve() != HERE] + [str(HERE)]
+
 import argparse
 import logging
 import tempfile
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -62,7 +68,8 @@ def main() -> None:
         probs = ours.predict_texts(texts)
         ours_rate = len(texts) / (time.perf_counter() - t0)
 
-        df = pd.DataFrame({"text": texts[:64], "label": labels[:64]})
+        pick = [i for y in ("neg", "pos") for i in [j for j, l in enumerate(labels) if l == y][:32]]
+        df = pd.DataFrame({"text": [texts[i] for i in pick], "label": [labels[i] for i in pick]})
         dls = TextDataLoaders.from_df(df, text_col="text", label_col="label", text_vocab=itos,
                                       bs=8, valid_pct=0.25, seed=0)
         learn = text_classifier_learner(dls, AWD_LSTM, config=clas_config(preset.model),

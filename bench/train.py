@@ -3,8 +3,9 @@
     python bench/train.py [--data imdb] [--limit 1000] [--preset cpu] [--tokens 400000]
 
 Same documents, model (fastai's AWD-LSTM at the preset's size), batch size, sequence length,
-one-cycle schedule and machine, in one run. fastai: `LMDataLoader` + `Learner(..., metrics=
-[accuracy, Perplexity()]).fit_one_cycle(1, lr)`. Project: `train_language_model` (progress
+one-cycle schedule and machine, in one run. fastai: `LMDataLoader` + `LMLearner(..., metrics=
+[accuracy, Perplexity()]).fit_one_cycle(1, lr)` (the Learner `language_model_learner` builds).
+Project: `train_language_model` (progress
 logging, per-epoch checkpoint included), once in fp32 (the like-for-like ratio) and once as the
 preset runs (bf16 autocast on CPU when the preset asks). Training tokens per second of wall time,
 validation included for both.
@@ -12,18 +13,24 @@ validation included for both.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+# This folder goes last on the path: its tokenize.py must not shadow the standard library's.
+HERE = Path(__file__).resolve().parent
+sys.path = [p for p in sys.path if Path(p or ".").resolve() != HERE] + [str(HERE)]
+
 import argparse
 import logging
 import tempfile
 import time
 from dataclasses import replace
-from pathlib import Path
 
 from fastai.callback.schedule import fit_one_cycle  # noqa: F401
-from fastai.learner import Learner
 from fastai.losses import CrossEntropyLossFlat
 from fastai.metrics import Perplexity, accuracy
 from fastai.torch_core import set_seed
+from fastai.text.learner import LMLearner
 from fastai.text.models.awdlstm import awd_lstm_lm_split
 from sample_run import preprocessed_run
 
@@ -40,7 +47,7 @@ def fastai_tokens_per_s(docs, vocab_size: int, preset, seed: int) -> float:
     train, valid = docs.split(cfg.valid_pct, seed, "lm-valid")
     dls = lm_dataloaders(train, valid, cfg, device=__import__("torch").device("cpu"))
     model = build_language_model(vocab_size, preset.model, cfg.drop_mult)
-    learn = Learner(dls, model, loss_func=CrossEntropyLossFlat(), splitter=awd_lstm_lm_split,
+    learn = LMLearner(dls, model, loss_func=CrossEntropyLossFlat(), splitter=awd_lstm_lm_split,
                     metrics=[accuracy, Perplexity()], wd=cfg.wd)
     t0 = time.perf_counter()
     with learn.no_bar(), learn.no_logging():
@@ -67,7 +74,7 @@ def main() -> None:
         print(f"{len(docs)} documents, {docs.n_tokens} tokens, vocab {vocab_size}, model "
               f"{vars(preset.model)}, bs {preset.lm.bs} x seq {preset.lm.seq_len}, {threads} threads")
         fastai_tps = fastai_tokens_per_s(docs, vocab_size, preset, seed=0)
-        print(f"fastai Learner (fp32):     {fastai_tps:8.0f} tokens/s")
+        print(f"fastai LMLearner (fp32):     {fastai_tps:8.0f} tokens/s")
         results = {}
         for name, bf16 in (("fp32", False), ("bf16", True)):
             variant = replace(preset, cpu_bf16=bf16)
