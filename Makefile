@@ -7,7 +7,10 @@ PRESET ?= tiny
 LIMIT  ?= 500
 OUT    ?= runs/$(PRESET)
 
-.PHONY: install run test bench
+# The UI test drives Debian's Chromium through its chromedriver (installed once, as root or via sudo).
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: install browser run test bench
 
 install: $(VENV)/.installed
 
@@ -20,5 +23,9 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 run: install
 	$(VENV)/bin/ulmfit run --data $(DATA) --preset $(PRESET) $(if $(LIMIT),--limit $(LIMIT)) --out $(OUT)
 
-test: install
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium chromium-driver; }
+
+test: install browser
 	$(PY) -m pytest -q

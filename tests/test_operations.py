@@ -1,0 +1,200 @@
+"""Operating the pipeline for real: a `prefect server start` on loopback, the `cpu` work pool, the
+preprocessing deployment from deployments/prefect.yaml, a `prefect worker`, a run triggered through
+the API, and the Prefect UI checked in headless Chromium (Selenium with Debian's chromedriver)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _until(check, timeout: float, what: str):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise TimeoutError(what)
+
+
+class Server:
+    def __init__(self, home: Path) -> None:
+        port = _free_port()
+        self.ui = f"http://127.0.0.1:{port}"
+        self.api = f"{self.ui}/api"
+        self.env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_API_URL": self.api,
+                    "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PYTHONUNBUFFERED": "1"}
+        self.log = open(home / "server.log", "w")
+        self.proc = subprocess.Popen([BIN / "prefect", "server", "start", "--host", "127.0.0.1",
+                                      "--port", str(port)], env=self.env, stdout=self.log,
+                                     stderr=subprocess.STDOUT)
+
+        def healthy():
+            try:
+                return httpx.get(f"{self.api}/health", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        _until(healthy, 120, "prefect server health")
+
+    def cli(self, *args: str, **env) -> str:
+        result = subprocess.run([BIN / "prefect", *args], env={**self.env, **env}, cwd=ROOT,
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+        return result.stdout
+
+    def get(self, path: str):
+        response = httpx.get(f"{self.api}{path}", timeout=30)
+        response.raise_for_status()
+        return response.json()
+
+    def post(self, path: str, body: dict):
+        response = httpx.post(f"{self.api}{path}", json=body, timeout=30)
+        response.raise_for_status()
+        return response.json()
+
+    def close(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    s = Server(tmp_path_factory.mktemp("prefect-home"))
+    yield s
+    s.close()
+
+
+@pytest.fixture(scope="module")
+def finished(server, tmp_path_factory, sample_tarball) -> dict:
+    """The preprocessing deployment, run once by a real worker through the API."""
+    out = tmp_path_factory.mktemp("scheduled") / "run"
+    server.cli("work-pool", "create", "cpu", "--type", "process")
+    server.cli("--no-prompt", "deploy", "--prefect-file", "deployments/prefect.yaml",
+               "--name", "preprocess-hourly", ULMFIT_HOME=str(ROOT))
+    deployment = server.get("/deployments/name/ulmfit-preprocess-job/preprocess-hourly")
+    worker_log = open(out.parent / "worker.log", "w")
+    worker = subprocess.Popen([BIN / "prefect", "worker", "start", "--pool", "cpu"], env=server.env,
+                              stdout=worker_log, stderr=subprocess.STDOUT)
+    try:
+        run = server.post(f"/deployments/{deployment['id']}/create_flow_run", {"parameters": {
+            "out": str(out), "data": str(sample_tarball), "preset": "tiny", "workers": 1,
+            "shard_docs": 50}})
+
+        def ended():
+            flow_run = server.get(f"/flow_runs/{run['id']}")
+            return flow_run if flow_run["state_type"] in TERMINAL else None
+
+        flow_run = _until(ended, 400, "the triggered flow run to end")
+    finally:
+        worker.terminate()
+        worker.wait(timeout=60)
+        worker_log.close()
+    assert flow_run["state_type"] == "COMPLETED", (out.parent / "worker.log").read_text()[-4000:]
+    return {"deployment": deployment, "flow_run": flow_run, "out": out}
+
+
+def test_deployment_has_its_schedule_pool_and_parameters(finished):
+    deployment = finished["deployment"]
+    assert deployment["work_pool_name"] == "cpu"
+    assert [s["schedule"]["cron"] for s in deployment["schedules"]] == ["0 * * * *"]
+    assert deployment["parameters"]["preset"] == "cpu"
+    assert deployment["pull_steps"][0]["prefect.deployments.steps.set_working_directory"][
+        "directory"] == str(ROOT)
+
+
+def test_triggered_run_writes_its_outputs_artifacts_and_assets(server, finished):
+    out, flow_run = finished["out"], finished["flow_run"]
+    assert (out / "run.json").exists() and (out / "lineage.json").exists()
+    assert len(list((out / "ids").glob("part-*.parquet"))) == 4
+    artifacts = server.post("/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [flow_run["id"]]}}})
+    by_type = {a["type"]: a for a in artifacts}
+    assert by_type["markdown"]["key"] == "ulmfit-report"
+    assert by_type["markdown"]["data"].startswith("# ULMFiT run report")
+    assert by_type["table"]["key"] == "ulmfit-metrics"
+    # the tokenization progress artifact belongs to the preprocessing subflow, and reached 100%
+    progress = server.post("/artifacts/filter", {"artifacts": {"type": {"any_": ["progress"]}}})
+    assert any(a["data"] == 100 and "shards tokenized" in a["description"] for a in progress)
+    run = f"file://{out}"
+
+    def materialized() -> dict | None:  # events reach the server shortly after the run ends
+        events = server.post("/events/filter", {"filter": {"event": {"prefix": [
+            "prefect.asset.materialization.succeeded"]}}, "limit": 50})["events"]
+        upstream: dict[str, set] = {}
+        for event in events:
+            upstream.setdefault(event["resource"]["prefect.resource.id"], set()).update(
+                r["prefect.resource.id"] for r in event["related"] if r.get("prefect.resource.role") == "asset")
+        return upstream if f"{run}/lineage.json" in upstream else None
+
+    upstream = _until(materialized, 60, "the summary files' asset events")
+    assert upstream[f"{run}/tokens"] == {f"{run}/raw", f"{run}/tokenizer"}
+    assert upstream[f"{run}/vocab.json"] == {f"{run}/tokens"}
+    assert upstream[f"{run}/ids"] == {f"{run}/tokens", f"{run}/vocab.json"}
+    source = json.loads((out / "raw" / "_ingest.json").read_text())["source"]
+    assert upstream[f"{run}/raw"] == {f"file://{Path(source).resolve()}"}
+    assert upstream[f"{run}/report.md"] == {f"{run}/preprocess.json"}
+
+
+def _chromium():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--window-size=1400,1000", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--disable-default-apps",
+                 "--disable-extensions", "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1"):
+        options.add_argument(flag)
+    driver = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+    return webdriver.Chrome(service=Service(driver), options=options)
+
+
+def test_the_ui_shows_the_finished_run_and_its_artifacts(server, finished, tmp_path):
+    flow_run = finished["flow_run"]
+    browser = _chromium()
+    try:
+        browser.get(f"{server.ui}/runs/flow-run/{flow_run['id']}")
+        text = lambda: browser.find_element("tag name", "body").text  # noqa: E731
+        _until(lambda: flow_run["name"] in text() and "Completed" in text(), 60,
+               "the flow run page to show the run")
+        shots = Path(os.environ.get("ULMFIT_SCREENSHOT_DIR", tmp_path))
+        shots.mkdir(parents=True, exist_ok=True)
+        assert browser.save_screenshot(str(shots / "prefect-ui-flow-run.png"))
+        click_tab = ("const tab = [...document.querySelectorAll('button, [role=tab], a, li, span')]"
+                     ".find(e => e.textContent.trim() === 'Artifacts'); if (tab) tab.click(); return !!tab;")
+        _until(lambda: browser.execute_script(click_tab), 30, "the Artifacts tab")
+        try:
+            _until(lambda: "ulmfit-report" in text() and "ulmfit-metrics" in text(), 60,
+                   "the artifacts tab to list the report and metrics")
+        finally:
+            shot = shots / "prefect-ui-flow-run-artifacts.png"
+            assert browser.save_screenshot(str(shot))
+        assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    finally:
+        browser.quit()
