@@ -51,7 +51,8 @@ def train_classifier(out: str, preset: Preset, seed: int, backwards: bool = Fals
 
 @task(name="evaluate", task_run_name=_named("evaluate {} classifier"))
 def evaluate(out: str, backwards: bool = False) -> dict:
-    return stages.evaluate_stage(RunDir(out, backwards))
+    progress = progress_artifact(f"{direction_name(backwards)} evaluation")
+    return stages.evaluate_stage(RunDir(out, backwards), progress)
 
 
 @task(name="ensemble")

@@ -198,3 +198,39 @@ def test_the_ui_shows_the_finished_run_and_its_artifacts(server, finished, tmp_p
         assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     finally:
         browser.quit()
+
+
+def test_serve_schedules_both_flows_and_runs_them(server, tmp_path, sample_tarball):
+    out = tmp_path / "served"
+    log = open(tmp_path / "serve.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve", "--data", str(sample_tarball),
+                             "--out", str(out), "--preset", "tiny", "--workers", "1", "--shard-docs", "50",
+                             "--cron", "0 3 * * *", "--preprocess-cron", "*/30 * * * *"],
+                            env=server.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+
+    def deployment(name: str):
+        try:
+            return server.get(f"/deployments/name/{name}")
+        except httpx.HTTPStatusError:
+            return None
+
+    try:
+        pre = _until(lambda: deployment("ulmfit-preprocess-job/preprocess-scheduled"), 120, "served deployments")
+        full = _until(lambda: deployment("ulmfit/ulmfit-scheduled"), 30, "the pipeline deployment")
+        assert [s["schedule"]["cron"] for s in pre["schedules"]] == ["*/30 * * * *"]
+        assert [s["schedule"]["cron"] for s in full["schedules"]] == ["0 3 * * *"]
+        assert full["parameters"]["out"] == str(out) and full["parameters"]["preset"] == "tiny"
+        run = server.post(f"/deployments/{pre['id']}/create_flow_run", {})
+
+        def ended():
+            flow_run = server.get(f"/flow_runs/{run['id']}")
+            return flow_run if flow_run["state_type"] in TERMINAL else None
+
+        flow_run = _until(ended, 400, "the served run to end")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+        log.close()
+    assert flow_run["state_type"] == "COMPLETED", (tmp_path / "serve.log").read_text()[-4000:]
+    assert len(list((out / "ids").glob("part-*.parquet"))) == 4
+    assert json.loads((out / "run.json").read_text())["status"] == "complete"

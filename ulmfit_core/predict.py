@@ -6,6 +6,7 @@ once per model, not once per text.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -27,12 +28,17 @@ CLASSIFIER_FILE, LM_FILE, VOCAB_FILE = "model.pth", "model.pth", "vocab.json"
 
 @torch.no_grad()
 def predict_proba(model: torch.nn.Module, ids: Sequence[np.ndarray], bs: int = 64,
-                  device: torch.device | str = "cpu") -> np.ndarray:
-    """Class probabilities for id arrays, in batches of similar length."""
+                  device: torch.device | str = "cpu", progress=None, every_s: float = 10.0) -> np.ndarray:
+    """Class probabilities for id arrays, in batches of similar length. `progress(fraction,
+    message)` is called every `every_s` seconds and at the end."""
     model = model.to(device).eval()
     order = np.argsort([-len(d) for d in ids], kind="stable")
     out = np.zeros((len(ids), 0), dtype=np.float32)
+    last = time.time()
     for start in range(0, len(order), bs):
+        if progress and time.time() - last >= every_s:
+            last = time.time()
+            progress(start / len(order), f"{start}/{len(order)} texts classified")
         batch = order[start:start + bs]
         samples = [(torch.from_numpy(ids[i].astype(np.int64)),) for i in batch]
         x = torch.stack([p[0] for p in pad_front(samples, PAD_ID)]).to(device)
@@ -40,6 +46,8 @@ def predict_proba(model: torch.nn.Module, ids: Sequence[np.ndarray], bs: int = 6
         if out.shape[1] == 0:
             out = np.zeros((len(ids), probs.shape[1]), dtype=np.float32)
         out[batch] = probs
+    if progress:
+        progress(1.0, f"{len(order)}/{len(order)} texts classified")
     return out
 
 
@@ -100,10 +108,10 @@ class Classifier:
         return cls(_ready(model, payload, device), vocab, list(payload["labels"]), device,
                    load_tokenizer(folder)[1], bool(payload.get("backwards", False)))
 
-    def predict_ids(self, ids: Sequence[np.ndarray], bs: int = 64) -> np.ndarray:
+    def predict_ids(self, ids: Sequence[np.ndarray], bs: int = 64, progress=None) -> np.ndarray:
         if self.backwards:
             ids = [d[::-1] for d in ids]
-        return predict_proba(self.model, ids, bs, self.device)
+        return predict_proba(self.model, ids, bs, self.device, progress)
 
     def predict_texts(self, texts: Sequence[str], bs: int = 64) -> np.ndarray:
         tokens = self.tokenizer(texts)

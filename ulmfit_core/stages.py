@@ -314,7 +314,7 @@ def classifier_stage(run: RunDir, preset: Preset, seed: int, progress=None) -> d
 PREDICTIONS = "test-predictions.parquet"
 
 
-def evaluate_stage(run: RunDir) -> dict:
+def evaluate_stage(run: RunDir, progress=None) -> dict:
     """Accuracy on the labelled test split; per-review probabilities go to a Parquet file."""
     from .predict import Classifier, evaluate
 
@@ -331,7 +331,7 @@ def evaluate_stage(run: RunDir) -> dict:
         raise ValueError(f"test split has labels {unknown} that the classifier never saw")
     outputs = [run.classifier / "test.json"]
     if len(docs):
-        probs = classifier.predict_ids(docs.ids)
+        probs = classifier.predict_ids(docs.ids, progress=progress)
         result = evaluate(probs, classifier.labels, docs.labels)
         result["top_losses"] = _top_losses(run, docs, probs, classifier.labels)
         outputs.append(write_predictions(run.classifier / PREDICTIONS, docs, probs, classifier.labels))
