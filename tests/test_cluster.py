@@ -127,3 +127,15 @@ def test_training_is_routed_to_the_worker_with_the_resource(tmp_path, preprocess
         assert (out / "export" / "encoder.pth").exists()
     finally:
         cluster.close()
+
+
+def test_two_runs_side_by_side_do_not_interfere(tmp_path, sample_tarball, reference):
+    """Each run has its own directory, Prefect server and LocalCluster: same results as alone."""
+    outs = [tmp_path / "a", tmp_path / "b"]
+    procs = [subprocess.Popen([sys.executable, "-m", "flows.cli", "preprocess", "--data", str(sample_tarball),
+                               "--out", str(out), "--shard-docs", "10", "--workers", "1"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for out in outs]
+    for proc in procs:
+        assert proc.wait(timeout=600) == 0, proc.stderr.read()[-3000:]
+    for out in outs:
+        assert outputs(out) == reference
