@@ -29,6 +29,11 @@ def _add_training(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
 
 
+def _add_dask_address(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dask-address", default=None,
+                   help="tcp://HOST:PORT of a running Dask scheduler (default: a LocalCluster)")
+
+
 def _add_direction(p: argparse.ArgumentParser) -> None:
     group = p.add_mutually_exclusive_group()
     group.add_argument("--backwards", dest="direction", action="store_const", const="backward",
@@ -36,8 +41,7 @@ def _add_direction(p: argparse.ArgumentParser) -> None:
     group.add_argument("--bidirectional", dest="direction", action="store_const",
                        const="bidirectional", help="train both directions and report each and "
                                                    "their averaged-probability ensemble")
-    p.add_argument("--dask-address", default=None,
-                   help="tcp://HOST:PORT of a running Dask scheduler (default: a LocalCluster)")
+    _add_dask_address(p)
     p.add_argument("--train-resource", default=None, metavar="NAME",
                    help="run training tasks on the Dask workers started with --resources NAME=1 "
                         "(e.g. GPU); needs --dask-address")
@@ -70,9 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="all stages: preprocess, LM, encoder, classifier, report")
     _add_run_dir(p), _add_data(p), _add_training(p), _add_pretrained(p), _add_direction(p)
     p = sub.add_parser("preprocess", help="ingest, tokenize, vocab, numericalize")
-    _add_run_dir(p), _add_data(p), _add_training(p)
-    p.add_argument("--dask-address", default=None,
-                   help="tcp://HOST:PORT of a running Dask scheduler (default: a LocalCluster)")
+    _add_run_dir(p), _add_data(p), _add_training(p), _add_dask_address(p)
     p = sub.add_parser("train-lm", help="fine-tune the language model and export its encoder")
     _add_run_dir(p), _add_training(p), _add_pretrained(p), _add_direction(p)
     p = sub.add_parser("train-classifier", help="train the classifier and evaluate it")
@@ -87,9 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="serve the pipeline and preprocessing on their schedules "
                                       "from this process (one machine; see deployments/ for pools)")
-    _add_run_dir(p), _add_data(p), _add_training(p)
-    p.add_argument("--dask-address", default=None,
-                   help="tcp://HOST:PORT of a running Dask scheduler (default: a LocalCluster)")
+    _add_run_dir(p), _add_data(p), _add_training(p), _add_dask_address(p)
     p.add_argument("--cron", default="0 2 * * *", help="schedule of the full pipeline (UTC)")
     p.add_argument("--preprocess-cron", default="0 * * * *",
                    help="schedule of preprocessing alone (UTC), keeping shards and vocab current")
@@ -226,9 +226,10 @@ def main(argv: list[str] | None = None) -> int:
             return _serve(args)
         if args.command in ("run", "preprocess", "train-lm", "train-classifier"):
             get_preset(args.preset)  # fail before any server or cluster starts
-            if getattr(args, "train_resource", None) and not args.dask_address:
-                raise ValueError("--train-resource needs --dask-address (the cluster whose "
-                                 "workers declare the resource)")
+            if getattr(args, "train_resource", None):
+                from flows.runtime import training_runner
+
+                training_runner(args.dask_address, args.train_resource)  # refuses a missing address
             if getattr(args, "direction", "forward") == "bidirectional" and getattr(args, "pretrained", "none") not in (
                     "none", "wt103"):
                 raise ValueError("--bidirectional with --pretrained PATH: one folder holds one "

@@ -176,14 +176,15 @@ def ulmfit_flow(out: str, data: str = "imdb", preset: str = "tiny", limit: int |
               "tokenizer": tokenizer or "word", "vocab_size": vocab_size, "pretrained": pretrained,
               "direction": direction, "train_resource": train_resource}
     _directions(direction)
+    trainer = training_runner(dask_address, train_resource)
     with tracked_run(RunDir(out), params):
         runner = dask_task_runner(dask_address, workers)
         preprocess_flow.with_options(task_runner=runner)(out, data, preset, limit, seed, shard_docs,
                                                          tokenizer, vocab_size)
-        train_lm_flow.with_options(task_runner=training_runner(dask_address, train_resource))(
-            out, preset, seed, pretrained, direction, train_resource)
-        train_classifier_flow.with_options(task_runner=training_runner(dask_address, train_resource))(
-            out, preset, seed, direction, train_resource)
+        train_lm_flow.with_options(task_runner=trainer)(out, preset, seed, pretrained, direction,
+                                                        train_resource)
+        train_classifier_flow.with_options(task_runner=trainer)(out, preset, seed, direction,
+                                                                train_resource)
         metrics = report(out, params, seed)
     print(f"report: {RunDir(out).report}")
     return metrics

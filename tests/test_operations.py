@@ -74,6 +74,18 @@ class Server:
         response.raise_for_status()
         return response.json()
 
+    def run_deployment(self, deployment_id: str, parameters: dict | None, what: str) -> dict:
+        """Create a flow run of the deployment through the API (with its own parameters when
+        `parameters` is None) and wait until it has ended."""
+        body = {} if parameters is None else {"parameters": parameters}
+        run = self.post(f"/deployments/{deployment_id}/create_flow_run", body)
+
+        def ended():
+            flow_run = self.get(f"/flow_runs/{run['id']}")
+            return flow_run if flow_run["state_type"] in TERMINAL else None
+
+        return _until(ended, 400, what)
+
     def close(self) -> None:
         self.proc.terminate()
         try:
@@ -102,15 +114,9 @@ def finished(server, tmp_path_factory, sample_tarball) -> dict:
     worker = subprocess.Popen([BIN / "prefect", "worker", "start", "--pool", "cpu"], env=server.env,
                               stdout=worker_log, stderr=subprocess.STDOUT)
     try:
-        run = server.post(f"/deployments/{deployment['id']}/create_flow_run", {"parameters": {
+        flow_run = server.run_deployment(deployment["id"], {
             "out": str(out), "data": str(sample_tarball), "preset": "tiny", "workers": 1,
-            "shard_docs": 50}})
-
-        def ended():
-            flow_run = server.get(f"/flow_runs/{run['id']}")
-            return flow_run if flow_run["state_type"] in TERMINAL else None
-
-        flow_run = _until(ended, 400, "the triggered flow run to end")
+            "shard_docs": 50}, "the triggered flow run to end")
     finally:
         worker.terminate()
         worker.wait(timeout=60)
@@ -220,13 +226,7 @@ def test_serve_schedules_both_flows_and_runs_them(server, tmp_path, sample_tarba
         assert [s["schedule"]["cron"] for s in pre["schedules"]] == ["*/30 * * * *"]
         assert [s["schedule"]["cron"] for s in full["schedules"]] == ["0 3 * * *"]
         assert full["parameters"]["out"] == str(out) and full["parameters"]["preset"] == "tiny"
-        run = server.post(f"/deployments/{pre['id']}/create_flow_run", {})
-
-        def ended():
-            flow_run = server.get(f"/flow_runs/{run['id']}")
-            return flow_run if flow_run["state_type"] in TERMINAL else None
-
-        flow_run = _until(ended, 400, "the served run to end")
+        flow_run = server.run_deployment(pre["id"], None, "the served run to end")
     finally:
         proc.terminate()
         proc.wait(timeout=60)

@@ -182,10 +182,11 @@ def render_report(metrics: dict, samples: list[str]) -> str:
 def write_report(run: RunDir, params: dict, seed: int = 0) -> dict:
     metrics = collect_metrics(run, params)
     samples = []
-    if (run.direction(False).lm / "model.pth").exists():  # a backward LM writes right to left
+    forward = run.direction(False)  # a backward LM writes right to left
+    if (forward.lm / "model.pth").exists():
         from .predict import LanguageModel
 
-        samples = LanguageModel.load(run.direction(False).lm).generate(PROMPT, n_words=40, temperature=0.75, n=2, seed=seed)
+        samples = LanguageModel.load(forward.lm).generate(PROMPT, n_words=40, temperature=0.75, n=2, seed=seed)
     metrics["samples"] = samples
     plot_curves(metrics, run.root / "curves.png")
     write_json(run.metrics, metrics)

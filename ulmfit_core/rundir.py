@@ -139,22 +139,18 @@ def tracked_run(run: RunDir, params: dict) -> Iterator[RunDir]:
     metrics.json and report.md are the marks of a finished run, so they are removed first and
     only written again by a run that gets to its end.
     """
-    with run_lock(run):
-        yield from _tracked(run, params)
-
-
-def _tracked(run: RunDir, params: dict) -> Iterator[RunDir]:
     import time
 
-    for stale in (run.metrics, run.report):
-        stale.unlink(missing_ok=True)
-    started = time.time()
-    status = {"status": "running", "params": params, "started": started}
-    write_json(run.status, status)
-    try:
-        yield run
-    except BaseException as exc:
-        write_json(run.status, {**status, "status": "failed", "error": f"{type(exc).__name__}: {exc}",
-                                "seconds": time.time() - started})
-        raise
-    write_json(run.status, {**status, "status": "complete", "seconds": time.time() - started})
+    with run_lock(run):
+        for stale in (run.metrics, run.report):
+            stale.unlink(missing_ok=True)
+        started = time.time()
+        status = {"status": "running", "params": params, "started": started}
+        write_json(run.status, status)
+        try:
+            yield run
+        except BaseException as exc:
+            write_json(run.status, {**status, "status": "failed", "error": f"{type(exc).__name__}: {exc}",
+                                    "seconds": time.time() - started})
+            raise
+        write_json(run.status, {**status, "status": "complete", "seconds": time.time() - started})

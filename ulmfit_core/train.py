@@ -116,8 +116,7 @@ class EpochEnd(Callback):
                    + ", ".join(f"{n} {v:.4f}" for n, v in values.items()) + ")")
         log.info(message)
         if self.progress:
-            self.progress(1.0 if self.epoch + 1 == self.n_epoch else (self.epoch + 1) / self.n_epoch,
-                          message)
+            self.progress((self.epoch + 1) / self.n_epoch, message)
 
 
 @dataclass(frozen=True)
