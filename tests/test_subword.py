@@ -15,7 +15,7 @@ from ulmfit_core.predict import Classifier, LanguageModel
 from ulmfit_core.rundir import RunDir, read_json
 from ulmfit_core.shards import file_sha256
 from ulmfit_core.subword import SubwordTokenizer, train_subword_model
-from ulmfit_core.tokenize import SPECIAL_TOKENS
+from ulmfit_core.rules import SPECIAL_TOKENS
 
 
 @pytest.fixture(scope="module")

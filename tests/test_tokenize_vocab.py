@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections import Counter
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from fastai.text.core import SpacyTokenizer, Tokenizer, replace_space
+from fastai.text.core import SpacyTokenizer, Tokenizer, defaults, replace_space
 from fastai.text.data import Numericalize
 
 from ulmfit_core.config import TokenizerConfig
-from ulmfit_core.tokenize import SPECIAL_TOKENS, tokenize_shard, tokenize_texts
+from ulmfit_core.rules import SPECIAL_TOKENS, apply_rules
+from ulmfit_core.tokenize import tokenize_shard, tokenize_texts
 from ulmfit_core.vocab import FAKE, UNK_ID, Vocab, merge_counts, numericalize_shard
 from ulmfit_core.ingest import ingest
 
@@ -34,6 +38,10 @@ HARD_CASES = [
     "''Empire Strikes Back'' ''Return of the Jedi'' is more",
     "a pair '''' their yours; Elvis' ''Love me''",
     "in perfect shape :) ) . and :( sad (: happy",
+    "score: 1 out of 10 :'( and http: / / odd",
+    # Capitals: one letter, capital + punctuation, non-ASCII after a capital, mixed case.
+    "I LIKED IT. A. I' AÉ ΑΣ İstanbul hELLO McDONALD O'NEIL B- Ok OK oK",
+    "the the the. word word\tword\nword THE THE THE \\ back#slash a/b",
 ]
 
 
@@ -54,6 +62,51 @@ def test_tokens_equal_fastai_on_hard_cases():
 
 def test_tokens_equal_fastai_on_real_reviews(sample_texts):
     assert tokenize_texts(sample_texts) == fastai_tokens(sample_texts)
+
+
+def test_rules_equal_fastais(sample_texts):
+    def fastai_rules(text):
+        for rule in defaults.text_proc_rules:
+            text = rule(text)
+        return text
+
+    for text in HARD_CASES + sample_texts:
+        assert apply_rules(text) == fastai_rules(text), text
+    assert SPECIAL_TOKENS == defaults.text_spec_tok
+
+
+@pytest.mark.skipif(not os.environ.get("ULMFIT_IMDB"), reason="needs the IMDB tarball (ULMFIT_IMDB)")
+def test_tokens_equal_fastai_on_2000_more_reviews():
+    from conftest import real_reviews
+
+    texts = [data.decode() for files in real_reviews(400).values() for _, data in files[40:]]
+    assert len(texts) == 1800
+    ours, theirs = tokenize_texts(texts), fastai_tokens(texts)
+    assert [i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b] == []
+
+
+def test_tokenizing_and_numericalizing_do_not_load_torch(sample_tarball, tmp_path):
+    """Tokenizing workers stay small: neither spaCy's thinc nor fastai pulls torch in."""
+    code = f"""
+import sys
+from ulmfit_core.config import TokenizerConfig
+from ulmfit_core.ingest import ingest
+from ulmfit_core.tokenize import tokenize_shard
+from ulmfit_core.vocab import Vocab, merge_counts, numericalize_shard
+from pathlib import Path
+shard = ingest(Path({str(sample_tarball)!r}), Path({str(tmp_path / "raw")!r}), limit=8).shards[0]
+tokenize_shard(shard, {str(tmp_path / "tok.parquet")!r}, {str(tmp_path / "counts.parquet")!r}, TokenizerConfig())
+vocab = Vocab.from_counts(merge_counts([{str(tmp_path / "counts.parquet")!r}]), min_freq=1)
+numericalize_shard({str(tmp_path / "tok.parquet")!r}, vocab, {str(tmp_path / "ids.parquet")!r})
+print(sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "fastai")))
+import torch  # still importable afterwards
+print(torch.ones(2).sum().item())
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["[]", "2.0"]
+    ids = pq.read_table(tmp_path / "ids.parquet").column("ids").to_pylist()
+    assert len(ids) == 40 and all(doc[0] == 2 for doc in ids)  # 8 per split and label, xxbos first
 
 
 def test_vocab_equals_fastai_numericalize(sample_texts, tmp_path):

@@ -14,6 +14,7 @@ import json
 import shutil
 import time
 from collections import Counter
+from importlib.metadata import version
 from pathlib import Path
 
 from . import __version__
@@ -96,11 +97,8 @@ def token_paths(run: RunDir, raw_shard: str | Path) -> tuple[Path, Path]:
 
 
 def _tokenizer_settings(preset: Preset) -> dict:
-    import fastai
-    import spacy
-
-    return {"tokenizer": vars(preset.tokenizer), "fastai": fastai.__version__,
-            "spacy": spacy.__version__, "ulmfit": __version__}
+    return {"tokenizer": vars(preset.tokenizer), "fastai": version("fastai"),
+            "spacy": version("spacy"), "ulmfit": __version__}
 
 
 def tokenize_stage(run: RunDir, raw_shard: str, preset: Preset) -> dict:

@@ -11,7 +11,7 @@ import itertools
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from .tokenize import SPECIAL_TOKENS, TEXT_RULES, apply_rules
+from .rules import SPECIAL_TOKENS, apply_rules
 
 MODEL_FILE = "spm.model"
 # fastai's character coverage: 0.99999 for European languages, 0.9998 otherwise.
@@ -54,16 +54,16 @@ def train_subword_model(texts: Iterable[str], vocab_size: int, out_dir: Path,
 class SubwordTokenizer:
     """fastai's rules, then SentencePiece pieces ("▁the", "▁xxmaj", ...)."""
 
-    def __init__(self, model_path: str | Path, rules=TEXT_RULES, batch_size: int = 1000) -> None:
+    def __init__(self, model_path: str | Path, batch_size: int = 1000) -> None:
         from sentencepiece import SentencePieceProcessor
 
         self._sp = SentencePieceProcessor(model_file=str(model_path))
-        self._rules, self._batch_size = list(rules), batch_size
+        self._batch_size = batch_size
 
     def __call__(self, texts: Iterable[str]) -> Iterator[list[str]]:
         texts = iter(texts)
         while batch := list(itertools.islice(texts, self._batch_size)):
-            yield from self._sp.encode([apply_rules(t, self._rules) for t in batch], out_type=str)
+            yield from self._sp.encode([apply_rules(t) for t in batch], out_type=str)
 
 
 def detokenize_pieces(pieces: list[str]) -> list[str]:

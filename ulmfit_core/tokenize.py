@@ -1,9 +1,8 @@
 """Word tokenization exactly as fastai's `Tokenizer(SpacyTokenizer("en"))`, shard by shard.
 
-fastai's text rules (`fix_html`, `replace_rep`, `replace_wrep`, `spec_add_spaces`,
-`rm_useless_spaces`, `replace_all_caps`, `replace_maj`, `lowercase` which adds `xxbos`) run on each
-text, spaCy's blank tokenizer splits it with fastai's special tokens protected, and
-`replace_space` turns spaces inside a token into "▁" so that a document joins and splits on " ".
+fastai's text rules (`rules.apply_rules`) run on each text, spaCy's blank tokenizer splits it with
+fastai's special tokens protected, and `replace_space` turns spaces inside a token into "▁" so
+that a document joins and splits on " ".
 """
 
 from __future__ import annotations
@@ -12,157 +11,294 @@ import functools
 import itertools
 import json
 import re
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from fastai.text.core import defaults, replace_space
-from spacy.attrs import IDX, LENGTH
 
 from .config import TokenizerConfig
+from .rules import SPECIAL_TOKENS, apply_rules, replace_space
 from .rundir import atomic_path
 
-SPECIAL_TOKENS: list[str] = list(defaults.text_spec_tok)
-TEXT_RULES = list(defaults.text_proc_rules)
+
+def _import_spacy():
+    """spaCy, imported without torch where torch is not loaded yet.
+
+    spaCy's model library thinc imports torch, when it is installed, only to offer torch-backed
+    layers, which the rule-based tokenizer never uses; it would cost each tokenizing worker
+    about 200 MB and seconds of start-up. Torch itself stays importable afterwards.
+    """
+    if "thinc" not in sys.modules and "torch" not in sys.modules:
+        sys.modules["torch"] = None  # `import torch` raises ImportError, which thinc expects
+        try:
+            import spacy
+        finally:
+            del sys.modules["torch"]
+    import spacy
+
+    return spacy
 
 
-def apply_rules(text: str, rules=TEXT_RULES) -> str:
-    for rule in rules:
-        text = rule(text)
-    return text
-
+spacy = _import_spacy()
 
 # spaCy splits text into alternating runs of whitespace and non-whitespace and tokenizes each run
 # on its own; a single " " right after a word only marks that word's trailing space.
 _RUNS = re.compile(r"\S+|\s+")
-# Texts where splitting on " " would not give spaCy's runs: whitespace on both sides of a space
-# (one longer whitespace run), two spaces in a row, or a space at either end.
-_IRREGULAR = re.compile(r"\s \s|  |^ | $")
 _SPACE = re.compile(r"\s")
-_SEPARATOR = " \n "
+_WHITESPACE_AROUND_SPACE = re.compile(r"\s \s")
+_NEVER = re.compile("a^")  # for a language without some kind of affix
+_PLAIN = re.compile("[a-z]+")
+
+
+def _spacy_runs(text: str) -> list[str]:
+    """The runs spaCy tokenizes one by one: whitespace and non-whitespace alternate, and a space
+    right after a word only marks that word's trailing space."""
+    runs, after_word = [], False
+    for match in _RUNS.finditer(text):
+        run = match.group()
+        is_space = run[0].isspace()
+        if is_space and after_word and run[0] == " ":
+            run = run[1:]
+        if run:
+            runs.append(run)
+        after_word = not is_space
+    return runs
+
+
+def _irregular(text: str) -> bool:
+    """Whether splitting on " " would not give spaCy's runs: two spaces in a row, a space at
+    either end, or whitespace on both sides of a space (one longer whitespace run)."""
+    return ("  " in text or text.startswith(" ") or text.endswith(" ")
+            or _WHITESPACE_AROUND_SPACE.search(text) is not None)
 
 
 class WordTokenizer:
     """spaCy's blank-language tokenizer behind fastai's pre- and post-rules, memoized per piece.
 
-    spaCy tokenizes every whitespace-delimited run of a text on its own (its own cache works
-    the same way), then merges special cases over the whole token sequence: ":" + ")" becomes
-    ":)" even across a space. So a text's tokens are the concatenation of its pieces' tokens
-    unless two neighbouring pieces could meet in such a special case; those texts (about 4% of
-    IMDB reviews) go to spaCy whole. This tokenizer keeps each piece's final tokens in a bounded
-    cache and asks spaCy only about pieces it has not seen, instead of building one spaCy Doc
-    per text. The output is fastai's `Tokenizer(SpacyTokenizer())` output (tested on real
-    reviews and odd inputs).
+    A text split on " " gives pieces; spaCy tokenizes every whitespace-delimited run on its own
+    (a piece that ends in other whitespace, "\\n", takes the space after it into its run), then
+    merges special cases over the whole token sequence: ":" + "1" becomes ":1" even across a
+    space. So a text's tokens are the concatenation of its pieces' tokens except where the
+    tokens of neighbouring pieces spell such a special case (about 2% of IMDB reviews: spaCy
+    tokenizes those pieces together) or where its spaces are irregular (spaCy takes the whole
+    text). This tokenizer keeps each piece's final tokens in a bounded cache and works out only
+    pieces it has not seen, with spaCy's own affix splitting (`_split`) instead of building a
+    spaCy Doc per text. The output is fastai's `Tokenizer(SpacyTokenizer())` output (tested on
+    real reviews and odd inputs).
     """
 
-    def __init__(self, lang: str = "en", rules=TEXT_RULES, cache_size: int = 200_000,
-                 batch_size: int = 256) -> None:
-        import spacy
+    def __init__(self, lang: str = "en", cache_size: int = 200_000, batch_size: int = 256) -> None:
         from spacy.symbols import ORTH
 
         nlp = spacy.blank(lang)
         for token in SPECIAL_TOKENS:
             nlp.tokenizer.add_special_case(token, [{ORTH: token}])
         # Lexical attributes (shape, like_num, ...) are computed for every new word but never
-        # used by the tokenizer's splitting; skipping them halves the cost of unseen words.
+        # used by the tokenizer's splitting; skipping them halves spaCy's cost for texts it
+        # tokenizes whole.
         nlp.vocab.lex_attr_getters = {}
-        self._spacy = nlp.tokenizer
-        self._rules = list(rules)
+        tok = self._spacy = nlp.tokenizer
+        self._token_match, self._url_match = tok.token_match, tok.url_match
+        self._prefix_search = tok.prefix_search or _NEVER.search
+        self._suffix_search = tok.suffix_search or _NEVER.search
+        self._infix_finditer = tok.infix_finditer or _NEVER.finditer
+        self._specials = {case: [t[ORTH] for t in tokens] for case, tokens in tok.rules.items()}
         self._cache: dict[str, list[str]] = {}
-        self._split_cases = _split_special_cases(nlp)
-        self._adjacent = {pair for parts in self._split_cases.values() for pair in zip(parts, parts[1:])}
-        self._firsts = {a for a, _ in self._adjacent}
-        self._seconds = {b for _, b in self._adjacent}
-        self._ends: dict[str, str] = {}  # piece -> its last affix token, if it may start a match
-        self._starts: dict[str, str] = {}  # piece -> its first affix token, if it may end one
+        self._split_cases, self._rewritten = _special_case_patterns(nlp, self._specials)
+        # (token, next token) -> the special cases' token lists with that pair at [j - 1], [j]
+        self._crossing: dict[tuple[str, str], list[tuple[list[str], int]]] = {}
+        for parts in self._split_cases.values():
+            for j in range(1, len(parts)):
+                self._crossing.setdefault((parts[j - 1], parts[j]), []).append((parts, j))
+        self._window = max(map(len, self._split_cases.values()), default=1) - 1
+        self._firsts = {a for a, _ in self._crossing}
+        self._seconds = {b for _, b in self._crossing}
+        self._ends: dict[str, str] = {}  # piece -> its last token, if a special case may start there
+        self._starts: dict[str, str] = {}  # piece -> its first token, if one may end there
+        self._merged: set[str] = set()  # pieces whose own tokens spaCy's matcher rewrote
         self._cache_size = cache_size
         self._batch_size = batch_size
+        # No affix, infix or URL pattern of spaCy's English matches a run of lowercase ASCII
+        # letters (the unit suffixes need a digit before them): such a piece is one token.
+        self._plain = _PLAIN if lang == "en" else None
 
-    @staticmethod
-    def _pieces(text: str) -> list[str]:
-        """The keys whose tokens, concatenated, are the text's tokens."""
-        if _IRREGULAR.search(text):
-            pieces, after_word = [], False
-            for match in _RUNS.finditer(text):
-                run, is_space = match.group(), match.group()[0].isspace()
-                if is_space and after_word and run[0] == " ":
-                    run = run[1:]  # the space that ends the word before
-                if run:
-                    pieces.append(run)
-                after_word = not is_space
-            return pieces
-        pieces = text.split(" ")
-        # A piece ending in other whitespace ("\n") owns the space after it: spaCy keeps "\n "
-        # as one whitespace run.
-        return [p + " " if p[-1].isspace() else p for p in pieces[:-1]] + pieces[-1:]
+    def _learn(self, pieces: Iterable[str]) -> None:
+        for piece in pieces:
+            self._remember(piece, self._tokenize_piece(piece))
 
-    def _learn(self, pieces: set[str]) -> None:
-        """Tokenize unseen pieces with spaCy, those without whitespace together in one call.
+    def _tokenize_piece(self, piece: str) -> list[str]:
+        text = piece + " " if piece[-1].isspace() else piece  # with the space that follows it
+        if _SPACE.search(text):
+            tokens = [replace_space(t) for run in _spacy_runs(text) for t in self._split(run)]
+        else:
+            tokens = self._split(text)
+        if self._matched_inside(tokens):
+            self._merged.add(piece)
+            return self._spacy_tokens(text)
+        return tokens
 
-        They are joined by " \n ": the newline becomes a token of its own between two pieces, so
-        no special case can join the end of one piece to the start of the next.
+    def _spacy_tokens(self, text: str) -> list[str]:
+        return [replace_space(t.text) for t in self._spacy(text)]
+
+    def _split(self, string: str) -> list[str]:
+        """spaCy's affix splitting of one run (no whitespace, or only whitespace), without a Doc.
+
+        A line-by-line port of `Tokenizer._split_affixes` and `Tokenizer._attach_tokens` (spaCy
+        3.8) on the tokenizer's own patterns and special cases, plus a shortcut for what is left
+        once it is plain lowercase letters; spaCy's later pass that matches special cases over
+        the token sequence is left to `_matched_inside`.
         """
-        words = [p for p in pieces if not _SPACE.search(p)]
-        for piece in pieces.difference(words):
-            self._remember(piece, [replace_space(t.text) for t in self._spacy(piece)])
-        if not words:
-            return
-        text = _SEPARATOR.join(words)
-        starts = list(itertools.accumulate((len(w) + len(_SEPARATOR) for w in words[:-1]), initial=0))
-        lists: list[list[str]] = [[] for _ in words]
-        k = 0
-        for start, length in self._spacy(text).to_array([IDX, LENGTH]).tolist():
-            while k + 1 < len(words) and start >= starts[k + 1]:
-                k += 1
-            if start < starts[k] + len(words[k]):  # not the separator's newline token
-                lists[k].append(text[start:start + length])  # no spaces inside: nothing to replace
-        for word, tokens in zip(words, lists):
-            self._remember(word, tokens)
+        specials, token_match, plain = self._specials, self._token_match, self._plain
+        if string in specials:
+            return list(specials[string])
+        prefixes: list[str] = []
+        suffixes: list[str] = []
+        last_size = 0
+        while string and len(string) != last_size:
+            if token_match and token_match(string):
+                break
+            if string in specials:
+                break
+            if plain and plain.fullmatch(string):  # what is left is one token
+                return [*prefixes, string, *reversed(suffixes)]
+            last_size = len(string)
+            match = self._prefix_search(string)
+            pre_len = match.end() - match.start() if match else 0
+            if pre_len:
+                prefix, minus_pre = string[:pre_len], string[pre_len:]
+                if minus_pre and minus_pre in specials:
+                    string = minus_pre
+                    prefixes.append(prefix)
+                    break
+            match = self._suffix_search(string[pre_len:])
+            suf_len = match.end() - match.start() if match else 0
+            if suf_len:
+                suffix, minus_suf = string[-suf_len:], string[:-suf_len]
+                if minus_suf and minus_suf in specials:
+                    string = minus_suf
+                    suffixes.append(suffix)
+                    break
+            if pre_len and suf_len and pre_len + suf_len <= len(string):
+                string = string[pre_len:-suf_len]
+                prefixes.append(prefix)
+                suffixes.append(suffix)
+            elif pre_len:
+                string = minus_pre
+                prefixes.append(prefix)
+            elif suf_len:
+                string = minus_suf
+                suffixes.append(suffix)
+        tokens = prefixes
+        if not string:
+            pass
+        elif string in specials:
+            tokens += specials[string]
+        elif (token_match and token_match(string)) or (self._url_match and self._url_match(string)):
+            tokens.append(string)
+        else:
+            start = 0
+            for match in self._infix_finditer(string):
+                infix_start, infix_end = match.span()
+                if infix_start == 0:
+                    continue
+                if infix_start != start:
+                    tokens.append(string[start:infix_start])
+                if infix_start != infix_end:
+                    tokens.append(string[infix_start:infix_end])
+                start = infix_end
+            if string[start:]:
+                tokens.append(string[start:])
+        tokens += reversed(suffixes)
+        return tokens
+
+    def _matched_inside(self, tokens: list[str]) -> bool:
+        """Whether spaCy's special-case matcher could rewrite these tokens of one piece."""
+        if len(tokens) == 1:
+            return tokens[0] in self._rewritten
+        crossing = self._crossing
+        return any(pair in crossing for pair in zip(tokens, tokens[1:])) or not self._rewritten.isdisjoint(tokens)
 
     def _remember(self, piece: str, tokens: list[str]) -> None:
         self._cache[piece] = tokens
         if not tokens:
             return
-        # spaCy matches special cases on the tokens before they are merged: "''" is "'" "'" then.
-        last = self._split_cases.get(tokens[-1], tokens[-1:])[-1]
-        first = self._split_cases.get(tokens[0], tokens[:1])[0]
+        last, first = tokens[-1], tokens[0]
+        if piece in self._merged:
+            # Its tokens before the matcher merged them: "''" was "'" "'".
+            last = self._split_cases.get(last, [last])[-1]
+            first = self._split_cases.get(first, [first])[0]
         if last in self._firsts:
             self._ends[piece] = last
         if first in self._seconds:
             self._starts[piece] = first
 
-    def _merges_across(self, pieces: list[str]) -> bool:
-        """Whether two neighbouring pieces could meet in a special case."""
-        ends, starts, adjacent = self._ends, self._starts, self._adjacent
-        last = None
-        for piece in pieces:
-            if last is not None and (last, starts.get(piece)) in adjacent:
-                return True
-            last = ends.get(piece)
-        return False
+    def _joins(self, pieces: list[str]) -> list[int]:
+        """The i where spaCy's special-case matcher joins tokens of pieces[i - 1] and pieces[i]."""
+        ends, starts, crossing = self._ends, self._starts, self._crossing
+        if ends.keys().isdisjoint(pieces) or starts.keys().isdisjoint(pieces):
+            return []
+        pairs = list(zip(map(ends.get, pieces), map(starts.get, itertools.islice(pieces, 1, None))))
+        if crossing.keys().isdisjoint(pairs):
+            return []
+        return [i for i, pair in enumerate(pairs, 1) if pair in crossing and self._crosses(pieces, i, pair)]
+
+    def _crosses(self, pieces: list[str], i: int, pair: tuple[str, str]) -> bool:
+        """Whether a special case's tokens run on both sides of the boundary before pieces[i]."""
+        if pieces[i - 1] in self._merged or pieces[i] in self._merged:
+            return True  # their tokens as the matcher sees them are not at hand: be safe
+        cache, window = self._cache, self._window
+        before: list[str] = []
+        for k in range(i - 1, -1, -1):
+            before[:0] = cache[pieces[k]]
+            if len(before) >= window:
+                break
+        after: list[str] = []
+        for k in range(i, len(pieces)):
+            after += cache[pieces[k]]
+            if len(after) >= window:
+                break
+        return any(before[len(before) - j:] == parts[:j] and after[:len(parts) - j] == parts[j:]
+                   for parts, j in self._crossing[pair])
+
+    def _joined_tokens(self, pieces: list[str], joins: list[int]) -> list[str]:
+        """A text's tokens when some of its pieces meet in special cases: spaCy tokenizes each
+        run of joined pieces as one text, the cache gives the others."""
+        tokens: list[str] = []
+        joined, i = set(joins), 0
+        while i < len(pieces):
+            j = i + 1
+            while j in joined:
+                j += 1
+            if j == i + 1:
+                tokens += self._cache[pieces[i]]
+            else:
+                text = " ".join(pieces[i:j])
+                tokens += self._spacy_tokens(text + " " if text[-1].isspace() else text)
+            i = j
+        return tokens
 
     def tokenize_many(self, texts: list[str]) -> list[list[str]]:
-        processed = [apply_rules(text, self._rules) for text in texts]
-        pieces = [self._pieces(text) for text in processed]
-        unseen = {p for doc in pieces for p in doc if p not in self._cache}
+        processed = [apply_rules(text) for text in texts]
+        pieces = [None if _irregular(text) else text.split(" ") for text in processed]
+        regular = [doc for doc in pieces if doc is not None]
+        unseen = set(itertools.chain.from_iterable(regular)).difference(self._cache)
         if len(self._cache) + len(unseen) > self._cache_size:
             for table in (self._cache, self._ends, self._starts):
                 table.clear()  # bounded memory on corpora with endless new words
-            unseen = {p for doc in pieces for p in doc}
-        if unseen:
-            self._learn(unseen)
-        cache = self._cache
-        out = []
+            self._merged.clear()
+            unseen = set(itertools.chain.from_iterable(regular))
+        self._learn(unseen)
+        lookup, out = self._cache.__getitem__, []
         for text, doc in zip(processed, pieces):
-            if self._merges_across(doc):
-                out.append([replace_space(t.text) for t in self._spacy(text)])
-                continue
-            tokens: list[str] = []
-            for piece in doc:
-                tokens += cache[piece]
-            out.append(tokens)
+            if doc is None:
+                out.append(self._spacy_tokens(text))
+            elif joins := self._joins(doc):
+                out.append(self._joined_tokens(doc, joins))
+            else:
+                out.append(list(itertools.chain.from_iterable(map(lookup, doc))))
         return out
 
     def __call__(self, texts: Iterable[str]) -> Iterator[list[str]]:
@@ -171,11 +307,12 @@ class WordTokenizer:
             yield from self.tokenize_many(batch)
 
 
-def _split_special_cases(nlp) -> dict[str, list[str]]:
-    """Special cases that affix splitting cuts into several tokens, with those tokens.
+def _special_case_patterns(nlp, specials: dict[str, list[str]]) -> tuple[dict[str, list[str]], set[str]]:
+    """What spaCy's special-case matcher looks for after affix splitting.
 
-    spaCy finds these over the token sequence of a whole text, so one can join the last token
-    of a piece with the first of the next only if that pair sits side by side in it.
+    Returns the special cases that affix splitting cuts into several tokens, with those tokens
+    (one can join the last token of a piece with the first of the next only if that pair sits
+    side by side in it), and the single tokens the matcher would replace by different ones.
     """
     from spacy.tokenizer import Tokenizer
 
@@ -183,8 +320,14 @@ def _split_special_cases(nlp) -> dict[str, list[str]]:
     affixes_only = Tokenizer(nlp.vocab, rules={}, prefix_search=tok.prefix_search,
                              suffix_search=tok.suffix_search, infix_finditer=tok.infix_finditer,
                              token_match=tok.token_match, url_match=tok.url_match)
-    cases = {case: [t.text for t in affixes_only(case)] for case in tok.rules}
-    return {case: parts for case, parts in cases.items() if len(parts) > 1}
+    # The matcher knows the cases that have an affix or a space (all of them without spaCy's
+    # faster heuristics).
+    cases = {case: [t.text for t in affixes_only(case)] for case in tok.rules
+             if not tok.faster_heuristics or " " in case or tok.find_prefix(case)
+             or tok.find_suffix(case) or tok.find_infix(case)}
+    split = {case: parts for case, parts in cases.items() if len(parts) > 1}
+    rewritten = {case for case, parts in cases.items() if len(parts) == 1 and specials[case] != parts}
+    return split, rewritten
 
 
 @functools.lru_cache(maxsize=4)

@@ -1,8 +1,9 @@
 """Vocabulary: merge per-shard counts, apply fastai's rules, encode token shards to ids.
 
-The vocab is fastai's `make_vocab`: tokens seen at least `min_freq` times, most frequent first
-(ties in first-occurrence order), at most `max_vocab`, special tokens first, padded with
-"xxfake" to a multiple of 8. It is stored as a JSON list in index order.
+The vocab is fastai's `make_vocab` (written out here so that building it does not load torch):
+tokens seen at least `min_freq` times, most frequent first (ties in first-occurrence order), at
+most `max_vocab`, special tokens first, padded with "xxfake" to a multiple of 8. It is stored as
+a JSON list in index order.
 """
 
 from __future__ import annotations
@@ -14,10 +15,9 @@ from typing import Iterable, Sequence
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from fastai.text.data import make_vocab
 
 from .rundir import atomic_path, read_json, write_json
-from .tokenize import SPECIAL_TOKENS
+from .rules import SPECIAL_TOKENS
 
 UNK_ID, PAD_ID = 0, 1
 FAKE = "xxfake"
@@ -43,7 +43,10 @@ class Vocab:
 
     @classmethod
     def from_counts(cls, counts: Counter, max_vocab: int = 60_000, min_freq: int = 3) -> "Vocab":
-        return cls(make_vocab(counts, min_freq=min_freq, max_vocab=max_vocab, special_toks=SPECIAL_TOKENS))
+        frequent = [t for t, c in counts.most_common(max_vocab) if c >= min_freq]
+        special = set(SPECIAL_TOKENS)
+        itos = (SPECIAL_TOKENS + [t for t in frequent if t not in special])[:max_vocab]
+        return cls(itos + [FAKE] * (8 - len(itos) % 8))
 
     def __len__(self) -> int:
         return len(self.itos)
