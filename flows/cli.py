@@ -13,6 +13,10 @@ from pathlib import Path
 # Core modules log to "ulmfit"; Prefect forwards that logger to the run's logs in the UI.
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "ulmfit")
 os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
+# Arrow allocates with malloc here and in the Dask workers started from here (they inherit the
+# environment): its default, mimalloc, keeps about 45 MB more per process for the small tables
+# of a shard. It is read when pyarrow loads, so it is set before anything imports pyarrow.
+os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
 
 from ulmfit_core.config import PRESETS, get_preset  # noqa: E402
 from ulmfit_core.ingest import DataError, check_source, resolve_source  # noqa: E402

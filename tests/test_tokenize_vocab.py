@@ -181,3 +181,16 @@ def test_numericalized_shard(sample_tarball, tmp_path):
     assert decoded == expected
     assert info["unknown"] == sum(d.count("xxunk") for d in expected)
     assert info["tokens"] == int(np.sum([len(d) for d in tokens]))
+
+
+def test_piece_cache_stays_bounded_and_tokens_do_not_change(sample_texts):
+    from ulmfit_core.tokenize import WordTokenizer
+
+    small = WordTokenizer(cache_size=300)
+    tokens = []
+    for start in range(0, len(sample_texts), 16):
+        batch = sample_texts[start:start + 16]
+        tokens += small.tokenize_many(batch)
+        in_batch = {p for text in batch for p in apply_rules(text).split(" ")}
+        assert len(small._cache) <= max(300, len(in_batch))
+    assert tokens == tokenize_texts(sample_texts)

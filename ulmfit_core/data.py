@@ -14,7 +14,6 @@ from typing import Iterator, Sequence
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 
 
 def seeded_unit(seed: int, doc_id: str, purpose: str) -> float:
@@ -57,6 +56,14 @@ class Docs:
         return self.subset([not v for v in in_valid]), self.subset(in_valid)
 
 
+def _dataset(paths: Sequence[str | Path]):
+    # Imported here: pyarrow.dataset pulls in pandas (about 50 MB), which the preprocessing
+    # workers, importing this module through the stages, never need.
+    import pyarrow.dataset as ds
+
+    return ds.dataset([str(p) for p in paths], format="parquet")
+
+
 def _split_lists(column: pa.ChunkedArray) -> list[np.ndarray]:
     out: list[np.ndarray] = []
     for chunk in column.chunks:
@@ -69,7 +76,7 @@ def _split_lists(column: pa.ChunkedArray) -> list[np.ndarray]:
 def load_docs(id_shards: Sequence[str | Path], splits: Sequence[str] | None = None,
               labelled: bool = False) -> Docs:
     """Documents of the id shards whose split is in `splits` (all when None)."""
-    dataset = ds.dataset([str(p) for p in id_shards], format="parquet")
+    dataset = _dataset(id_shards)
     expr = None
     if splits is not None:
         expr = pc.field("split").isin(list(splits))
@@ -84,14 +91,14 @@ def load_docs(id_shards: Sequence[str | Path], splits: Sequence[str] | None = No
 def iter_raw_texts(raw_shards: Sequence[str | Path], splits: Sequence[str]) -> Iterator[tuple[str, str]]:
     """(id, text) of the raw documents whose split is in `splits`, one shard in memory at a time."""
     for shard in raw_shards:
-        table = ds.dataset(str(shard), format="parquet").to_table(
+        table = _dataset([shard]).to_table(
             columns=["id", "text"], filter=pc.field("split").isin(list(splits)))
         yield from zip(table.column("id").to_pylist(), table.column("text").to_pylist())
 
 
 def load_raw_labelled(raw_shards: Sequence[str | Path], split: str) -> tuple[list[str], list[str], list[str]]:
     """(ids, texts, labels) of the labelled raw documents of one split."""
-    table = ds.dataset([str(p) for p in raw_shards], format="parquet").to_table(
+    table = _dataset(raw_shards).to_table(
         columns=["id", "text", "label"], filter=(pc.field("split") == split) & pc.field("label").is_valid())
     return (table.column("id").to_pylist(), table.column("text").to_pylist(),
             table.column("label").to_pylist())

@@ -13,6 +13,9 @@ import json
 import logging
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 from .rundir import read_json, write_json
 
 log = logging.getLogger("ulmfit")
@@ -24,6 +27,12 @@ def file_sha256(path: str | Path) -> str:
         while chunk := f.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def read_shard(path: str | Path, columns: list[str] | None = None) -> pa.Table:
+    """One Parquet shard. `pq.read_table` would go through pyarrow.dataset, which loads pandas
+    into every worker that reads a shard."""
+    return pq.ParquetFile(path).read(columns=columns)
 
 
 def manifest_path(shard: str | Path) -> Path:

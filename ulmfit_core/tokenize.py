@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 from .config import TokenizerConfig
 from .rules import SPECIAL_TOKENS, apply_rules, replace_space
 from .rundir import atomic_path
+from .shards import read_shard
 
 
 def _import_spacy():
@@ -124,6 +125,12 @@ class WordTokenizer:
         # No affix, infix or URL pattern of spaCy's English matches a run of lowercase ASCII
         # letters (the unit suffixes need a digit before them): such a piece is one token.
         self._plain = _PLAIN if lang == "en" else None
+
+    def _forget_all_but(self, pieces: set[str]) -> None:
+        self._cache = {p: t for p, t in self._cache.items() if p in pieces}
+        self._ends = {p: t for p, t in self._ends.items() if p in pieces}
+        self._starts = {p: t for p, t in self._starts.items() if p in pieces}
+        self._merged &= pieces
 
     def _learn(self, pieces: Iterable[str]) -> None:
         for piece in pieces:
@@ -283,13 +290,10 @@ class WordTokenizer:
     def tokenize_many(self, texts: list[str]) -> list[list[str]]:
         processed = [apply_rules(text) for text in texts]
         pieces = [None if _irregular(text) else text.split(" ") for text in processed]
-        regular = [doc for doc in pieces if doc is not None]
-        unseen = set(itertools.chain.from_iterable(regular)).difference(self._cache)
+        in_batch = set(itertools.chain.from_iterable(doc for doc in pieces if doc is not None))
+        unseen = in_batch.difference(self._cache)
         if len(self._cache) + len(unseen) > self._cache_size:
-            for table in (self._cache, self._ends, self._starts):
-                table.clear()  # bounded memory on corpora with endless new words
-            self._merged.clear()
-            unseen = set(itertools.chain.from_iterable(regular))
+            self._forget_all_but(in_batch)  # bounded memory on corpora with endless new words
         self._learn(unseen)
         lookup, out = self._cache.__getitem__, []
         for text, doc in zip(processed, pieces):
@@ -372,7 +376,7 @@ def tokenize_shard(raw_path: str | Path, out_path: str | Path, counts_path: str 
 
     Returns small figures only (documents, tokens), so that a task's result stays tiny.
     """
-    table = pq.read_table(raw_path)
+    table = read_shard(raw_path)
     tokens = tokenize_texts(table.column("text").to_pylist(), config, folder)
     counts: Counter = Counter()
     for doc in tokens:

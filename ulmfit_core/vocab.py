@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .rundir import atomic_path, read_json, write_json
+from .shards import read_shard
 from .rules import SPECIAL_TOKENS
 
 UNK_ID, PAD_ID = 0, 1
@@ -27,7 +28,7 @@ def merge_counts(count_paths: Iterable[str | Path]) -> Counter:
     """Sum per-shard count tables, in shard order (which keeps fastai's tie order)."""
     total: Counter = Counter()
     for path in count_paths:
-        table = pq.read_table(path)
+        table = read_shard(path)
         total.update(dict(zip(table.column("token").to_pylist(), table.column("count").to_pylist())))
     return total
 
@@ -71,7 +72,7 @@ class Vocab:
 
 def numericalize_shard(token_path: str | Path, vocab: Vocab, out_path: str | Path) -> dict:
     """Replace the `tokens` column of a token shard by `ids` (list<int32>)."""
-    table = pq.read_table(token_path)
+    table = read_shard(token_path)
     ids = [vocab.encode(doc) for doc in table.column("tokens").to_pylist()]
     unknown = int(sum(int((doc == UNK_ID).sum()) for doc in ids))
     out = table.drop_columns(["tokens"]).append_column(
