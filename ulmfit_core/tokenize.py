@@ -225,8 +225,8 @@ class WordTokenizer:
         """Whether spaCy's special-case matcher could rewrite these tokens of one piece."""
         if len(tokens) == 1:
             return tokens[0] in self._rewritten
-        crossing = self._crossing
-        return any(pair in crossing for pair in zip(tokens, tokens[1:])) or not self._rewritten.isdisjoint(tokens)
+        return (not self._crossing.keys().isdisjoint(zip(tokens, tokens[1:]))
+                or not self._rewritten.isdisjoint(tokens))
 
     def _remember(self, piece: str, tokens: list[str]) -> None:
         self._cache[piece] = tokens
