@@ -254,16 +254,18 @@ class WordTokenizer:
 
     def _crosses(self, pieces: list[str], i: int, pair: tuple[str, str]) -> bool:
         """Whether a special case's tokens run on both sides of the boundary before pieces[i]."""
-        if pieces[i - 1] in self._merged or pieces[i] in self._merged:
-            return True  # their tokens as the matcher sees them are not at hand: be safe
-        cache, window = self._cache, self._window
+        cache, window, merged = self._cache, self._window, self._merged
         before: list[str] = []
         for k in range(i - 1, -1, -1):
+            if pieces[k] in merged:
+                return True  # its tokens as the matcher sees them are not at hand: be safe
             before[:0] = cache[pieces[k]]
             if len(before) >= window:
                 break
         after: list[str] = []
         for k in range(i, len(pieces)):
+            if pieces[k] in merged:
+                return True
             after += cache[pieces[k]]
             if len(after) >= window:
                 break
