@@ -33,7 +33,7 @@ HARD_CASES = [
     "xxbos xxmaj fake special tokens <unk> in text",
     "line one\\nline two  \n\n  spaced   out",
     "http://example.com/a#b e-mail: someone@example.com",
-    # spaCy's special cases meet across a space: these texts are tokenized whole.
+    # spaCy's special cases span pieces here: those pieces go to spaCy together.
     "Whatcha talkin' 'bout?!\". It still stuns.",
     "''Empire Strikes Back'' ''Return of the Jedi'' is more",
     "a pair '''' their yours; Elvis' ''Love me''",
@@ -165,6 +165,9 @@ def test_vocab_file_must_be_a_list_of_strings(tmp_path):
         Vocab.load(path)
     path.write_text('["a", "b"]')
     with pytest.raises(ValueError, match="special tokens"):
+        Vocab.load(path)
+    path.write_text(json.dumps(SPECIAL_TOKENS + ["movie", "film", "movie"]))
+    with pytest.raises(ValueError, match="'movie' twice"):
         Vocab.load(path)
 
 

@@ -3,8 +3,8 @@
 `apply_rules` gives what fastai's `fix_html`, `replace_rep`, `replace_wrep`, `spec_add_spaces`,
 `rm_useless_spaces`, `replace_all_caps`, `replace_maj` and `lowercase` (which adds `xxbos`) give
 in that order; importing them from `fastai.text.core` would load torch into every tokenizing
-worker (about 200 MB and seconds of start-up). Three of the rules skip work fastai does, as the
-comments say. Tests hold the output to fastai's on real reviews and odd inputs.
+worker (about 200 MB and seconds of start-up). Some rules skip work fastai does where it cannot
+change the text, as the comments say. Tests hold the output to fastai's on real reviews and odd inputs.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def apply_rules(text: str) -> str:
         text = _WREP.sub(_wrep, text)
     for char in "/#\\":  # spec_add_spaces
         text = text.replace(char, f" {char} ")
-    if "  " in text:  # rm_useless_spaces
+    if "  " in text:  # rm_useless_spaces (nothing to do without two spaces in a row)
         text = _MULTI_SPACE.sub(" ", text)
     text = _MAJ.sub(f"{TK_MAJ} ", _ALL_CAPS.sub(f"{TK_UP} ", text))
     return f"{BOS} " + text.lower().strip()  # lowercase

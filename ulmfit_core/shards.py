@@ -32,7 +32,8 @@ def file_sha256(path: str | Path) -> str:
 def read_shard(path: str | Path, columns: list[str] | None = None) -> pa.Table:
     """One Parquet shard. `pq.read_table` would go through pyarrow.dataset, which loads pandas
     into every worker that reads a shard."""
-    return pq.ParquetFile(path).read(columns=columns)
+    with pq.ParquetFile(path) as f:
+        return f.read(columns=columns)
 
 
 def manifest_path(shard: str | Path) -> Path:

@@ -55,8 +55,7 @@ _PLAIN = re.compile("[a-z]+")
 
 
 def _spacy_runs(text: str) -> list[str]:
-    """The runs spaCy tokenizes one by one: whitespace and non-whitespace alternate, and a space
-    right after a word only marks that word's trailing space."""
+    """The runs spaCy tokenizes one by one (see `_RUNS`)."""
     runs, after_word = [], False
     for match in _RUNS.finditer(text):
         run = match.group()
@@ -81,11 +80,12 @@ class WordTokenizer:
 
     A text split on " " gives pieces; spaCy tokenizes every whitespace-delimited run on its own
     (a piece that ends in other whitespace, "\\n", takes the space after it into its run), then
-    merges special cases over the whole token sequence: ":" + "1" becomes ":1" even across a
-    space. So a text's tokens are the concatenation of its pieces' tokens except where the
-    tokens of neighbouring pieces spell such a special case (about 2% of IMDB reviews: spaCy
-    tokenizes those pieces together) or where its spaces are irregular (spaCy takes the whole
-    text). This tokenizer keeps each piece's final tokens in a bounded cache and works out only
+    looks for special cases (emoticons, "''") over the whole token sequence. A match that spans
+    a space, ":" "1" in "score: 1", is never applied, but it can keep a match inside the
+    neighbouring piece from being applied. So a text's tokens are the concatenation of its
+    pieces' tokens except where the tokens of neighbouring pieces spell a special case (about 2%
+    of IMDB reviews: spaCy tokenizes those pieces together) or where its spaces are irregular
+    (spaCy takes the whole text). This tokenizer keeps each piece's final tokens in a bounded cache and works out only
     pieces it has not seen, with spaCy's own affix splitting (`_split`) instead of building a
     spaCy Doc per text. The output is fastai's `Tokenizer(SpacyTokenizer())` output (tested on
     real reviews and odd inputs).
@@ -108,17 +108,19 @@ class WordTokenizer:
         self._infix_finditer = tok.infix_finditer or _NEVER.finditer
         self._specials = {case: [t[ORTH] for t in tokens] for case, tokens in tok.rules.items()}
         self._cache: dict[str, list[str]] = {}
-        self._split_cases, self._rewritten = _special_case_patterns(nlp, self._specials)
+        split_cases, self._rewritten = _special_case_patterns(nlp, self._specials)
         # (token, next token) -> the special cases' token lists with that pair at [j - 1], [j]
         self._crossing: dict[tuple[str, str], list[tuple[list[str], int]]] = {}
-        for parts in self._split_cases.values():
+        for parts in split_cases.values():
             for j in range(1, len(parts)):
                 self._crossing.setdefault((parts[j - 1], parts[j]), []).append((parts, j))
-        self._window = max(map(len, self._split_cases.values()), default=1) - 1
+        self._window = max(map(len, split_cases.values()), default=1) - 1
         self._firsts = {a for a, _ in self._crossing}
         self._seconds = {b for _, b in self._crossing}
-        self._ends: dict[str, str] = {}  # piece -> its last token, if a special case may start there
-        self._starts: dict[str, str] = {}  # piece -> its first token, if one may end there
+        # piece -> its last token before the matcher, if a special case may start there
+        self._ends: dict[str, str] = {}
+        # piece -> its first token before the matcher, if a special case may end there
+        self._starts: dict[str, str] = {}
         self._merged: set[str] = set()  # pieces whose own tokens spaCy's matcher rewrote
         self._cache_size = cache_size
         self._batch_size = batch_size
@@ -134,18 +136,25 @@ class WordTokenizer:
 
     def _learn(self, pieces: Iterable[str]) -> None:
         for piece in pieces:
-            self._remember(piece, self._tokenize_piece(piece))
+            self._learn_piece(piece)
 
-    def _tokenize_piece(self, piece: str) -> list[str]:
+    def _learn_piece(self, piece: str) -> None:
+        # Pieces are never empty: texts with two spaces in a row or at an end are irregular.
         text = piece + " " if piece[-1].isspace() else piece  # with the space that follows it
         if _SPACE.search(text):
-            tokens = [replace_space(t) for run in _spacy_runs(text) for t in self._split(run)]
+            split = [replace_space(t) for run in _spacy_runs(text) for t in self._split(run)]
         else:
-            tokens = self._split(text)
-        if self._matched_inside(tokens):
+            split = self._split(text)
+        if self._matched_inside(split):
             self._merged.add(piece)
-            return self._spacy_tokens(text)
-        return tokens
+            self._cache[piece] = self._spacy_tokens(text)
+        else:
+            self._cache[piece] = split
+        # The matcher sees the tokens before it merges any ("'" "'" rather than "''").
+        if split and split[-1] in self._firsts:
+            self._ends[piece] = split[-1]
+        if split and split[0] in self._seconds:
+            self._starts[piece] = split[0]
 
     def _spacy_tokens(self, text: str) -> list[str]:
         return [replace_space(t.text) for t in self._spacy(text)]
@@ -228,22 +237,8 @@ class WordTokenizer:
         return (not self._crossing.keys().isdisjoint(zip(tokens, tokens[1:]))
                 or not self._rewritten.isdisjoint(tokens))
 
-    def _remember(self, piece: str, tokens: list[str]) -> None:
-        self._cache[piece] = tokens
-        if not tokens:
-            return
-        last, first = tokens[-1], tokens[0]
-        if piece in self._merged:
-            # Its tokens before the matcher merged them: "''" was "'" "'".
-            last = self._split_cases.get(last, [last])[-1]
-            first = self._split_cases.get(first, [first])[0]
-        if last in self._firsts:
-            self._ends[piece] = last
-        if first in self._seconds:
-            self._starts[piece] = first
-
-    def _joins(self, pieces: list[str]) -> list[int]:
-        """The i where spaCy's special-case matcher joins tokens of pieces[i - 1] and pieces[i]."""
+    def _crossings(self, pieces: list[str]) -> list[int]:
+        """The i where a special case spans the tokens of pieces[i - 1] and pieces[i]."""
         ends, starts, crossing = self._ends, self._starts, self._crossing
         if ends.keys().isdisjoint(pieces) or starts.keys().isdisjoint(pieces):
             return []
@@ -272,11 +267,11 @@ class WordTokenizer:
         return any(before[len(before) - j:] == parts[:j] and after[:len(parts) - j] == parts[j:]
                    for parts, j in self._crossing[pair])
 
-    def _joined_tokens(self, pieces: list[str], joins: list[int]) -> list[str]:
-        """A text's tokens when some of its pieces meet in special cases: spaCy tokenizes each
-        run of joined pieces as one text, the cache gives the others."""
+    def _tokens_with_crossings(self, pieces: list[str], crossings: list[int]) -> list[str]:
+        """A text's tokens when special cases span some of its pieces: spaCy tokenizes each run
+        of pieces tied by them as one text, the cache gives the others."""
         tokens: list[str] = []
-        joined, i = set(joins), 0
+        joined, i = set(crossings), 0
         while i < len(pieces):
             j = i + 1
             while j in joined:
@@ -301,8 +296,8 @@ class WordTokenizer:
         for text, doc in zip(processed, pieces):
             if doc is None:
                 out.append(self._spacy_tokens(text))
-            elif joins := self._joins(doc):
-                out.append(self._joined_tokens(doc, joins))
+            elif crossings := self._crossings(doc):
+                out.append(self._tokens_with_crossings(doc, crossings))
             else:
                 out.append(list(itertools.chain.from_iterable(map(lookup, doc))))
         return out

@@ -1,4 +1,4 @@
-"""Vocabulary: merge per-shard counts, apply fastai's rules, encode token shards to ids.
+"""Vocabulary: merge per-shard counts, build fastai's vocab, encode token shards to ids.
 
 The vocab is fastai's `make_vocab` (written out here so that building it does not load torch):
 tokens seen at least `min_freq` times, most frequent first (ties in first-occurrence order), at
@@ -14,11 +14,12 @@ from typing import Iterable, Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from .rules import SPECIAL_TOKENS
 from .rundir import atomic_path, read_json, write_json
 from .shards import read_shard
-from .rules import SPECIAL_TOKENS
 
 UNK_ID, PAD_ID = 0, 1
 FAKE = "xxfake"
@@ -40,7 +41,12 @@ class Vocab:
         if list(itos[: len(SPECIAL_TOKENS)]) != SPECIAL_TOKENS:
             raise ValueError(f"vocab must start with fastai's special tokens {SPECIAL_TOKENS}")
         self.itos = list(itos)
-        self.stoi = {tok: i for i, tok in enumerate(self.itos) if tok != FAKE}
+        self.stoi: dict[str, int] = {}
+        for i, tok in enumerate(self.itos):
+            if tok in self.stoi:
+                raise ValueError(f"vocab lists {tok!r} twice (at {self.stoi[tok]} and {i})")
+            if tok != FAKE:
+                self.stoi[tok] = i
 
     @classmethod
     def from_counts(cls, counts: Counter, max_vocab: int = 60_000, min_freq: int = 3) -> "Vocab":
@@ -73,8 +79,6 @@ class Vocab:
 def numericalize_shard(token_path: str | Path, vocab: Vocab, out_path: str | Path) -> dict:
     """Replace the `tokens` column of a token shard by `ids` (list<int32>), in Arrow: the
     tokens are looked up in the vocab without becoming Python strings."""
-    import pyarrow.compute as pc
-
     table = read_shard(token_path)
     tokens = table.column("tokens").combine_chunks()
     # "xxfake" padding is left out of the lookup, so a "xxfake" in the text is unknown, as
