@@ -85,10 +85,10 @@ class WordTokenizer:
     neighbouring piece from being applied. So a text's tokens are the concatenation of its
     pieces' tokens except where the tokens of neighbouring pieces spell a special case (about 2%
     of IMDB reviews: spaCy tokenizes those pieces together) or where its spaces are irregular
-    (spaCy takes the whole text). This tokenizer keeps each piece's final tokens in a bounded cache and works out only
-    pieces it has not seen, with spaCy's own affix splitting (`_split`) instead of building a
-    spaCy Doc per text. The output is fastai's `Tokenizer(SpacyTokenizer())` output (tested on
-    real reviews and odd inputs).
+    (spaCy takes the whole text). This tokenizer keeps each piece's final tokens in a bounded
+    cache and works out only pieces it has not seen, with spaCy's own affix splitting (`_split`)
+    instead of building a spaCy Doc per text. The output is fastai's
+    `Tokenizer(SpacyTokenizer())` output (tested on real reviews and odd inputs).
     """
 
     def __init__(self, lang: str = "en", cache_size: int = 200_000, batch_size: int = 256) -> None:
@@ -133,10 +133,6 @@ class WordTokenizer:
         self._ends = {p: t for p, t in self._ends.items() if p in pieces}
         self._starts = {p: t for p, t in self._starts.items() if p in pieces}
         self._merged &= pieces
-
-    def _learn(self, pieces: Iterable[str]) -> None:
-        for piece in pieces:
-            self._learn_piece(piece)
 
     def _learn_piece(self, piece: str) -> None:
         # Pieces are never empty: texts with two spaces in a row or at an end are irregular.
@@ -291,7 +287,8 @@ class WordTokenizer:
         unseen = in_batch.difference(self._cache)
         if len(self._cache) + len(unseen) > self._cache_size:
             self._forget_all_but(in_batch)  # bounded memory on corpora with endless new words
-        self._learn(unseen)
+        for piece in unseen:
+            self._learn_piece(piece)
         lookup, out = self._cache.__getitem__, []
         for text, doc in zip(processed, pieces):
             if doc is None:
