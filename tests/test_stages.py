@@ -14,8 +14,8 @@ import torch
 
 from ulmfit_core import stages
 from ulmfit_core.config import LMConfig, get_preset
-from ulmfit_core.data import load_docs
-from ulmfit_core.models import load_model_file
+from ulmfit_core.data import Docs, load_docs
+from ulmfit_core.models import load_model_file, pad_front
 from ulmfit_core.predict import Classifier, LanguageModel
 from ulmfit_core.report import write_report
 from ulmfit_core.rundir import RunDir, RunInUse, read_json, tracked_run
@@ -109,6 +109,41 @@ def test_batched_and_single_predictions_agree(run):
     np.testing.assert_allclose(batched.sum(1), 1, atol=1e-5)
     texts = classifier.predict_texts(["What a wonderful, moving film.", "Dull."])
     assert texts.shape == (2, 2)
+
+
+def test_predictions_do_not_depend_on_the_batch(run, preset):
+    """Texts of every length from 1 token to 3 x bptt, predicted alone, in mixed batches and in
+    the classifier's validation loop, get the same probabilities."""
+    classifier = Classifier.load(run.root)
+    bptt = preset.classifier.seq_len
+    docs = load_docs(run.shards(run.ids), splits=["test"], labelled=True)
+    longest = sorted(docs.ids, key=len)[-1]
+    assert len(longest) >= 3 * bptt
+    # Real review tokens; each length cut from a different offset so that no two rows coincide.
+    texts = [longest[i % 7:i % 7 + n].copy() for i, n in enumerate(range(1, 3 * bptt + 1))]
+    alone = np.concatenate([classifier.predict_ids([t], bs=1) for t in texts])
+    for bs in (len(texts), 16, 5):  # all lengths in one batch; and in length-sorted batches
+        np.testing.assert_allclose(classifier.predict_ids(texts, bs=bs), alone, atol=1e-5)
+    rng = np.random.default_rng(0)
+    model = classifier.model
+    with torch.no_grad():
+        for _ in range(10):  # short texts beside long ones, in any order
+            pick = rng.choice(len(texts), size=6, replace=False)
+            x = torch.stack([s[0] for s in pad_front([(torch.from_numpy(texts[i].astype(np.int64)),)
+                                                      for i in pick], PAD_ID)])
+            probs = torch.softmax(model(x)[0].float(), -1).numpy()
+            np.testing.assert_allclose(probs, alone[pick], atol=1e-5)
+        valid = Docs([str(i) for i in range(len(texts))], texts, ["pos"] * len(texts))
+        dls = classifier_dataloaders(valid, valid, {y: i for i, y in enumerate(classifier.labels)},
+                                     preset.classifier, torch.device("cpu"))
+        row_of = {tuple(t.tolist()): i for i, t in enumerate(texts)}
+        seen = 0
+        for x, _ in dls.valid:
+            probs = torch.softmax(model(x)[0].float(), -1).numpy()
+            rows = [row_of[tuple(r[r != PAD_ID].tolist())] for r in x]
+            np.testing.assert_allclose(probs, alone[rows], atol=1e-5)
+            seen += len(rows)
+    assert seen == len(texts)
 
 
 def test_generation(run):

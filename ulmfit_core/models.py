@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from fastai.text.models.awdlstm import AWD_LSTM, awd_lstm_clas_config, awd_lstm_lm_config
 from fastai.text.models.core import SentenceEncoder, get_language_model, get_text_classifier
+from torch import nn
 
 from .config import ClassifierConfig, ModelConfig
 from .rundir import atomic_path
@@ -46,7 +47,8 @@ class AlignedSentenceEncoder(SentenceEncoder):
     only, so all rows end together, and a row joins the LSTM exactly where its text begins (its
     hidden state starts at zero, as for a single text). Chunks of at most bptt tokens are cut
     backwards from the end. Only the last `max_len` positions feed the pooling, for every row.
-    The result for a text does not depend on the batch it is in.
+    With `FrontPaddedPooling` as the head, the result for a text does not depend on the batch
+    it is in.
     """
 
     def forward(self, input: torch.Tensor):  # input: (bs, sl), padded at the front
@@ -79,12 +81,40 @@ def pad_front(samples: list[tuple], pad_idx: int = 1) -> list[tuple]:
     return [(torch.cat([s[0].new_full((width - len(s[0]),), pad_idx), s[0]]), *s[1:]) for s in samples]
 
 
+def concat_pool(output: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """[last token, max, mean] over each row's real tokens, for rows padded at the front.
+
+    fastai's `masked_concat_pool` takes the last state at `-last_lens-1`, counting padding in
+    the last bptt positions: right for its chunked end padding, but with front padding a row
+    shorter than bptt would pool a position that is not its last token, so its prediction
+    would depend on the longest text in its batch. Here every row ends at the last position.
+    """
+    # output: (bs, sl, emb); mask: (bs, sl), True on padding
+    lens = (~mask).sum(1, keepdim=True).to(output.dtype)  # (bs, 1)
+    avg_pool = output.masked_fill(mask[:, :, None], 0).sum(1) / lens
+    max_pool = output.masked_fill(mask[:, :, None], -float("inf")).max(1)[0]
+    return torch.cat([output[:, -1], max_pool, avg_pool], 1)  # (bs, 3 * emb)
+
+
+class FrontPaddedPooling(nn.Module):
+    """fastai's `PoolingLinearClassifier` head (same layers, same weights) with `concat_pool`."""
+
+    def __init__(self, layers: nn.Sequential) -> None:
+        super().__init__()
+        self.layers = layers
+
+    def forward(self, input: tuple[torch.Tensor, torch.Tensor]):
+        out, mask = input
+        return self.layers(concat_pool(out, mask)), out, out
+
+
 def build_classifier(vocab_size: int, n_classes: int, model: ModelConfig,
                      cfg: ClassifierConfig) -> torch.nn.Module:
     clas = get_text_classifier(AWD_LSTM, vocab_size, n_classes, seq_len=cfg.seq_len,
                                config=clas_config(model), drop_mult=cfg.drop_mult, max_len=cfg.max_len)
     clas[0] = AlignedSentenceEncoder(cfg.seq_len, clas[0].module, pad_idx=clas[0].pad_idx,
                                      max_len=cfg.max_len)
+    clas[1] = FrontPaddedPooling(clas[1].layers)
     return clas
 
 
