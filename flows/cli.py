@@ -19,9 +19,8 @@ os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
 os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
 
 from ulmfit_core.config import PRESETS, get_preset  # noqa: E402
-from ulmfit_core.ingest import DataError, check_source, resolve_source  # noqa: E402
-
-USER_ERRORS = (DataError, ValueError, FileNotFoundError, FloatingPointError)
+from ulmfit_core.errors import BAD_INPUT, DataError  # noqa: E402
+from ulmfit_core.ingest import check_source, resolve_source  # noqa: E402
 
 
 def _add_run_dir(p: argparse.ArgumentParser) -> None:
@@ -242,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
                 check_source(resolve_source(args.data))
             return _run_flow(args)
         return {"predict": _predict, "generate": _generate, "lineage": _lineage}[args.command](args)
-    except USER_ERRORS as exc:
+    except BAD_INPUT as exc:
         print(f"ulmfit: error: {exc}", file=sys.stderr)
         return 2
 

@@ -55,10 +55,6 @@ def preprocess_flow(out: str, data: str = "imdb", preset: str = "tiny", limit: i
     return prep.summarize(out, tokenized, numericalized, vocab, time.time() - t0)
 
 
-def _rel(run: RunDir, path) -> str:
-    return path.relative_to(run.root).as_posix()
-
-
 DIRECTIONS = {"forward": [False], "backward": [True], "bidirectional": [False, True]}
 
 
@@ -95,7 +91,7 @@ def train_lm_flow(out: str, preset: str = "tiny", seed: int = 0, pretrained: str
 
     def chain(backwards: bool):
         run = RunDir(out, backwards)
-        lm_file, encoder = _rel(run, run.lm / "model.pth"), _rel(run, run.export / "encoder.pth")
+        lm_file, encoder = run.rel(run.lm / "model.pth"), run.rel(run.export / "encoder.pth")
         lm = materializing(train.train_lm, out, [lm_file], ["vocab.json", "ids"]).submit(
             out, settings, seed, pretrained, backwards)
         return lm, materializing(train.export_encoder, out, [encoder], [lm_file]).submit(
@@ -121,10 +117,10 @@ def train_classifier_flow(out: str, preset: str = "tiny", seed: int = 0, directi
 
     def chain(backwards: bool):
         run = RunDir(out, backwards)
-        encoder, model = _rel(run, run.export / "encoder.pth"), _rel(run, run.classifier / "model.pth")
+        encoder, model = run.rel(run.export / "encoder.pth"), run.rel(run.classifier / "model.pth")
         clas = materializing(train.train_classifier, out, [model], [encoder, "ids"]).submit(
             out, settings, seed, backwards)
-        test = _rel(run, run.classifier / "test.json")
+        test = run.rel(run.classifier / "test.json")
         return clas, materializing(train.evaluate, out, [test], [model, "ids"]).submit(
             out, backwards, wait_for=[clas])
 
@@ -141,7 +137,7 @@ def train_classifier_flow(out: str, preset: str = "tiny", seed: int = 0, directi
                 "classifier/test.json", "classifier-bwd/test.json"])(out)["ensemble"]
             print(f"forward + backward ensemble: test accuracy {results['ensemble']['accuracy']:.4f}")
         first = RunDir(out, _directions(direction)[0])
-        base = materializing(train.baseline, out, [_rel(first, first.classifier / "baseline.json")],
+        base = materializing(train.baseline, out, [first.rel(first.classifier / "baseline.json")],
                              ["raw"])(out, first.backwards)
         print(f"NB-LR baseline on the same split: {base['accuracy']:.4f}")
     return results

@@ -10,19 +10,16 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.assets import Asset
 from prefect.tasks import MaterializingTask
 
-from ulmfit_core.ingest import DataError
+from ulmfit_core.errors import BAD_INPUT
 
 # The core logs progress to "ulmfit"; Prefect forwards it (PREFECT_LOGGING_EXTRA_LOGGERS).
 logging.getLogger("ulmfit").setLevel(logging.INFO)
-
-# Bad input and bad settings fail the same way every time; only other errors are retried.
-PERMANENT = (DataError, ValueError, FileNotFoundError, FloatingPointError)
 
 
 def retry_transient(task, task_run, state) -> bool:
     try:
         state.result()
-    except PERMANENT:
+    except BAD_INPUT:
         return False
     except Exception:
         return True

@@ -9,7 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import GROUPS, PER_GROUP, write_tarball
-from ulmfit_core.ingest import DataError, SkipLog, ingest, iter_documents, limit_per_group, resolve_source
+from ulmfit_core.errors import DataError
+from ulmfit_core.ingest import SkipLog, ingest, iter_documents, limit_per_group, resolve_source
 
 
 def _read_shards(shards):

@@ -13,7 +13,7 @@ import torch
 from test_shards import preprocess
 from ulmfit_core import stages
 from ulmfit_core.config import ModelConfig, get_preset
-from ulmfit_core.ingest import DataError
+from ulmfit_core.errors import DataError
 from ulmfit_core.models import build_language_model
 from ulmfit_core.pretrained import load_itos, load_pretrained
 from ulmfit_core.rundir import RunDir, read_json

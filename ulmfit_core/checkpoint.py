@@ -3,21 +3,25 @@
 A checkpoint holds the model, the optimizer, every random number generator that training draws
 from (Python's, NumPy's, torch's and the data loaders' own) and the position in the schedule
 (phase and epoch), so training resumed from it takes the same steps an uninterrupted run would.
-It is written atomically and loads with `weights_only=True`: plain data only. A fingerprint of
-the data and settings guards it: a checkpoint from other data or settings is ignored.
+It is written atomically with its own SHA-256 inside (a damaged file is refused, not resumed),
+and loads with `weights_only=True`: plain data only. A fingerprint of the data and settings
+guards it: a checkpoint from other data or settings is ignored.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import random
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .errors import DamagedFile
 from .rundir import atomic_path
 
-FORMAT = "ulmfit-checkpoint/1"
+FORMAT = "ulmfit-checkpoint/2"
 
 
 def plain(x):
@@ -83,8 +87,14 @@ def set_rng_state(state: dict, loaders: dict) -> None:
 
 
 def save_checkpoint(path: Path, fingerprint: str, **state) -> Path:
+    """The state, serialized, beside its own SHA-256, in one file written atomically (a hash in
+    a second file could not be replaced in the same step as the checkpoint)."""
+    buffer = io.BytesIO()
+    torch.save(plain(state), buffer)
+    body = buffer.getvalue()
     with atomic_path(path) as tmp:
-        torch.save(plain({"format": FORMAT, "fingerprint": fingerprint, **state}), tmp)
+        torch.save({"format": FORMAT, "fingerprint": fingerprint,
+                    "sha256": hashlib.sha256(body).hexdigest(), "state": body}, tmp)
     return path
 
 
@@ -92,7 +102,16 @@ def load_checkpoint(path: Path | None, fingerprint: str) -> dict | None:
     """The checkpoint at `path` if it was made by training with this fingerprint, else None."""
     if path is None or not path.exists():
         return None
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a {FORMAT} file; delete it to train from the start")
-    return state if state["fingerprint"] == fingerprint else None
+    damaged = f"{path}: damaged checkpoint ({{}}): delete it to train this stage from the start"
+    try:
+        outer = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated or overwritten
+        raise DamagedFile(damaged.format(f"unreadable, {type(exc).__name__}")) from None
+    if not isinstance(outer, dict) or outer.get("format") != FORMAT:
+        raise DamagedFile(damaged.format(f"not a {FORMAT} file"))
+    if hashlib.sha256(outer["state"]).hexdigest() != outer["sha256"]:
+        raise DamagedFile(damaged.format("its SHA-256 differs from the one written with it"))
+    if outer["fingerprint"] != fingerprint:
+        return None
+    return {"fingerprint": fingerprint, **torch.load(io.BytesIO(outer["state"]), map_location="cpu",
+                                                     weights_only=True)}

@@ -22,6 +22,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from .data import seeded_unit
+from .errors import DataError
 from .rundir import atomic_path
 
 RAW_SCHEMA = pa.schema(
@@ -30,10 +31,6 @@ RAW_SCHEMA = pa.schema(
 SPLITS = ("train", "test", "unsup")
 IMDB_ENV = "ULMFIT_IMDB"
 _IMDB_MEMBER = re.compile(r"(?:^|/)(train|test)/(pos|neg|unsup)/([^/]+)\.txt$")
-
-
-class DataError(ValueError):
-    """Input that cannot be used; the message names the file (and row) and what is wrong."""
 
 
 @dataclass

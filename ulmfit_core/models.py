@@ -15,7 +15,9 @@ from fastai.text.models.core import SentenceEncoder, get_language_model, get_tex
 from torch import nn
 
 from .config import ClassifierConfig, ModelConfig
+from .errors import DamagedFile
 from .rundir import atomic_path
+from .shards import verify_outputs
 
 FORMAT = "ulmfit/1"
 
@@ -134,8 +136,16 @@ def save_model(path: str | Path, kind: str, state_dict: dict, **meta) -> Path:
 
 
 def load_model_file(path: str | Path, kind: str) -> dict:
-    """Read a file written by `save_model`, refusing anything but plain data."""
-    payload = torch.load(path, map_location="cpu", weights_only=True)
+    """Read a file written by `save_model`, refusing anything but plain data, after checking the
+    files of its folder against the hashes their manifest recorded."""
+    verify_outputs(path)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # truncated, overwritten, or not a torch file at all
+        raise DamagedFile(f"{path}: unreadable model file ({type(exc).__name__}): restore it or "
+                          "rerun the stage that writes it") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"{path}: not a {FORMAT} model file")
     if payload.get("kind") != kind:

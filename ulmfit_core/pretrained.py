@@ -17,7 +17,7 @@ import torch
 from fastai.text.learner import clean_raw_keys, match_embeds
 
 from .config import ModelConfig
-from .ingest import DataError
+from .errors import DataError
 
 
 class _NoClasses(pickle.Unpickler):

@@ -65,6 +65,15 @@ class RunDir:
     report = property(lambda self: self.root / "report.md")
     status = property(lambda self: self.root / "run.json")
 
+    def rel(self, path: str | os.PathLike) -> str:
+        """`path` relative to the run, as manifests and summaries record it (so that a run
+        directory can be moved or copied and still be reused)."""
+        return Path(path).relative_to(self.root).as_posix()
+
+    def path(self, recorded: str | os.PathLike) -> Path:
+        """The file a summary or manifest records (relative to the run, or absolute)."""
+        return self.root / recorded
+
     def shards(self, folder: Path) -> list[Path]:
         """The finished data shards of a stage folder, in order."""
         return sorted(folder.glob("part-*.parquet"))

@@ -16,6 +16,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .errors import DamagedFile
 from .rundir import read_json, write_json
 
 log = logging.getLogger("ulmfit")
@@ -49,6 +50,22 @@ def write_manifest(shard: str | Path, outputs: list[str | Path], inputs: dict[st
                 "settings": settings, "summary": summary}
     write_json(manifest_path(shard), manifest)
     return manifest
+
+
+def verify_outputs(output: str | Path) -> None:
+    """Check every file the manifest beside `output` recorded against its SHA-256; a file
+    without a manifest (written outside a stage) is not checked."""
+    path = manifest_path(output)
+    if not path.exists():
+        return
+    folder = path.parent
+    for name, sha in read_json(path)["outputs"].items():
+        if not (folder / name).exists():
+            raise DamagedFile(f"{folder / name}: missing, though {path} records it: restore the "
+                              "folder or rerun the stage that writes it")
+        if file_sha256(folder / name) != sha:
+            raise DamagedFile(f"{folder / name}: damaged (its SHA-256 differs from the one {path.name} "
+                              "recorded when it was written): restore it or rerun the stage that writes it")
 
 
 def reusable(shard: str | Path, inputs: dict[str, str], settings: dict) -> dict | None:

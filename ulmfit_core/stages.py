@@ -29,7 +29,7 @@ INGEST_MANIFEST = "_ingest.json"
 
 def file_inputs(run: RunDir, paths) -> dict[str, str]:
     """{path relative to the run: SHA-256} of the files a stage reads."""
-    return {Path(p).relative_to(run.root).as_posix(): file_sha256(p) for p in paths}
+    return {run.rel(p): file_sha256(p) for p in paths}
 
 
 def ingest_stage(run: RunDir, data: str, limit: int | None, seed: int,
@@ -38,7 +38,8 @@ def ingest_stage(run: RunDir, data: str, limit: int | None, seed: int,
     source = resolve_source(data)
     result = ingest(source, run.raw, limit=limit, seed=seed, shard_docs=shard_docs)
     _prune_stale(run, {Path(p).stem for p in result.shards})
-    summary = {"source": str(source), "limit": limit, "seed": seed, "shards": result.shards,
+    summary = {"source": str(source), "limit": limit, "seed": seed,
+               "shards": [run.rel(p) for p in result.shards],
                "docs": result.docs, "groups": result.groups, "skipped": result.skipped,
                "seconds": time.time() - t0}
     write_json(run.raw / INGEST_MANIFEST, summary)
@@ -74,14 +75,15 @@ def tokenizer_stage(run: RunDir, preset: Preset, seed: int) -> dict:
         return {"kind": "word"}
 
     manifest = read_json(run.raw / INGEST_MANIFEST)
-    inputs = {Path(p).name: file_sha256(p) for p in manifest["shards"]}
+    shards = [run.path(p) for p in manifest["shards"]]
+    inputs = {p.name: file_sha256(p) for p in shards}
     settings = {"tokenizer": vars(cfg), "seed": seed, "sample_docs": SUBWORD_SAMPLE_DOCS}
     summary = reusable(model, inputs, settings)
     if summary is not None:
         return summary
     candidates = sum(n for group, n in manifest["groups"].items() if not group.startswith("test/"))
     share = min(1.0, SUBWORD_SAMPLE_DOCS / max(candidates, 1))
-    docs = iter_raw_texts(manifest["shards"], ["train", "unsup"])
+    docs = iter_raw_texts(shards, ["train", "unsup"])
     texts = (text for doc_id, text in docs if seeded_unit(seed, doc_id, "subword-sample") < share)
     t0 = time.time()
     train_subword_model(texts, cfg.subword_vocab_size, folder, cfg.lang)
@@ -102,7 +104,9 @@ def _tokenizer_settings(preset: Preset) -> dict:
 
 
 def tokenize_stage(run: RunDir, raw_shard: str, preset: Preset) -> dict:
-    """Tokenize one raw shard, or reuse its token shard if made from the same input and settings."""
+    """Tokenize one raw shard (a path relative to the run), or reuse its token shard if made from
+    the same input and settings."""
+    raw_shard = run.path(raw_shard)
     out, counts = token_paths(run, raw_shard)
     inputs, settings = {Path(raw_shard).name: file_sha256(raw_shard)}, _tokenizer_settings(preset)
     if preset.tokenizer.kind == "subword":
@@ -114,7 +118,7 @@ def tokenize_stage(run: RunDir, raw_shard: str, preset: Preset) -> dict:
 
     t0 = time.time()
     result = tokenize_shard(raw_shard, out, counts, preset.tokenizer, run.tokenizer)
-    summary = {**result, "shard": str(out), "counts": str(counts), "seconds": time.time() - t0}
+    summary = {**result, "shard": run.rel(out), "counts": run.rel(counts), "seconds": time.time() - t0}
     write_manifest(out, [out, counts], inputs, settings, summary)
     return {**summary, "reused": False}
 
@@ -123,6 +127,7 @@ def vocab_stage(run: RunDir, preset: Preset, count_paths: list[str]) -> dict:
     """fastai's vocab from the per-shard counts, merged in shard order; reused if unchanged."""
     from .vocab import Vocab, merge_counts
 
+    count_paths = [run.path(p) for p in count_paths]
     inputs, settings = file_inputs(run, count_paths), vars(preset.vocab)
     summary = reusable(run.vocab, inputs, settings)
     if summary is not None:
@@ -130,7 +135,7 @@ def vocab_stage(run: RunDir, preset: Preset, count_paths: list[str]) -> dict:
     counts = merge_counts(count_paths)
     vocab = Vocab.from_counts(counts, preset.vocab.max_vocab, preset.vocab.min_freq)
     vocab.save(run.vocab)
-    summary = {"size": len(vocab), "distinct_tokens": len(counts), "path": str(run.vocab)}
+    summary = {"size": len(vocab), "distinct_tokens": len(counts), "path": run.rel(run.vocab)}
     write_manifest(run.vocab, [run.vocab], inputs, settings, summary)
     return {**summary, "reused": False}
 
@@ -139,13 +144,14 @@ def numericalize_stage(run: RunDir, token_shard: str) -> dict:
     """Encode one token shard with the vocab, or reuse its id shard if both are unchanged."""
     from .vocab import Vocab, numericalize_shard
 
-    out = run.ids / Path(token_shard).name
+    token_shard = run.path(token_shard)
+    out = run.ids / token_shard.name
     vocab_path = run.require(run.vocab, "vocab")
-    inputs = {Path(token_shard).name: file_sha256(token_shard), "vocab.json": file_sha256(vocab_path)}
+    inputs = {token_shard.name: file_sha256(token_shard), "vocab.json": file_sha256(vocab_path)}
     summary = reusable(out, inputs, {})
     if summary is not None:
         return {**summary, "reused": True}
-    summary = {**numericalize_shard(token_shard, Vocab.load(vocab_path), out), "shard": str(out)}
+    summary = {**numericalize_shard(token_shard, Vocab.load(vocab_path), out), "shard": run.rel(out)}
     write_manifest(out, [out], inputs, {}, summary)
     return {**summary, "reused": False}
 
@@ -267,7 +273,7 @@ def export_stage(run: RunDir) -> dict:
     write_json(run.export / "config.json", {"arch": "AWD_LSTM", "model": payload["model"],
                                             "vocab_size": payload["vocab_size"],
                                             "backwards": run.backwards})
-    summary = {"path": str(path), "parameters": int(sum(v.numel() for v in encoder.values()))}
+    summary = {"path": run.rel(path), "parameters": int(sum(v.numel() for v in encoder.values()))}
     write_manifest(path, _model_outputs(run.export, "encoder.pth", "config.json"), inputs, {}, summary)
     return {**summary, "reused": False}
 

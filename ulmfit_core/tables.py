@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from .ingest import DataError
+from .errors import DataError
 from .rundir import atomic_path
 
 
