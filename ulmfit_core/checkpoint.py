@@ -91,10 +91,11 @@ def save_checkpoint(path: Path, fingerprint: str, **state) -> Path:
     a second file could not be replaced in the same step as the checkpoint)."""
     buffer = io.BytesIO()
     torch.save(plain(state), buffer)
-    body = buffer.getvalue()
-    with atomic_path(path) as tmp:
+    body = buffer.getbuffer()
+    with atomic_path(path) as tmp:  # the body as a uint8 tensor: stored as raw bytes, not pickled
         torch.save({"format": FORMAT, "fingerprint": fingerprint,
-                    "sha256": hashlib.sha256(body).hexdigest(), "state": body}, tmp)
+                    "sha256": hashlib.sha256(body).hexdigest(),
+                    "state": torch.frombuffer(body, dtype=torch.uint8)}, tmp)
     return path
 
 
@@ -109,9 +110,10 @@ def load_checkpoint(path: Path | None, fingerprint: str) -> dict | None:
         raise DamagedFile(damaged.format(f"unreadable, {type(exc).__name__}")) from None
     if not isinstance(outer, dict) or outer.get("format") != FORMAT:
         raise DamagedFile(damaged.format(f"not a {FORMAT} file"))
-    if hashlib.sha256(outer["state"]).hexdigest() != outer["sha256"]:
+    body = outer["state"].numpy().tobytes()
+    if hashlib.sha256(body).hexdigest() != outer["sha256"]:
         raise DamagedFile(damaged.format("its SHA-256 differs from the one written with it"))
     if outer["fingerprint"] != fingerprint:
         return None
-    return {"fingerprint": fingerprint, **torch.load(io.BytesIO(outer["state"]), map_location="cpu",
+    return {"fingerprint": fingerprint, **torch.load(io.BytesIO(body), map_location="cpu",
                                                      weights_only=True)}
