@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from functools import partial
 from pathlib import Path
 
 # Core modules log to "ulmfit"; Prefect forwards that logger to the run's logs in the UI.
@@ -18,9 +19,12 @@ os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
 # of a shard. It is read when pyarrow loads, so it is set before anything imports pyarrow.
 os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
 
-from ulmfit_core.config import PRESETS, get_preset  # noqa: E402
+from ulmfit_core.config import PRESETS  # noqa: E402
 from ulmfit_core.errors import BAD_INPUT, DataError  # noqa: E402
 from ulmfit_core.ingest import check_source, resolve_source  # noqa: E402
+from ulmfit_core.params import RunParams  # noqa: E402
+
+TABLE_SUFFIXES = (".csv", ".parquet")
 
 
 def _add_run_dir(p: argparse.ArgumentParser) -> None:
@@ -29,7 +33,8 @@ def _add_run_dir(p: argparse.ArgumentParser) -> None:
 
 def _add_training(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="tiny", help=f"model and schedule: {', '.join(PRESETS)}")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seeds sampling, splits and training: the same seed repeats a run")
 
 
 def _add_dask_address(p: argparse.ArgumentParser) -> None:
@@ -62,7 +67,8 @@ def _add_data(p: argparse.ArgumentParser) -> None:
                         "or a .csv/.parquet file with a 'text' column")
     p.add_argument("--limit", type=int, default=None,
                    help="keep at most N documents per (split, label), chosen by the seed")
-    p.add_argument("--workers", type=int, default=None, help="LocalCluster workers (default: cores)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="LocalCluster worker processes (default: one per core)")
     p.add_argument("--shard-docs", type=int, default=2000, help="documents per shard")
     p.add_argument("--tokenizer", choices=["word", "subword"], default=None,
                    help="word: spaCy + fastai rules (default); subword: SentencePiece unigram")
@@ -73,6 +79,7 @@ def _add_data(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ulmfit", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser = partial(sub.add_parser, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
 
     p = sub.add_parser("run", help="all stages: preprocess, LM, encoder, classifier, report")
     _add_run_dir(p), _add_data(p), _add_training(p), _add_pretrained(p), _add_direction(p)
@@ -88,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("texts", nargs="*", help="texts to classify")
     p.add_argument("--input", help="CSV or Parquet file with a 'text' column")
     p.add_argument("--output", help="where to write --input's rows with predictions (.csv/.parquet)")
-    p.add_argument("--bs", type=int, default=64)
+    p.add_argument("--bs", type=int, default=64, help="texts per batch (memory, not results: a "
+                                                       "prediction does not depend on its batch)")
 
     p = sub.add_parser("serve", help="serve the pipeline and preprocessing on their schedules "
                                       "from this process (one machine; see deployments/ for pools)")
@@ -105,59 +113,63 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("generate", help="continue a prompt with the fine-tuned language model")
     p.add_argument("--model", required=True, help="run directory or its lm/ folder")
-    p.add_argument("prompt")
-    p.add_argument("--words", type=int, default=40)
-    p.add_argument("--temperature", type=float, default=0.75)
-    p.add_argument("--n", type=int, default=1)
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("prompt", help="the text to continue")
+    p.add_argument("--words", type=int, default=40, help="tokens to generate")
+    p.add_argument("--temperature", type=float, default=0.75,
+                   help="> 0; lower is more predictable, higher more varied")
+    p.add_argument("--n", type=int, default=1, help="continuations to generate")
+    p.add_argument("--seed", type=int, default=None,
+                   help="seeds the sampling (default: different every time)")
     return parser
 
 
-def _run_flow(args: argparse.Namespace) -> int:
+def run_params(args: argparse.Namespace) -> RunParams:
+    """The run's parameters from the options this command has (checked on construction)."""
+    names = RunParams.__dataclass_fields__
+    given = {k: v for k, v in vars(args).items() if k in names}
+    return RunParams(**{**given, "out": str(Path(args.out).resolve())})
+
+
+def _run_flow(params: RunParams, command: str) -> int:
     from flows import pipeline
     from flows.runtime import prefect_api, training_runner
     from tasks.report import report
     from ulmfit_core.rundir import RunDir, tracked_run
 
-    out = str(Path(args.out).resolve())
+    out = params.out
     with prefect_api():
-        if args.command == "run":
-            pipeline.ulmfit_flow(out, args.data, args.preset, args.limit, args.seed,
-                                 args.dask_address, args.workers, args.shard_docs,
-                                 args.tokenizer, args.vocab_size, args.pretrained, args.direction,
-                                 args.train_resource)
+        if command == "run":
+            pipeline.ulmfit_flow(**params.to_dict())
             return 0
-        if args.command == "preprocess":
-            pipeline.preprocess_job(out, args.data, args.preset, args.limit, args.seed,
-                                    args.dask_address, args.workers, args.shard_docs,
-                                    args.tokenizer, args.vocab_size)
+        if command == "preprocess":
+            pipeline.preprocess_job(out, params.data, params.preset, params.limit, params.seed,
+                                    params.dask_address, params.workers, params.shard_docs,
+                                    params.tokenizer, params.vocab_size)
             return 0
-        params = {"command": args.command, "preset": args.preset, "seed": args.seed, "out": out,
-                  "direction": args.direction}
-        trainer = training_runner(args.dask_address, args.train_resource)
-        with tracked_run(RunDir(out), params):
-            if args.command == "train-lm":
+        record = {"command": command, "preset": params.preset, "seed": params.seed, "out": out,
+                  "direction": params.direction}
+        trainer = training_runner(params.dask_address, params.train_resource)
+        with tracked_run(RunDir(out), record):
+            if command == "train-lm":
                 pipeline.train_lm_flow.with_options(task_runner=trainer)(
-                    out, args.preset, args.seed, args.pretrained, args.direction, args.train_resource)
+                    out, params.preset, params.seed, params.pretrained, params.direction,
+                    params.train_resource)
             else:
                 pipeline.train_classifier_flow.with_options(task_runner=trainer)(
-                    out, args.preset, args.seed, args.direction, args.train_resource)
-            report(out, params, args.seed)
+                    out, params.preset, params.seed, params.direction, params.train_resource)
+            report(out, record, params.seed)
     return 0
 
 
-def _serve(args: argparse.Namespace) -> int:
+def _serve(params: RunParams, args: argparse.Namespace) -> int:
     """Both flows as served deployments with cron schedules, until interrupted."""
     from prefect import serve
 
     from flows import pipeline
     from flows.runtime import prefect_api
 
-    out = str(Path(args.out).resolve())
-    common = {"out": out, "data": args.data, "preset": args.preset, "limit": args.limit,
-              "seed": args.seed, "dask_address": args.dask_address, "workers": args.workers,
-              "shard_docs": args.shard_docs, "tokenizer": args.tokenizer,
-              "vocab_size": args.vocab_size}
+    common = {k: v for k, v in params.to_dict().items()
+              if k not in ("pretrained", "direction", "train_resource")}
     with prefect_api() as api:
         print(f"serving on the Prefect API at {api}; Ctrl-C stops")
         serve(pipeline.ulmfit_flow.to_deployment(name="ulmfit-scheduled", cron=args.cron,
@@ -168,37 +180,67 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_predict(args: argparse.Namespace) -> None:
+    if args.bs < 1:
+        raise DataError(f"--bs must be an integer >= 1, got {args.bs}")
+    if bool(args.texts) == bool(args.input):
+        raise DataError("predict: give texts, or --input FILE --output FILE")
+    if args.texts and args.output:
+        raise DataError("predict: --output writes the rows of --input; plain texts are printed")
+    if args.input and not args.output:
+        raise DataError("predict: --input needs --output")
+    if args.output and Path(args.output).suffix.lower() not in TABLE_SUFFIXES:
+        raise DataError(f"{args.output}: expected a .csv or .parquet output file")
+    if args.input and not Path(args.input).exists():
+        raise FileNotFoundError(f"{args.input}: no such file")
+
+
 def _predict(args: argparse.Namespace) -> int:
+    from collections import Counter
+
     from ulmfit_core.predict import Classifier
 
-    if bool(args.texts) == bool(args.input):
-        raise ValueError("predict: give texts, or --input FILE --output FILE")
+    _check_predict(args)
     classifier = Classifier.load(args.model)
     if args.texts:
-        probs = classifier.predict_texts(args.texts, args.bs)
-        for text, p in zip(args.texts, probs):
-            print(f"{classifier.labels[p.argmax()]}\t{p.max():.4f}\t{text}")
+        probs, skipped = classifier.predict_raw(args.texts, args.bs)
+        for i, (text, p, why) in enumerate(zip(args.texts, probs, skipped), 1):
+            if why:
+                print(f"ulmfit: text {i} skipped ({why}): no label", file=sys.stderr)
+            else:
+                print(f"{classifier.labels[p.argmax()]}\t{p.max():.4f}\t{text}")
+        if all(skipped):
+            raise DataError("predict: nothing to classify (every text is empty)")
         return 0
-    if not args.output:
-        raise ValueError("predict: --input needs --output")
-    from ulmfit_core.tables import read_table, write_table
+    from ulmfit_core.tables import read_texts_table, write_table
 
-    table = read_table(Path(args.input))
-    if "text" not in table.column_names:
-        raise DataError(f"{args.input}: no 'text' column (columns: {', '.join(table.column_names)})")
-    texts = ["" if t is None else t for t in table.column("text").to_pylist()]
-    probs = classifier.predict_texts(texts, args.bs)
-    table = table.append_column("pred", [[classifier.labels[i] for i in probs.argmax(1)]])
+    table, texts = read_texts_table(Path(args.input))
+    probs, skipped = classifier.predict_raw(texts, args.bs)
+    keep = [why is None for why in skipped]
+    table = table.append_column("pred", [[classifier.labels[p.argmax()] if k else None
+                                         for p, k in zip(probs, keep)]])
     for j, label in enumerate(classifier.labels):
-        table = table.append_column(f"p_{label}", [probs[:, j].tolist()])
+        table = table.append_column(f"p_{label}", [[float(p[j]) if k else None
+                                                    for p, k in zip(probs, keep)]])
+    table = table.append_column("skipped", [skipped])
     write_table(table, Path(args.output))
-    print(f"wrote {table.num_rows} predictions to {args.output}")
+    counts = Counter(why for why in skipped if why)
+    if counts:
+        print(f"ulmfit: skipped {sum(counts.values())} of {len(texts)} rows ("
+              + ", ".join(f"{why}: {n}" for why, n in sorted(counts.items())) + ")", file=sys.stderr)
+    print(f"wrote {table.num_rows} rows, {len(texts) - sum(counts.values())} predictions, "
+          f"to {args.output}")
     return 0
 
 
 def _generate(args: argparse.Namespace) -> int:
     from ulmfit_core.predict import LanguageModel
 
+    for name in ("words", "n"):
+        if getattr(args, name) < 1:
+            raise DataError(f"--{name} must be an integer >= 1, got {getattr(args, name)}")
+    if not args.temperature > 0:
+        raise DataError(f"--temperature must be > 0, got {args.temperature}")
     lm = LanguageModel.load(args.model)
     for text in lm.generate(args.prompt, args.words, args.temperature, args.n, args.seed):
         print(text)
@@ -223,23 +265,11 @@ def _lineage(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.command == "serve":
-            get_preset(args.preset)
-            check_source(resolve_source(args.data))
-            return _serve(args)
-        if args.command in ("run", "preprocess", "train-lm", "train-classifier"):
-            get_preset(args.preset)  # fail before any server or cluster starts
-            if getattr(args, "train_resource", None):
-                from flows.runtime import training_runner
-
-                training_runner(args.dask_address, args.train_resource)  # refuses a missing address
-            if getattr(args, "direction", "forward") == "bidirectional" and getattr(args, "pretrained", "none") not in (
-                    "none", "wt103"):
-                raise ValueError("--bidirectional with --pretrained PATH: one folder holds one "
-                                 "direction's weights; use wt103 or none")
-            if args.command in ("run", "preprocess"):
-                check_source(resolve_source(args.data))
-            return _run_flow(args)
+        if args.command in ("run", "preprocess", "train-lm", "train-classifier", "serve"):
+            params = run_params(args)  # every option checked before any server or cluster starts
+            if args.command in ("run", "preprocess", "serve"):
+                check_source(resolve_source(params.data))
+            return _serve(params, args) if args.command == "serve" else _run_flow(params, args.command)
         return {"predict": _predict, "generate": _generate, "lineage": _lineage}[args.command](args)
     except BAD_INPUT as exc:
         print(f"ulmfit: error: {exc}", file=sys.stderr)

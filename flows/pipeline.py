@@ -20,8 +20,9 @@ from tasks import preprocess as prep
 from tasks import train
 from tasks.common import materializing, progress_artifact
 from tasks.report import report
-from ulmfit_core.ingest import resolve_source
 from ulmfit_core.config import get_preset
+from ulmfit_core.ingest import resolve_source
+from ulmfit_core.params import DIRECTIONS, RunParams
 from ulmfit_core.rundir import RunDir, tracked_run
 
 from .runtime import dask_task_runner, training_runner
@@ -55,15 +56,6 @@ def preprocess_flow(out: str, data: str = "imdb", preset: str = "tiny", limit: i
     return prep.summarize(out, tokenized, numericalized, vocab, time.time() - t0)
 
 
-DIRECTIONS = {"forward": [False], "backward": [True], "bidirectional": [False, True]}
-
-
-def _directions(direction: str) -> list[bool]:
-    if direction not in DIRECTIONS:
-        raise ValueError(f"unknown direction '{direction}' (choose {', '.join(DIRECTIONS)})")
-    return DIRECTIONS[direction]
-
-
 def _routed(train_resource: str | None):
     """Send the tasks submitted inside to Dask workers that have `train_resource` (e.g. GPU=1)."""
     return dask.annotate(resources={train_resource: 1}) if train_resource else nullcontext()
@@ -74,7 +66,7 @@ def _train(direction: str, train_resource: str | None, submit_chain) -> list:
     side by side on the workers with the resource, here one after the other (they would fight
     over the same cores)."""
     chains = []
-    for backwards in _directions(direction):
+    for backwards in DIRECTIONS[direction]:
         with _routed(train_resource):
             chains.append(submit_chain(backwards))
         if train_resource is None:
@@ -98,7 +90,7 @@ def train_lm_flow(out: str, preset: str = "tiny", seed: int = 0, pretrained: str
             out, backwards, wait_for=[lm])
 
     results = {}
-    for backwards, (metrics, _) in zip(_directions(direction), _train(direction, train_resource, chain)):
+    for backwards, (metrics, _) in zip(DIRECTIONS[direction], _train(direction, train_resource, chain)):
         name = train.direction_name(backwards)
         print(f"{name} language model: valid loss {metrics['valid_loss']:.4f}, accuracy "
               f"{metrics['accuracy']:.4f}, perplexity {metrics['perplexity']:.2f} "
@@ -125,7 +117,7 @@ def train_classifier_flow(out: str, preset: str = "tiny", seed: int = 0, directi
             out, backwards, wait_for=[clas])
 
     results = {}
-    for backwards, (metrics, test) in zip(_directions(direction), _train(direction, train_resource, chain)):
+    for backwards, (metrics, test) in zip(DIRECTIONS[direction], _train(direction, train_resource, chain)):
         name = train.direction_name(backwards)
         results[name] = test
         if test["accuracy"] is not None:
@@ -136,7 +128,7 @@ def train_classifier_flow(out: str, preset: str = "tiny", seed: int = 0, directi
             results["ensemble"] = materializing(train.ensemble, out, ["ensemble.json"], [
                 "classifier/test.json", "classifier-bwd/test.json"])(out)["ensemble"]
             print(f"forward + backward ensemble: test accuracy {results['ensemble']['accuracy']:.4f}")
-        first = RunDir(out, _directions(direction)[0])
+        first = RunDir(out, DIRECTIONS[direction][0])
         base = materializing(train.baseline, out, [first.rel(first.classifier / "baseline.json")],
                              ["raw"])(out, first.backwards)
         print(f"NB-LR baseline on the same split: {base['accuracy']:.4f}")
@@ -150,6 +142,7 @@ def preprocess_job(out: str, data: str = "imdb", preset: str = "tiny", limit: in
                    vocab_size: int | None = None) -> dict:
     """Preprocessing alone, as a run of its own (lock, status, report): what the `cpu` work
     pool runs on a schedule to keep token shards and vocab current."""
+    RunParams(out, data, preset, limit, seed, dask_address, workers, shard_docs, tokenizer, vocab_size)
     params = {"command": "preprocess", "data": data, "preset": preset, "limit": limit,
               "seed": seed, "out": out, "tokenizer": tokenizer or "word", "vocab_size": vocab_size}
     with tracked_run(RunDir(out), params):
@@ -168,15 +161,17 @@ def ulmfit_flow(out: str, data: str = "imdb", preset: str = "tiny", limit: int |
     """The whole recipe, from a corpus to a report. With `train_resource` (and a Dask cluster
     whose training workers declare it, e.g. `dask worker --resources GPU=1`), training runs on
     those workers while tokenization runs anywhere."""
-    params = {"data": data, "preset": preset, "limit": limit, "seed": seed, "out": out,
-              "tokenizer": tokenizer or "word", "vocab_size": vocab_size, "pretrained": pretrained,
-              "direction": direction, "train_resource": train_resource}
-    _directions(direction)
+    checked = RunParams(out, data, preset, limit, seed, dask_address, workers, shard_docs,
+                        tokenizer, vocab_size, pretrained, direction, train_resource)
+    params = {**checked.to_dict(), "tokenizer": tokenizer or "word"}
     trainer = training_runner(dask_address, train_resource)
     with tracked_run(RunDir(out), params):
         runner = dask_task_runner(dask_address, workers)
         preprocess_flow.with_options(task_runner=runner)(out, data, preset, limit, seed, shard_docs,
                                                          tokenizer, vocab_size)
+        labelled = prep.check_classifier_data(out, checked.settings(), seed)
+        print(f"classifier data: {labelled['train_docs']} train / {labelled['valid_docs']} valid "
+              f"reviews, labels {labelled['labels']}")
         train_lm_flow.with_options(task_runner=trainer)(out, preset, seed, pretrained, direction,
                                                         train_resource)
         train_classifier_flow.with_options(task_runner=trainer)(out, preset, seed, direction,

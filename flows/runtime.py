@@ -31,12 +31,10 @@ def dask_task_runner(address: str | None = None, workers: int | None = None) -> 
 
 def training_runner(address: str | None, train_resource: str | None):
     """Training tasks run in this process (on its GPU if it has one) unless they are routed to
-    the workers of a Dask cluster that declare `train_resource`."""
+    the workers of a Dask cluster that declare `train_resource` (`RunParams` makes sure such
+    a run names the cluster's `address`)."""
     if train_resource is None:
         return ThreadPoolTaskRunner(max_workers=2)
-    if not address:
-        raise ValueError("--train-resource routes training to Dask workers that declare it: "
-                         "give the scheduler with --dask-address")
     return DaskTaskRunner(address=address)
 
 

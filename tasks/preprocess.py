@@ -38,6 +38,11 @@ def numericalize_shard(out: str, token_shard: str) -> dict:
     return stages.numericalize_stage(RunDir(out), token_shard)
 
 
+@task(name="check-classifier-data")
+def check_classifier_data(out: str, preset: Preset, seed: int) -> dict:
+    return stages.check_classifier_data(RunDir(out), preset, seed)
+
+
 @task(name="summarize-preprocess")
 def summarize(out: str, tokenized: list[dict], numericalized: list[dict], vocab: dict,
               seconds: float) -> dict:

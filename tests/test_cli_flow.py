@@ -29,7 +29,7 @@ def error_line(result) -> str:
 def test_bad_input_fails_fast_with_one_line(tmp_path, sample_tarball):
     out = tmp_path / "run"
     assert error_line(ulmfit("run", "--data", sample_tarball, "--out", out, "--preset", "huge")) == (
-        "ulmfit: error: unknown preset 'huge' (choose from tiny, cpu, gpu)")
+        "ulmfit: error: unknown preset 'huge' (choose from tiny, cpu, gpu, paper)")
     line = error_line(ulmfit("run", "--data", tmp_path / "nope.tar.gz", "--out", out))
     assert line == f"ulmfit: error: {tmp_path / 'nope.tar.gz'}: no such file or folder"
     no_text = tmp_path / "no_text.csv"

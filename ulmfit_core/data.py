@@ -15,6 +15,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .errors import DataError
+
 
 def seeded_unit(seed: int, doc_id: str, purpose: str) -> float:
     """A number in [0, 1) fixed by (seed, id, purpose): a document's draw for one decision.
@@ -54,6 +56,21 @@ class Docs:
         """(train, valid): a document is in valid when its seeded draw is below `valid_pct`."""
         in_valid = [seeded_unit(seed, d, purpose) < valid_pct for d in self.doc_ids]
         return self.subset([not v for v in in_valid]), self.subset(in_valid)
+
+
+def classifier_split(docs: Docs, valid_pct: float, seed: int) -> tuple[list[str], Docs, Docs]:
+    """(labels, train, valid) of labelled reviews, refusing what the classifier cannot train on:
+    fewer than two labels, or an empty training or validation split."""
+    labels = sorted({y for y in docs.labels if y is not None})
+    if len(labels) < 2:
+        raise DataError(f"classifier: need labelled train reviews of at least two labels, found "
+                        f"{labels or 'none'}; add labelled train rows to the corpus")
+    train, valid = docs.split(valid_pct, seed, "classifier-valid")
+    if len(valid) == 0 or len(train) == 0:
+        raise DataError(f"classifier: {len(docs)} labelled train reviews leave an empty "
+                        f"{'validation' if len(valid) == 0 else 'training'} split "
+                        f"({valid_pct:.0%} are held out); use more labelled documents")
+    return labels, train, valid
 
 
 def _dataset(paths: Sequence[str | Path]):

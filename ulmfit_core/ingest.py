@@ -84,17 +84,16 @@ def check_source(source: Path) -> None:
     """
     name = source.name.lower()
     try:
-        if name.endswith(".csv"):
-            columns = pacsv.open_csv(source).schema.names
+        if name.endswith(".csv"):  # every CSV value can be read as text
+            schema = pacsv.open_csv(source, convert_options=_CSV_TYPES).schema
         elif name.endswith(".parquet"):
-            columns = pq.read_schema(source).names
+            schema = pq.read_schema(source)
         else:
             next(_raw_records(source), None)  # the first review, or an error naming the file
             return
     except (pa.ArrowInvalid, OSError) as exc:
         raise DataError(f"{source}: cannot read ({exc})") from exc
-    if "text" not in columns:
-        raise DataError(f"{source}: no 'text' column (columns: {', '.join(columns) or 'none'})")
+    check_text_column(source, schema)
 
 
 def _raw_records(source: Path) -> Iterator[tuple]:
@@ -113,19 +112,37 @@ def _raw_records(source: Path) -> Iterator[tuple]:
     )
 
 
+def usable_text(raw: str | bytes | None) -> tuple[str | None, str | None]:
+    """(text, None) for a usable document, else (None, why it is skipped: "not_utf8" or "empty").
+    Preprocessing and prediction both go by this."""
+    if isinstance(raw, bytes):
+        try:
+            raw = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return None, "not_utf8"
+    if raw is None or not raw.strip():
+        return None, "empty"
+    return raw, None
+
+
+def check_text_column(path: Path, schema: pa.Schema) -> None:
+    """A table's `text` column must exist and hold text (strings, or bytes of a CSV)."""
+    if "text" not in schema.names:
+        raise DataError(f"{path}: no 'text' column (columns: {', '.join(schema.names) or 'none'})")
+    kind = schema.field("text").type
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_binary(kind)
+            or pa.types.is_large_binary(kind) or pa.types.is_null(kind)):
+        raise DataError(f"{path}: the 'text' column holds {kind}, not text")
+
+
 def iter_documents(source: Path, skips: SkipLog) -> Iterator[dict]:
     """Yield usable documents of `source` in its natural order; count the rest in `skips`."""
     for doc_id, split, label, raw in _raw_records(source):
-        if isinstance(raw, bytes):
-            try:
-                raw = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                skips.add("not_utf8", doc_id)
-                continue
-        if raw is None or not raw.strip():
-            skips.add("empty", doc_id)
+        text, why = usable_text(raw)
+        if why:
+            skips.add(why, doc_id)
             continue
-        yield {"id": doc_id, "split": split, "label": label, "text": raw}
+        yield {"id": doc_id, "split": split, "label": label, "text": text}
 
 
 def _imdb_fields(member: str):
@@ -162,12 +179,14 @@ def _iter_imdb_folder(path: Path):
         raise DataError(f"{path}: no aclImdb reviews found (expected train|test/pos|neg|unsup/*.txt)")
 
 
+# Text is read as bytes so that one undecodable row is a counted skip, not a failed file.
+_CSV_TYPES = pacsv.ConvertOptions(column_types={"text": pa.binary(), "label": pa.string(),
+                                                "split": pa.string(), "id": pa.string()})
+
+
 def _csv_batches(path: Path):
-    # Text is read as bytes so that one undecodable row is a counted skip, not a failed file.
-    convert = pacsv.ConvertOptions(column_types={"text": pa.binary(), "label": pa.string(),
-                                                 "split": pa.string(), "id": pa.string()})
     try:
-        reader = pacsv.open_csv(path, convert_options=convert)
+        reader = pacsv.open_csv(path, convert_options=_CSV_TYPES)
         yield from reader
     except pa.ArrowInvalid as exc:
         raise DataError(f"{path}: cannot parse CSV ({exc})") from exc
@@ -177,8 +196,7 @@ def _iter_table(path: Path, batches: Iterable[pa.RecordBatch]):
     row = 0
     for batch in batches:
         names = batch.schema.names
-        if "text" not in names:
-            raise DataError(f"{path}: no 'text' column (columns: {', '.join(names) or 'none'})")
+        check_text_column(path, batch.schema)
         cols = {n: batch.column(n).to_pylist() for n in ("id", "split", "label", "text") if n in names}
         for i in range(batch.num_rows):
             label = cols["label"][i] if "label" in cols else None

@@ -16,6 +16,7 @@ import torch
 from fastai.text.learner import decode_spec_tokens
 
 from .config import ClassifierConfig, ModelConfig
+from .ingest import usable_text
 from .models import build_classifier, build_language_model, load_model_file, pad_front, pick_device
 from .config import TokenizerConfig
 from .rundir import read_json
@@ -116,6 +117,17 @@ class Classifier:
     def predict_texts(self, texts: Sequence[str], bs: int = 64) -> np.ndarray:
         tokens = self.tokenizer(texts)
         return self.predict_ids([self.vocab.encode(t) for t in tokens], bs)
+
+    def predict_raw(self, texts: Sequence, bs: int = 64) -> tuple[np.ndarray, list[str | None]]:
+        """Probabilities for texts as users send them, and for each the reason it was skipped:
+        empty, whitespace-only, missing or undecodable texts get no label (a row of NaN), as
+        preprocessing skips them."""
+        checked = [usable_text(t) for t in texts]
+        keep = [i for i, (_, why) in enumerate(checked) if why is None]
+        probs = np.full((len(texts), len(self.labels)), np.nan, dtype=np.float32)
+        if keep:
+            probs[keep] = self.predict_texts([checked[i][0] for i in keep], bs)
+        return probs, [why for _, why in checked]
 
 
 @dataclass

@@ -34,12 +34,23 @@ def file_inputs(run: RunDir, paths) -> dict[str, str]:
 
 def ingest_stage(run: RunDir, data: str, limit: int | None, seed: int,
                  shard_docs: int = 2000) -> dict:
+    """Read the source into raw shards. They are written into a folder beside raw/ that replaces
+    it only once the whole source was read, so a failed ingest leaves the earlier run as it was
+    instead of raw shards of two sources side by side."""
     t0 = time.time()
     source = resolve_source(data)
-    result = ingest(source, run.raw, limit=limit, seed=seed, shard_docs=shard_docs)
-    _prune_stale(run, {Path(p).stem for p in result.shards})
+    partial, old = run.root / ".raw.partial", run.root / ".raw.old"
+    for folder in (partial, old):
+        shutil.rmtree(folder, ignore_errors=True)
+    result = ingest(source, partial, limit=limit, seed=seed, shard_docs=shard_docs)
+    if run.raw.exists():
+        run.raw.rename(old)
+    partial.rename(run.raw)
+    shutil.rmtree(old, ignore_errors=True)
+    shards = [run.raw / Path(p).name for p in result.shards]
+    _prune_stale(run, {p.stem for p in shards})
     summary = {"source": str(source), "limit": limit, "seed": seed,
-               "shards": [run.rel(p) for p in result.shards],
+               "shards": [run.rel(p) for p in shards],
                "docs": result.docs, "groups": result.groups, "skipped": result.skipped,
                "seconds": time.time() - t0}
     write_json(run.raw / INGEST_MANIFEST, summary)
@@ -211,6 +222,15 @@ def _training_docs(run: RunDir, **kwargs):
 def _model_outputs(folder: Path, *names: str) -> list[Path]:
     return [folder / n for n in (*names, "vocab.json", "tokenizer.json", "spm.model")
             if (folder / n).exists()]
+
+
+def check_classifier_data(run: RunDir, preset: Preset, seed: int) -> dict:
+    """Refuse, before the language model trains, labelled data the classifier could not use."""
+    from .data import classifier_split
+
+    docs = load_docs(run.shards(run.ids), splits=["train"], labelled=True)
+    labels, train, valid = classifier_split(docs, preset.classifier.valid_pct, seed)
+    return {"labels": labels, "train_docs": len(train), "valid_docs": len(valid)}
 
 
 def lm_stage(run: RunDir, preset: Preset, seed: int, pretrained: str = "none",

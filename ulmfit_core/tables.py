@@ -9,21 +9,37 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from .errors import DataError
+from .ingest import check_text_column, usable_text
 from .rundir import atomic_path
 
 
 def read_table(path: Path) -> pa.Table:
+    """A CSV or Parquet file; a CSV's `text` column is read as bytes, to be decoded row by row."""
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file")
     suffix = path.suffix.lower()
     try:
         if suffix == ".csv":
-            return pacsv.read_csv(path)
+            types = pacsv.ConvertOptions(column_types={"text": pa.binary()})
+            return pacsv.read_csv(path, convert_options=types)
         if suffix == ".parquet":
             return pq.read_table(path)
     except pa.ArrowInvalid as exc:
         raise DataError(f"{path}: cannot read ({exc})") from exc
     raise DataError(f"{path}: expected a .csv or .parquet file")
+
+
+def read_texts_table(path: Path) -> tuple[pa.Table, list[str | bytes | None]]:
+    """A table to classify and its texts as read (bytes from a CSV, to be checked as
+    preprocessing checks them); the table's `text` column comes back as strings, null where the
+    bytes are not UTF-8."""
+    table = read_table(path)
+    check_text_column(path, table.schema)
+    raw = table.column("text").to_pylist()
+    shown = [t if not isinstance(t, bytes) else None if usable_text(t)[1] == "not_utf8"
+             else t.decode("utf-8") for t in raw]
+    table = table.set_column(table.schema.get_field_index("text"), "text", pa.array(shown, pa.string()))
+    return table, raw
 
 
 def write_table(table: pa.Table, path: Path) -> None:

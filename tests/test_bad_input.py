@@ -1,0 +1,162 @@
+"""Bad input, case by case: exit status 2, one line on stderr naming the problem, nothing
+written that looks complete, and never a retry."""
+
+from __future__ import annotations
+
+import shutil
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from ulmfit_core import stages
+from ulmfit_core.config import get_preset
+from ulmfit_core.errors import DamagedFile
+from ulmfit_core.predict import Classifier, LanguageModel
+from ulmfit_core.rundir import RunDir, read_json
+
+from test_cli_flow import error_line, ulmfit
+
+# (options after `run --data SAMPLE --out OUT`, the error line after "ulmfit: error: ")
+RUN_OPTIONS = [
+    (["--limit", "0"], "--limit must be an integer >= 1, got 0"),
+    (["--limit", "-5"], "--limit must be an integer >= 1, got -5"),
+    (["--shard-docs", "0"], "--shard-docs must be an integer >= 1, got 0"),
+    (["--workers", "0"], "--workers must be an integer >= 1, got 0"),
+    (["--seed", "-1"], "--seed must be an integer >= 0, got -1"),
+    (["--preset", "huge"], "unknown preset 'huge' (choose from tiny, cpu, gpu, paper)"),
+    (["--tokenizer", "subword", "--vocab-size", "50"], "--vocab-size must be an integer >= 100, got 50"),
+    (["--vocab-size", "500"], "--vocab-size sets the subword vocabulary: give it with --tokenizer subword"),
+    (["--train-resource", "GPU"], "--train-resource routes training to Dask workers that declare it: "
+                                  "give the scheduler with --dask-address"),
+    (["--dask-address", "localhost"], "--dask-address 'localhost': expected tcp://HOST:PORT"),
+    (["--pretrained", "/no/such/weights"], "--pretrained /no/such/weights: no such file or folder "
+                                           "(give none, wt103, or fastai-format weights)"),
+]
+
+
+@pytest.mark.parametrize("options, message", RUN_OPTIONS, ids=[" ".join(o) for o, _ in RUN_OPTIONS])
+def test_bad_run_options_fail_before_anything_starts(tmp_path, sample_tarball, options, message):
+    out = tmp_path / "run"
+    result = ulmfit("run", "--data", sample_tarball, "--out", out, *options)
+    assert error_line(result) == f"ulmfit: error: {message}"
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not out.exists()  # no server, cluster or run directory was started
+
+
+def test_bidirectional_with_a_weights_folder_is_refused(tmp_path, sample_tarball):
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    line = error_line(ulmfit("run", "--data", sample_tarball, "--out", tmp_path / "run",
+                             "--bidirectional", "--pretrained", weights))
+    assert line.startswith("ulmfit: error: --bidirectional with --pretrained PATH")
+
+
+def test_a_text_column_that_is_not_text_is_refused(tmp_path):
+    numbers = tmp_path / "numbers.parquet"
+    pq.write_table(pa.table({"text": [1, 2, 3], "label": ["pos", "neg", "pos"]}), numbers)
+    result = ulmfit("preprocess", "--data", numbers, "--out", tmp_path / "run")
+    assert error_line(result) == f"ulmfit: error: {numbers}: the 'text' column holds int64, not text"
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, preprocessed) -> RunDir:
+    """A tiny trained run (LM, encoder, classifier), by the stage functions."""
+    run = RunDir(tmp_path_factory.mktemp("bad-input") / "run")
+    shutil.copytree(preprocessed, run.root)
+    preset = get_preset("tiny")
+    stages.lm_stage(run, preset, 0)
+    stages.export_stage(run)
+    stages.classifier_stage(run, preset, 0)
+    return run
+
+
+PREDICT_OPTIONS = [
+    (["--bs", "0", "fine"], "--bs must be an integer >= 1, got 0"),
+    (["--output", "x.csv", "fine"], "predict: --output writes the rows of --input; plain texts are printed"),
+    ([], "predict: give texts, or --input FILE --output FILE"),
+    (["--input", "{csv}"], "predict: --input needs --output"),
+    (["--input", "{csv}", "--output", "preds.txt"], "preds.txt: expected a .csv or .parquet output file"),
+    (["", "   "], "predict: nothing to classify (every text is empty)"),
+]
+
+
+@pytest.mark.parametrize("options, message", PREDICT_OPTIONS, ids=range(len(PREDICT_OPTIONS)))
+def test_bad_predict_options(tmp_path, trained, options, message):
+    csv = tmp_path / "in.csv"
+    pacsv.write_csv(pa.table({"text": ["Loved it"]}), csv)
+    result = ulmfit("predict", "--model", trained.root, *[o.format(csv=csv) for o in options])
+    assert error_line(result) == f"ulmfit: error: {message}"
+    assert not (tmp_path / "preds.txt").exists()
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--words", "0"], "--words must be an integer >= 1, got 0"),
+    (["--n", "0"], "--n must be an integer >= 1, got 0"),
+    (["--temperature", "0"], "--temperature must be > 0, got 0.0"),
+])
+def test_bad_generate_options(trained, options, message):
+    result = ulmfit("generate", "--model", trained.root, "The film", *options)
+    assert error_line(result) == f"ulmfit: error: {message}"
+    assert result.stdout == ""
+
+
+def test_empty_and_undecodable_texts_get_no_label(tmp_path, trained):
+    src = tmp_path / "in.csv"
+    src.write_bytes(b"id,text\n1,A wonderful film\n2,\n3,   \n4,\xff\xfe broken\n5,Dreadful.\n")
+    out = tmp_path / "out.parquet"
+    result = ulmfit("predict", "--model", trained.root, "--input", src, "--output", out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "skipped 3 of 5 rows (empty: 2, not_utf8: 1)" in result.stderr
+    table = pq.read_table(out).to_pydict()
+    assert table["skipped"] == [None, "empty", "empty", "not_utf8", None]
+    assert [p is None for p in table["pred"]] == [False, True, True, True, False]
+    assert table["p_pos"][1] is None and table["p_pos"][0] is not None
+    assert table["text"][0] == "A wonderful film" and table["text"][3] is None
+    plain = ulmfit("predict", "--model", trained.root, "Great!", "")
+    assert plain.returncode == 0
+    assert len(plain.stdout.strip().splitlines()) == 1
+    assert "text 2 skipped (empty): no label" in plain.stderr
+    # The same rule in the library: a missing text is skipped, not given a confident label.
+    probs, skipped = Classifier.load(trained.root).predict_raw(["Fine.", None, " \n"])
+    assert skipped == [None, "empty", "empty"] and torch.isnan(torch.from_numpy(probs[1:])).all()
+
+
+def _damage(path, at: int = 2000) -> None:
+    data = bytearray(path.read_bytes())
+    data[at:at + 256] = bytes(range(256))
+    path.write_bytes(bytes(data))
+
+
+def test_damaged_and_truncated_model_files_are_refused(tmp_path, trained):
+    run = RunDir(tmp_path / "run")
+    shutil.copytree(trained.root, run.root)
+    _damage(run.classifier / "model.pth")
+    with pytest.raises(DamagedFile, match=r"classifier/model\.pth: damaged .* restore it or rerun"):
+        Classifier.load(run.root)
+    line = error_line(ulmfit("predict", "--model", run.root, "Fine."))
+    assert "classifier/model.pth: damaged" in line
+    _damage(run.lm / "model.pth")
+    with pytest.raises(DamagedFile, match=r"lm/model\.pth: damaged"):
+        LanguageModel.load(run.root)
+    with pytest.raises(DamagedFile, match=r"lm/model\.pth: damaged"):
+        stages.export_stage(run)  # the LM changed, so the encoder is exported again: from a bad file
+    data = (run.export / "encoder.pth").read_bytes()
+    (run.export / "encoder.json").unlink()  # no manifest: the file itself must be readable
+    (run.export / "encoder.pth").write_bytes(data[: len(data) // 2])
+    with pytest.raises(DamagedFile, match=r"encoder\.pth: unreadable model file"):
+        stages.classifier_stage(run, get_preset("tiny"), 0)
+
+
+def test_too_little_labelled_data_is_found_before_the_language_model(tmp_path, sample_texts):
+    src = tmp_path / "one_label.csv"
+    pacsv.write_csv(pa.table({"text": sample_texts[:60], "label": ["pos"] * 60}), src)
+    out = tmp_path / "run"
+    result = ulmfit("run", "--data", src, "--out", out, "--workers", 1)
+    assert error_line(result) == ("ulmfit: error: classifier: need labelled train reviews of at "
+                                  "least two labels, found ['pos']; add labelled train rows to the corpus")
+    assert not (out / "lm").exists()  # the LM never started
+    assert read_json(out / "run.json")["status"] == "failed"

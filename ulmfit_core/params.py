@@ -1,0 +1,88 @@
+"""The parameters of a pipeline run, checked once, wherever the run starts.
+
+The command line, `ulmfit serve` and work-pool deployments all build a `RunParams`; a bad value
+or combination fails on construction with one line naming the option, before any server,
+cluster or model starts.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .config import PRESETS, get_preset
+from .errors import DataError
+
+DIRECTIONS = {"forward": (False,), "backward": (True,), "bidirectional": (False, True)}
+TOKENIZERS = ("word", "subword")
+SUBWORD_VOCAB = (100, 1_000_000)  # SentencePiece needs some room beyond its special pieces
+_DASK_ADDRESS = re.compile(r"^(tcp|tls|inproc|ucx)://[^\s/]+$")
+
+
+def _at_least(name: str, value, low: int) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+        raise DataError(f"{name} must be an integer >= {low}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class RunParams:
+    """What a run (or one of its stage commands) was asked to do; see `ulmfit run --help`."""
+
+    out: str
+    data: str = "imdb"
+    preset: str = "tiny"
+    limit: int | None = None
+    seed: int = 0
+    dask_address: str | None = None
+    workers: int | None = None
+    shard_docs: int = 2000
+    tokenizer: str | None = None
+    vocab_size: int | None = None
+    pretrained: str = "none"
+    direction: str = "forward"
+    train_resource: str | None = None
+
+    def __post_init__(self) -> None:
+        if not str(self.out).strip():
+            raise DataError("--out must name a directory")
+        if self.preset not in PRESETS:
+            raise DataError(f"unknown preset '{self.preset}' (choose from {', '.join(PRESETS)})")
+        _at_least("--limit", self.limit, 1)
+        _at_least("--seed", self.seed, 0)
+        _at_least("--workers", self.workers, 1)
+        _at_least("--shard-docs", self.shard_docs, 1)
+        if self.tokenizer is not None and self.tokenizer not in TOKENIZERS:
+            raise DataError(f"unknown tokenizer '{self.tokenizer}' (choose {' or '.join(TOKENIZERS)})")
+        if self.vocab_size is not None:
+            if (self.tokenizer or get_preset(self.preset).tokenizer.kind) != "subword":
+                raise DataError("--vocab-size sets the subword vocabulary: give it with --tokenizer subword")
+            _at_least("--vocab-size", self.vocab_size, SUBWORD_VOCAB[0])
+            if self.vocab_size > SUBWORD_VOCAB[1]:
+                raise DataError(f"--vocab-size must be at most {SUBWORD_VOCAB[1]:,}, got {self.vocab_size}")
+        if self.direction not in DIRECTIONS:
+            raise DataError(f"unknown direction '{self.direction}' (choose {', '.join(DIRECTIONS)})")
+        if self.pretrained not in ("none", "wt103"):
+            if not Path(self.pretrained).expanduser().exists():
+                raise DataError(f"--pretrained {self.pretrained}: no such file or folder "
+                                "(give none, wt103, or fastai-format weights)")
+            if self.direction == "bidirectional":
+                raise DataError("--bidirectional with --pretrained PATH: one folder holds one "
+                                "direction's weights; use wt103 or none")
+        if self.dask_address is not None and not _DASK_ADDRESS.match(self.dask_address):
+            raise DataError(f"--dask-address {self.dask_address!r}: expected tcp://HOST:PORT")
+        if self.train_resource is not None and not self.dask_address:
+            raise DataError("--train-resource routes training to Dask workers that declare it: "
+                            "give the scheduler with --dask-address")
+
+    @property
+    def backwards(self) -> tuple[bool, ...]:
+        """The directions to train: (False,), (True,) or (False, True)."""
+        return DIRECTIONS[self.direction]
+
+    def settings(self):
+        """The preset, with this run's tokenizer choices applied."""
+        return get_preset(self.preset, self.tokenizer, self.vocab_size)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
