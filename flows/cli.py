@@ -14,6 +14,9 @@ from pathlib import Path
 # Core modules log to "ulmfit"; Prefect forwards that logger to the run's logs in the UI.
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "ulmfit")
 os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
+# The temporary server this command may start must not try to send usage data (and log an
+# error where there is no network).
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 # Arrow allocates with malloc here and in the Dask workers started from here (they inherit the
 # environment): its default, mimalloc, keeps about 45 MB more per process for the small tables
 # of a shard. It is read when pyarrow loads, so it is set before anything imports pyarrow.
@@ -132,12 +135,12 @@ def run_params(args: argparse.Namespace) -> RunParams:
 
 def _run_flow(params: RunParams, command: str) -> int:
     from flows import pipeline
-    from flows.runtime import prefect_api, training_runner
+    from flows.runtime import prefect_api, tracebacks_to_file, training_runner
     from tasks.report import report
     from ulmfit_core.rundir import RunDir, tracked_run
 
     out = params.out
-    with prefect_api():
+    with tracebacks_to_file(RunDir(out).log), prefect_api():
         if command == "run":
             pipeline.ulmfit_flow(**params.to_dict())
             return 0

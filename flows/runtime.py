@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Iterator
 
 from prefect.task_runners import ThreadPoolTaskRunner
@@ -36,6 +37,48 @@ def training_runner(address: str | None, train_resource: str | None):
     if train_resource is None:
         return ThreadPoolTaskRunner(max_workers=2)
     return DaskTaskRunner(address=address)
+
+
+@contextmanager
+def tracebacks_to_file(log_file: Path) -> Iterator[Path]:
+    """While a command runs, log records go in full (tracebacks included) to `log_file`, and the
+    terminal shows each error as its one-line message with a pointer to that file: a failed
+    stage ends in a line that names the problem, not under pages of Prefect engine frames."""
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    to_file = logging.FileHandler(log_file, encoding="utf-8")
+    to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    loggers = [root, *(lg for lg in logging.Logger.manager.loggerDict.values()
+                       if isinstance(lg, logging.Logger))]
+    consoles = {h.formatter for lg in loggers for h in lg.handlers
+                if isinstance(h, PrefectConsoleHandler) and h.formatter is not None}
+
+    def without_traceback(format_record):
+        def format(record: logging.LogRecord) -> str:
+            # Another handler may have cached the traceback text on the record: hide both for
+            # this line only, so the file handler still writes the traceback in full.
+            saved = record.exc_info, record.exc_text, record.stack_info
+            if not any(saved):
+                return format_record(record)
+            record.exc_info = record.exc_text = record.stack_info = None
+            try:
+                return f"{format_record(record)}  (traceback in {log_file})"
+            finally:
+                record.exc_info, record.exc_text, record.stack_info = saved
+        return format
+
+    for formatter in consoles:
+        formatter.format = without_traceback(formatter.format)
+    root.addHandler(to_file)
+    try:
+        yield log_file
+    finally:
+        root.removeHandler(to_file)
+        to_file.close()
+        for formatter in consoles:
+            del formatter.format
 
 
 @contextmanager

@@ -13,7 +13,7 @@ import torch
 
 from ulmfit_core import stages
 from ulmfit_core.config import get_preset
-from ulmfit_core.errors import DamagedFile
+from ulmfit_core.errors import DamagedFile, DataError
 from ulmfit_core.predict import Classifier, LanguageModel
 from ulmfit_core.rundir import RunDir, read_json
 
@@ -151,6 +151,19 @@ def test_damaged_and_truncated_model_files_are_refused(tmp_path, trained):
         stages.classifier_stage(run, get_preset("tiny"), 0)
 
 
+def test_an_error_after_start_up_is_one_line_and_the_traceback_goes_to_the_log(tmp_path):
+    empty = tmp_path / "empty.csv"
+    empty.write_text("text,label\n")
+    out = tmp_path / "run"
+    result = ulmfit("run", "--data", empty, "--out", out, "--workers", 1)
+    assert error_line(result) == f"ulmfit: error: {empty}: empty corpus (no usable documents; skipped: {{}})"
+    assert "Traceback" not in result.stderr and "telemetry" not in result.stderr
+    assert len(result.stderr.splitlines()) < 20
+    assert "Traceback (most recent call last)" in (out / "logs" / "ulmfit.log").read_text()
+    assert sorted(p.name for p in out.iterdir()) == [".lock", "logs", "run.json"]  # no partial raw/
+    assert read_json(out / "run.json")["status"] == "failed"
+
+
 def test_too_little_labelled_data_is_found_before_the_language_model(tmp_path, sample_texts):
     src = tmp_path / "one_label.csv"
     pacsv.write_csv(pa.table({"text": sample_texts[:60], "label": ["pos"] * 60}), src)
@@ -160,3 +173,16 @@ def test_too_little_labelled_data_is_found_before_the_language_model(tmp_path, s
                                   "least two labels, found ['pos']; add labelled train rows to the corpus")
     assert not (out / "lm").exists()  # the LM never started
     assert read_json(out / "run.json")["status"] == "failed"
+
+
+def test_a_failed_ingest_leaves_the_earlier_run_as_it_was(tmp_path, preprocessed, sample_tarball):
+    run = RunDir(tmp_path / "run")
+    shutil.copytree(preprocessed, run.root)
+    before = {p.relative_to(run.root): p.read_bytes() for p in run.root.rglob("*") if p.is_file()}
+    data = sample_tarball.read_bytes()
+    cut = tmp_path / "cut.tar.gz"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match="unreadable or truncated archive"):
+        stages.ingest_stage(run, str(cut), limit=None, seed=0, shard_docs=60)
+    after = {p.relative_to(run.root): p.read_bytes() for p in run.root.rglob("*") if p.is_file()}
+    assert after == before  # raw shards, _ingest.json, tokens and ids all still of one source

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -93,6 +94,26 @@ def test_run_predict_generate(tmp_path, sample_tarball):
     assert gen.returncode == 0, gen.stderr[-3000:]
     texts = [t for t in gen.stdout.split("\n\n") if t.strip()]
     assert len(texts) == 2 and all(t.startswith("I liked this movie because ") for t in texts)
+
+    # A copied run directory is a run of its own: every stage command reruns into the copy and
+    # reuses everything, with the same outputs.
+    copy = tmp_path / "moved" / "copy"
+    shutil.copytree(out, copy)  # copytree keeps modification times
+    for command in (["preprocess", "--data", sample_tarball, "--limit", 25, "--shard-docs", 40],
+                    ["train-lm", "--bidirectional"], ["train-classifier", "--bidirectional"]):
+        result = ulmfit(*command, "--out", copy, "--preset", "tiny", "--seed", 1)
+        assert result.returncode == 0, result.stderr[-3000:]
+    kept = [p.relative_to(out) for pattern in ("tokens/*", "ids/*", "vocab.json", "*/model.pth",
+                                               "export*/encoder.pth", "classifier*/test.json")
+            for p in out.glob(pattern)]
+    assert len(kept) > 20
+    for rel in kept:  # not written again
+        assert (copy / rel).stat().st_mtime_ns == (out / rel).stat().st_mtime_ns, rel
+    original = read_json(out / "lineage.json")["artifacts"]
+    copied = read_json(copy / "lineage.json")["artifacts"]
+    assert {k: v["sha256"] for k, v in copied.items()} == {k: v["sha256"] for k, v in original.items()}
+    assert str(out) not in "".join(p.read_text() for p in copy.rglob("*.json") if p.name not in (
+        "run.json", "metrics.json", "lineage.json"))  # manifests hold paths relative to the run
 
     # A stage command reruns its part into the same run directory and refreshes the summary.
     again = ulmfit("train-classifier", "--out", out, "--preset", "tiny", "--seed", 2)

@@ -16,6 +16,7 @@ Everything a run produces lives under one folder:
     ensemble.json               forward + backward classifiers, averaged probabilities
     metrics.json, report.md     the run's summary, written last
     run.json                    status: running / failed / complete
+    logs/ulmfit.log             every log line of the commands run here, tracebacks included
 
 A file appears under its final name only once fully written (write to a temporary name in the
 same folder, then rename), so a crashed run never leaves a file that looks complete.
@@ -64,6 +65,7 @@ class RunDir:
     metrics = property(lambda self: self.root / "metrics.json")
     report = property(lambda self: self.root / "report.md")
     status = property(lambda self: self.root / "run.json")
+    log = property(lambda self: self.root / "logs" / "ulmfit.log")
 
     def rel(self, path: str | os.PathLike) -> str:
         """`path` relative to the run, as manifests and summaries record it (so that a run

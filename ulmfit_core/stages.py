@@ -42,7 +42,11 @@ def ingest_stage(run: RunDir, data: str, limit: int | None, seed: int,
     partial, old = run.root / ".raw.partial", run.root / ".raw.old"
     for folder in (partial, old):
         shutil.rmtree(folder, ignore_errors=True)
-    result = ingest(source, partial, limit=limit, seed=seed, shard_docs=shard_docs)
+    try:
+        result = ingest(source, partial, limit=limit, seed=seed, shard_docs=shard_docs)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
     if run.raw.exists():
         run.raw.rename(old)
     partial.rename(run.raw)
