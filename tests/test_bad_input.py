@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from ulmfit_core import stages
+from ulmfit_core.checkpoint import load_checkpoint, save_checkpoint
 from ulmfit_core.config import get_preset
 from ulmfit_core.errors import DamagedFile, DataError
 from ulmfit_core.predict import Classifier, LanguageModel
@@ -186,3 +187,15 @@ def test_a_failed_ingest_leaves_the_earlier_run_as_it_was(tmp_path, preprocessed
         stages.ingest_stage(run, str(cut), limit=None, seed=0, shard_docs=60)
     after = {p.relative_to(run.root): p.read_bytes() for p in run.root.rglob("*") if p.is_file()}
     assert after == before  # raw shards, _ingest.json, tokens and ids all still of one source
+
+
+def test_a_damaged_checkpoint_is_refused_not_resumed(tmp_path):
+    path = tmp_path / "checkpoint.pth"
+    save_checkpoint(path, "fp", phase=0, epoch=1, model={"w": torch.arange(4000.0)})
+    assert load_checkpoint(path, "fp")["epoch"] == 1 and load_checkpoint(path, "other") is None
+    _damage(path, at=len(path.read_bytes()) // 2)
+    with pytest.raises(DamagedFile, match=r"checkpoint\.pth: damaged checkpoint \(its SHA-256 differs"):
+        load_checkpoint(path, "fp")
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(DamagedFile, match=r"damaged checkpoint \(unreadable.*delete it to train this stage"):
+        load_checkpoint(path, "fp")

@@ -261,6 +261,8 @@ def test_lineage_links_every_artifact_to_its_inputs(run):
     assert any("export/encoder.pth" in line for line in lines)
     assert any(f"ids/ {len(ids)} × id shard" in line for line in lines)
     assert any("[source]" in line for line in lines)
+    assert lines[2].strip().startswith(f"settings: model.emb_sz=96, model.n_hid=192")
+    assert f"seed={SEED}" in lines[2] and "classifier.bs=32" in lines[2]
 
 
 def test_a_run_directory_in_use_is_refused(tmp_path):

@@ -10,6 +10,7 @@ recorded once for the run.
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import platform
 import subprocess
 from collections import defaultdict
@@ -130,6 +131,17 @@ def _group(paths: list[str], artifacts: dict) -> list[tuple[str, list[str]]]:
     return out
 
 
+def _flat(settings: dict, prefix: str = "") -> list[str]:
+    """Nested settings as `key.sub=value` items, in order."""
+    items = []
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            items.extend(_flat(value, f"{prefix}{key}."))
+        else:
+            items.append(f"{prefix}{key}={json.dumps(value) if isinstance(value, (list, str)) else value}")
+    return items
+
+
 def render_lineage(lineage: dict, target: str | None = None) -> str:
     """The lineage as an indented tree, from `target` (default: the run's final artifacts)."""
     artifacts = lineage["artifacts"]
@@ -154,6 +166,8 @@ def render_lineage(lineage: dict, target: str | None = None) -> str:
             sha = f"  sha256:{first['sha256'][:12]}" if len(members) == 1 and "sha256" in first else ""
             lines.append(f"{prefix}{'└── ' if last else '├── '}{label}{sha}")
             child_prefix = prefix + ("    " if last else "│   ")
+            if first.get("settings"):
+                lines.append(f"{child_prefix}   settings: {', '.join(_flat(first['settings']))}")
             inputs = sorted({i["path"] for m in members for i in artifacts.get(m, {}).get("inputs", [])})
             sources = {artifacts[m]["source"]["path"] for m in members if "source" in artifacts.get(m, {})}
             for s in sorted(sources):
