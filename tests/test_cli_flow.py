@@ -51,6 +51,8 @@ def test_run_predict_generate(tmp_path, sample_tarball):
     result = ulmfit("run", "--data", sample_tarball, "--out", out, "--preset", "tiny", "--limit", 25,
                     "--workers", 2, "--shard-docs", 40, "--seed", 1, "--bidirectional")
     assert result.returncode == 0, result.stderr[-5000:]
+    for noise in ("Traceback", "| ERROR", "| WARNING", "telemetry"):  # a clean run's terminal
+        assert noise not in result.stderr, result.stderr[-5000:]
     assert read_json(out / "run.json")["status"] == "complete"
     metrics = read_json(out / "metrics.json")
     assert metrics["preprocess"]["docs"] == 125 and metrics["preprocess"]["shards"] == 4
