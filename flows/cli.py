@@ -32,6 +32,9 @@ TABLE_SUFFIXES = (".csv", ".parquet")
 
 def _add_run_dir(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="run directory (created if missing)")
+    p.add_argument("--reset", action="store_true",
+                   help="run with a preset, tokenizer or seed other than the one this run "
+                        "directory was made with (its stages are rebuilt as needed)")
 
 
 def _add_training(p: argparse.ArgumentParser) -> None:
@@ -147,12 +150,12 @@ def _run_flow(params: RunParams, command: str) -> int:
         if command == "preprocess":
             pipeline.preprocess_job(out, params.data, params.preset, params.limit, params.seed,
                                     params.dask_address, params.workers, params.shard_docs,
-                                    params.tokenizer, params.vocab_size)
+                                    params.tokenizer, params.vocab_size, params.reset)
             return 0
         record = {"command": command, "preset": params.preset, "seed": params.seed, "out": out,
                   "direction": params.direction}
         trainer = training_runner(params.dask_address, params.train_resource)
-        with tracked_run(RunDir(out), record):
+        with tracked_run(RunDir(out), record, params.reset):
             if command == "train-lm":
                 pipeline.train_lm_flow.with_options(task_runner=trainer)(
                     out, params.preset, params.seed, params.pretrained, params.direction,
@@ -172,7 +175,7 @@ def _serve(params: RunParams, args: argparse.Namespace) -> int:
     from flows.runtime import prefect_api
 
     common = {k: v for k, v in params.to_dict().items()
-              if k not in ("pretrained", "direction", "train_resource")}
+              if k not in ("pretrained", "direction", "train_resource", "reset")}
     with prefect_api() as api:
         print(f"serving on the Prefect API at {api}; Ctrl-C stops")
         serve(pipeline.ulmfit_flow.to_deployment(name="ulmfit-scheduled", cron=args.cron,

@@ -139,13 +139,14 @@ def train_classifier_flow(out: str, preset: str = "tiny", seed: int = 0, directi
 def preprocess_job(out: str, data: str = "imdb", preset: str = "tiny", limit: int | None = None,
                    seed: int = 0, dask_address: str | None = None, workers: int | None = None,
                    shard_docs: int = 2000, tokenizer: str | None = None,
-                   vocab_size: int | None = None) -> dict:
+                   vocab_size: int | None = None, reset: bool = False) -> dict:
     """Preprocessing alone, as a run of its own (lock, status, report): what the `cpu` work
     pool runs on a schedule to keep token shards and vocab current."""
-    RunParams(out, data, preset, limit, seed, dask_address, workers, shard_docs, tokenizer, vocab_size)
+    RunParams(out, data, preset, limit, seed, dask_address, workers, shard_docs, tokenizer,
+              vocab_size, reset=reset)
     params = {"command": "preprocess", "data": data, "preset": preset, "limit": limit,
               "seed": seed, "out": out, "tokenizer": tokenizer or "word", "vocab_size": vocab_size}
-    with tracked_run(RunDir(out), params):
+    with tracked_run(RunDir(out), params, reset):
         summary = preprocess_flow.with_options(task_runner=dask_task_runner(dask_address, workers))(
             out, data, preset, limit, seed, shard_docs, tokenizer, vocab_size)
         report(out, params, seed)
@@ -157,15 +158,16 @@ def ulmfit_flow(out: str, data: str = "imdb", preset: str = "tiny", limit: int |
                 seed: int = 0, dask_address: str | None = None, workers: int | None = None,
                 shard_docs: int = 2000, tokenizer: str | None = None,
                 vocab_size: int | None = None, pretrained: str = "none",
-                direction: str = "forward", train_resource: str | None = None) -> dict:
+                direction: str = "forward", train_resource: str | None = None,
+                reset: bool = False) -> dict:
     """The whole recipe, from a corpus to a report. With `train_resource` (and a Dask cluster
     whose training workers declare it, e.g. `dask worker --resources GPU=1`), training runs on
     those workers while tokenization runs anywhere."""
     checked = RunParams(out, data, preset, limit, seed, dask_address, workers, shard_docs,
-                        tokenizer, vocab_size, pretrained, direction, train_resource)
+                        tokenizer, vocab_size, pretrained, direction, train_resource, reset)
     params = {**checked.to_dict(), "tokenizer": tokenizer or "word"}
     trainer = training_runner(dask_address, train_resource)
-    with tracked_run(RunDir(out), params):
+    with tracked_run(RunDir(out), params, reset):
         runner = dask_task_runner(dask_address, workers)
         preprocess_flow.with_options(task_runner=runner)(out, data, preset, limit, seed, shard_docs,
                                                          tokenizer, vocab_size)

@@ -117,8 +117,14 @@ def test_run_predict_generate(tmp_path, sample_tarball):
     assert str(out) not in "".join(p.read_text() for p in copy.rglob("*.json") if p.name not in (
         "run.json", "metrics.json", "lineage.json"))  # manifests hold paths relative to the run
 
-    # A stage command reruns its part into the same run directory and refreshes the summary.
-    again = ulmfit("train-classifier", "--out", out, "--preset", "tiny", "--seed", 2)
+    # Another seed into the same run directory is refused, unless asked for with --reset; then a
+    # stage command reruns its part into the directory and refreshes the summary.
+    clash = ulmfit("train-classifier", "--out", out, "--preset", "tiny", "--seed", 2)
+    assert error_line(clash) == (f"ulmfit: error: {out} holds a run made with seed 1; this run asks "
+                                 "for seed 2: give another --out, or --reset to rebuild it with the "
+                                 "new settings")
+    assert read_json(out / "run.json")["status"] == "complete"  # the finished run is as it was
+    again = ulmfit("train-classifier", "--out", out, "--preset", "tiny", "--seed", 2, "--reset")
     assert again.returncode == 0, again.stderr[-3000:]
     assert read_json(out / "run.json")["params"]["command"] == "train-classifier"
     rerun = read_json(out / "metrics.json")

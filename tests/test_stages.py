@@ -281,3 +281,19 @@ def test_a_run_directory_in_use_is_refused(tmp_path):
     with tracked_run(RunDir(tmp_path), {"again": True}):  # a dead holder leaves the lock free
         assert read_json(tmp_path / "run.json")["status"] == "running"
     assert read_json(tmp_path / "run.json")["status"] == "complete"
+
+
+def test_a_run_directory_keeps_the_settings_it_was_made_with(tmp_path):
+    run = RunDir(tmp_path)
+    with tracked_run(run, {"preset": "cpu", "seed": 0, "tokenizer": "word"}):
+        pass
+    with pytest.raises(ValueError, match=r"holds a run made with preset 'cpu'; this run asks for "
+                                         r"preset 'gpu': give another --out, or --reset"):
+        with tracked_run(run, {"preset": "gpu", "seed": 0}):
+            pass
+    assert read_json(run.status)["status"] == "complete"  # the refused run changed nothing
+    with tracked_run(run, {"preset": "cpu", "seed": 0, "command": "train-lm"}):
+        pass  # a stage command with the same settings
+    with tracked_run(run, {"preset": "gpu", "seed": 0}, reset=True):
+        pass
+    assert read_json(run.status)["settings"] == {"preset": "gpu", "seed": 0, "tokenizer": "word"}

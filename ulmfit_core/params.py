@@ -42,6 +42,7 @@ class RunParams:
     pretrained: str = "none"
     direction: str = "forward"
     train_resource: str | None = None
+    reset: bool = False  # accept settings other than those the run directory was made with
 
     def __post_init__(self) -> None:
         if not str(self.out).strip():

@@ -34,6 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from .errors import DataError
+
 
 @dataclass(frozen=True)
 class RunDir:
@@ -142,10 +144,31 @@ def run_lock(run: RunDir) -> Iterator[None]:
         os.close(fd)
 
 
+# The parameters that shape a run directory's artifacts (vocab, model sizes, splits). Two
+# schedules writing one directory with different values would rebuild each other's work forever.
+SHAPING = ("preset", "tokenizer", "vocab_size", "seed")
+
+
+def _check_settings(run: RunDir, params: dict, reset: bool) -> dict:
+    """The directory's shaping settings after this run; refuses a change unless `reset`."""
+    previous = read_json(run.status).get("settings", {}) if run.status.exists() else {}
+    asked = {k: params[k] for k in SHAPING if k in params}
+    clash = [k for k, v in asked.items() if k in previous and previous[k] != v]
+    if clash and not reset:
+        def listed(values: dict) -> str:
+            return ", ".join(f"{k} {values[k]!r}" for k in clash)
+
+        raise DataError(f"{run.root} holds a run made with {listed(previous)}; this run asks for "
+                        f"{listed(asked)}: give another --out, or --reset to rebuild it with the "
+                        "new settings")
+    return {**previous, **asked}
+
+
 @contextmanager
-def tracked_run(run: RunDir, params: dict) -> Iterator[RunDir]:
+def tracked_run(run: RunDir, params: dict, reset: bool = False) -> Iterator[RunDir]:
     """Hold the run directory, mark it running, then complete or failed; drop the old summary
-    while it runs.
+    while it runs. A run whose shaping settings (`SHAPING`) differ from those the directory was
+    made with is refused unless `reset`.
 
     metrics.json and report.md are the marks of a finished run, so they are removed first and
     only written again by a run that gets to its end.
@@ -153,10 +176,11 @@ def tracked_run(run: RunDir, params: dict) -> Iterator[RunDir]:
     import time
 
     with run_lock(run):
+        settings = _check_settings(run, params, reset)
         for stale in (run.metrics, run.report):
             stale.unlink(missing_ok=True)
         started = time.time()
-        status = {"status": "running", "params": params, "started": started}
+        status = {"status": "running", "params": params, "settings": settings, "started": started}
         write_json(run.status, status)
         try:
             yield run
