@@ -15,10 +15,9 @@ import numpy as np
 import torch
 from fastai.text.learner import decode_spec_tokens
 
-from .config import ClassifierConfig, ModelConfig
+from .config import ClassifierConfig, ModelConfig, TokenizerConfig
 from .ingest import usable_text
 from .models import build_classifier, build_language_model, load_model_file, pad_front, pick_device
-from .config import TokenizerConfig
 from .rundir import read_json
 from .subword import detokenize_pieces
 from .tokenize import text_tokenizer

@@ -28,6 +28,9 @@ from .shards import read_shard
 def _import_spacy():
     """spaCy, imported without torch where torch is not loaded yet.
 
+    Only building a word tokenizer imports it, not importing this module: training and
+    evaluation on id shards never need spaCy, and GPU nodes may not have it.
+
     spaCy's model library thinc imports torch, when it is installed, only to offer torch-backed
     layers, which the rule-based tokenizer never uses; it would cost each tokenizing worker
     about 200 MB and seconds of start-up. Torch itself stays importable afterwards.
@@ -42,8 +45,6 @@ def _import_spacy():
 
     return spacy
 
-
-spacy = _import_spacy()
 
 # spaCy splits text into alternating runs of whitespace and non-whitespace and tokenizes each run
 # on its own; a single " " right after a word only marks that word's trailing space.
@@ -92,6 +93,7 @@ class WordTokenizer:
     """
 
     def __init__(self, lang: str = "en", cache_size: int = 200_000, batch_size: int = 256) -> None:
+        spacy = _import_spacy()
         from spacy.symbols import ORTH
 
         nlp = spacy.blank(lang)
@@ -343,13 +345,19 @@ def _subword_tokenizer(model_path: str):
 
 
 def text_tokenizer(config: TokenizerConfig, folder: str | Path | None = None):
-    """The tokenizer `config` describes; a subword one reads `spm.model` from `folder`."""
+    """The tokenizer `config` describes, a function from texts to token lists; a subword one
+    reads `spm.model` from `folder`. It is built on its first call (once per process), so that a
+    model loaded to classify id arrays never imports spaCy."""
     if config.kind == "word":
-        return word_tokenizer(config.lang)
+        return functools.partial(_tokenize_with, functools.partial(word_tokenizer, config.lang))
     model = Path(folder or ".") / "spm.model"
     if not model.exists():
         raise FileNotFoundError(f"{model} is missing: the subword model is trained during preprocess")
-    return _subword_tokenizer(str(model))
+    return functools.partial(_tokenize_with, functools.partial(_subword_tokenizer, str(model)))
+
+
+def _tokenize_with(build, texts: Iterable[str]) -> Iterator[list[str]]:
+    return build()(texts)
 
 
 def tokenize_texts(texts: Iterable[str], config: TokenizerConfig = TokenizerConfig(),
