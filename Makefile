@@ -19,7 +19,7 @@ PLATFORM   ?= manylinux_2_28_x86_64
 WHEELHOUSE ?= wheelhouse
 PYTHON     ?= python3
 
-.PHONY: install browser run test bench wheelhouse install-offline
+.PHONY: install browser run test wheelhouse install-offline
 
 install: $(VENV)/.installed
 
