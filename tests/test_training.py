@@ -1,4 +1,5 @@
-"""Training beyond one straight run: resume after a killed process, both directions, bf16 on CPU."""
+"""Training beyond one straight run: resume after a killed process, both directions, bf16 on CPU,
+where each stage ran, a non-finite loss, running out of GPU memory."""
 
 from __future__ import annotations
 
@@ -7,19 +8,28 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+from fastai.callback.core import Callback
+from fastai.losses import CrossEntropyLossFlat
+from fastai.text.learner import LMLearner
+from fastai.text.models.awdlstm import AWD_LSTM, awd_lstm_lm_split
 
 from ulmfit_core import stages
 from ulmfit_core.checkpoint import load_checkpoint, save_checkpoint
-from ulmfit_core.config import get_preset
+from ulmfit_core.config import LMConfig, ModelConfig, Stage, get_preset
 from ulmfit_core.data import load_docs
+from ulmfit_core.errors import DataError
+from ulmfit_core.models import build_language_model
 from ulmfit_core.predict import Classifier, LanguageModel
+from ulmfit_core.report import write_report
 from ulmfit_core.rundir import RunDir, read_json
+from ulmfit_core.train import LOSS_CHECK_EVERY, Phase, fit_phases, lm_dataloaders
 
 # A stage of the tiny preset with more epochs, run in a process of its own so it can be killed.
 STAGE_SCRIPT = """
@@ -57,11 +67,15 @@ def with_encoder(tmp_path_factory, preprocessed) -> Path:
     run = RunDir(tmp_path_factory.mktemp("encoder") / "run")
     shutil.copytree(preprocessed, run.root)
     tiny = get_preset("tiny")
-    from dataclasses import replace
-
     stages.lm_stage(run, replace(tiny, lm=replace(tiny.lm, epochs=1)), seed=5)
     stages.export_stage(run)
     return run.root
+
+
+def epochs_in(checkpoint: Path) -> int:
+    """The finished epochs a checkpoint records, whatever data and settings made it."""
+    fingerprint = torch.load(checkpoint, weights_only=True)["fingerprint"]
+    return len(load_checkpoint(checkpoint, fingerprint)["history"])
 
 
 def _weights(path: Path) -> dict:
@@ -85,7 +99,7 @@ def test_killed_training_resumes_where_it_stopped(tmp_path, with_encoder, stage,
     proc.wait()
     assert checkpoint.exists() and not (killed / folder / "model.pth").exists(), \
         "the process ended before it could be killed mid-training"
-    done_before_kill = len(torch.load(checkpoint, weights_only=True)["history"])
+    done_before_kill = epochs_in(checkpoint)
     assert 1 <= done_before_kill < epochs
 
     log = finish(run_stage(stage, killed))
@@ -173,3 +187,120 @@ def test_cpu_training_uses_bf16_when_the_preset_asks(bidirectional):
         run = bidirectional.direction(backwards)
         assert read_json(run.lm / "metrics.json")["precision"] == "bf16"
         assert read_json(run.classifier / "metrics.json")["precision"] == "bf16"
+
+
+def test_training_metrics_and_report_say_where_each_stage_ran(bidirectional):
+    """On the CPU: no GPU name or memory; tokens/s of every stage, shown per stage in the report."""
+    for backwards in (False, True):
+        run = bidirectional.direction(backwards)
+        lm, clas = read_json(run.lm / "metrics.json"), read_json(run.classifier / "metrics.json")
+        for m in (lm, clas):
+            assert m["gpu"] is None and m["peak_gpu_memory_mb"] is None and m["device"] == "cpu"
+            assert m["tokens_per_s"] > 0
+        tiny = get_preset("tiny")
+        docs = load_docs(bidirectional.shards(bidirectional.ids), splits=["train"], labelled=True)
+        train, _ = docs.split(tiny.classifier.valid_pct, 2, "classifier-valid")
+        epochs = sum(s.epochs for s in tiny.classifier.stages)
+        # The classifier reads every training review once an epoch; padding does not count.
+        assert clas["tokens_per_s"] * clas["seconds"] == pytest.approx(epochs * train.n_tokens)
+        # The LM predicts every token of the stream cut to bs rows: all but fewer than bs + 1.
+        lm_tokens = round(lm["tokens_per_s"] * lm["seconds"] / tiny.lm.epochs)
+        assert lm_tokens % tiny.lm.bs == 0
+        assert lm["train_tokens"] - tiny.lm.bs <= lm_tokens < lm["train_tokens"]
+    write_report(bidirectional, {"preset": "tiny", "seed": 2}, seed=2)
+    report = bidirectional.report.read_text()
+    table = report[report.index("## Training"):report.index("## Test set")]
+    for stage in ("language model", "classifier", "language model (backward)", "classifier (backward)"):
+        row = next(line for line in table.splitlines() if line.startswith(f"| {stage} |"))
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert cells[1:4] == ["cpu", "—", "bf16"] and cells[5] == "—", row
+        assert float(cells[4].replace(",", "")) > 0, row
+
+
+class BreakLoss(Callback):
+    """Makes the recorded loss of one training batch NaN (the step itself stays finite) and
+    counts the training batches that finished."""
+
+    order = 60  # before ProgressLog reads the loss
+
+    def __init__(self, epoch: int, batch: int) -> None:
+        self.at, self.finished = (epoch, batch), 0
+
+    def after_loss(self) -> None:
+        if self.training and (self.epoch, self.iter) == self.at:
+            self.learn.loss = torch.tensor(float("nan"))
+
+    def after_batch(self) -> None:
+        if self.training:
+            self.finished += 1
+
+
+@pytest.fixture(scope="module")
+def tiny_lm(preprocessed):
+    docs = load_docs(RunDir(preprocessed).shards(RunDir(preprocessed).ids))
+    vocab_size = len(read_json(RunDir(preprocessed).vocab))
+    train, valid = docs.split(0.1, 0, "lm-valid")
+    # About 100 batches an epoch, whether the sample is real reviews or the short stand-ins.
+    cfg = LMConfig(bs=8, seq_len=max(4, train.n_tokens // 800), epochs=2, lr=1e-3)
+
+    def learner():
+        dls = lm_dataloaders(train, valid, cfg, torch.device("cpu"))
+        model = build_language_model(vocab_size, ModelConfig(emb_sz=16, n_hid=32, n_layers=1), 0.1)
+        return LMLearner(dls, model, loss_func=CrossEntropyLossFlat(), splitter=awd_lstm_lm_split)
+    return learner
+
+
+@pytest.mark.parametrize("epoch,batch", [(1, 6), (0, -1)])
+def test_non_finite_loss_names_its_epoch_and_batch(tiny_lm, tmp_path, epoch, batch):
+    """The loss is read on the host only every few batches, yet the error names the exact batch,
+    comes within those few batches, and an epoch with a non-finite loss is never checkpointed."""
+    learn = tiny_lm()
+    n_batches = len(learn.dls.train)
+    batch = batch % n_batches  # -1: the epoch's last batch, after the last periodic check
+    assert n_batches > LOSS_CHECK_EVERY + 6  # batch 7's break is not left to the epoch's end
+    breaker = BreakLoss(epoch, batch)
+    learn.add_cb(breaker)
+    checkpoint = tmp_path / "checkpoint.pth"
+    with pytest.raises(FloatingPointError) as error:
+        fit_phases(learn, [Phase("fit", None, 2, 1e-3)], "lm", checkpoint, "fp")
+    assert f"non-finite loss (nan) at epoch {epoch + 1}, batch {batch + 1}:" in str(error.value)
+    late = breaker.finished - epoch * n_batches - (batch + 1)  # batches run after the broken one
+    assert 0 <= late < LOSS_CHECK_EVERY  # found at the next check (or the epoch's end)
+    history = load_checkpoint(checkpoint, "fp")["history"] if checkpoint.exists() else []
+    assert len(history) == epoch  # the epochs before the broken one, not the broken one
+
+
+@pytest.mark.parametrize("stage", ["lm", "classifier"])
+def test_out_of_gpu_memory_names_the_batch_size_and_keeps_the_checkpoint(
+        tmp_path, with_encoder, monkeypatch, stage):
+    run = RunDir(tmp_path / "run")
+    shutil.copytree(with_encoder, run.root)
+    shutil.rmtree(run.root / stage, ignore_errors=True)  # this stage has not run yet
+    tiny = get_preset("tiny")
+    preset = replace(tiny, lm=replace(tiny.lm, epochs=2), classifier=replace(
+        tiny.classifier, stages=(Stage("freeze", -1, 1, 2e-2), Stage("unfreeze", None, 1, 2e-3))))
+    checkpoint = (run.lm if stage == "lm" else run.classifier) / stages.CHECKPOINT
+    forward = AWD_LSTM.forward
+
+    def forward_until_an_epoch_is_saved(self, *args, **kwargs):
+        if self.training and checkpoint.exists():  # the second epoch runs out of memory
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(AWD_LSTM, "forward", forward_until_an_epoch_is_saved)
+    train = stages.lm_stage if stage == "lm" else stages.classifier_stage
+    with pytest.raises(DataError) as error:
+        train(run, preset, seed=5)
+    message = str(error.value)
+    bs = preset.lm.bs if stage == "lm" else preset.classifier.bs
+    assert "\n" not in message and isinstance(error.value.__cause__, torch.OutOfMemoryError)
+    assert message.startswith(f"{stage}: out of memory on cpu with preset 'tiny' at batch size {bs}: "
+                              f"lower {stage}.bs of preset 'tiny'")
+    assert (f"the checkpoint of the last finished epoch (1 epoch(s) done) was kept at {checkpoint}"
+            in message)
+    assert epochs_in(checkpoint) == 1
+    assert not (checkpoint.parent / "model.pth").exists()
+
+    monkeypatch.setattr(AWD_LSTM, "forward", forward)  # memory to spare: the rerun resumes
+    metrics = train(run, preset, seed=5)
+    assert metrics["resumed"]["epochs_done"] == 1

@@ -24,13 +24,13 @@ def _direction(run: RunDir) -> dict | None:
     test = _read(run.classifier / "test.json") or {}
     return {
         "lm": {k: lm.get(k) for k in ("valid_loss", "accuracy", "perplexity", "train_loss", "epochs",
-                                      "train_tokens", "tokens_per_s", "history", "device",
-                                      "precision", "resumed", "pretrained", "seconds")},
+                                      "train_tokens", "tokens_per_s", "history", "device", "gpu",
+                                      "peak_gpu_memory_mb", "precision", "resumed", "pretrained",
+                                      "seconds")},
         "classifier": {"stages": [{k: s[k] for k in ("name", "epochs", "lr", "valid_loss", "accuracy",
                                                      "seconds", "history")} for s in clas.get("stages", [])],
-                       "labels": clas.get("labels"), "device": clas.get("device"),
-                       "precision": clas.get("precision"), "resumed": clas.get("resumed"),
-                       "seconds": clas.get("seconds")},
+                       **{k: clas.get(k) for k in ("labels", "device", "gpu", "peak_gpu_memory_mb",
+                                                   "precision", "tokens_per_s", "resumed", "seconds")}},
         "test": {k: test.get(k) for k in ("accuracy", "n", "labels", "confusion", "top_losses", "seconds")},
     }
 
@@ -109,6 +109,21 @@ def plot_curves(metrics: dict, path: Path) -> Path:
     return path
 
 
+def _training_rows(metrics: dict) -> list[str]:
+    """One table row per training stage: where it ran, in which precision, how fast."""
+    directions = [("", metrics)]
+    if metrics.get("backward"):
+        directions.append((" (backward)", metrics["backward"]))
+    rows = []
+    for suffix, d in directions:
+        for name, m in (("language model", d["lm"]), ("classifier", d["classifier"])):
+            rows.append(f"| {name}{suffix} | {_fmt(m.get('device'))} | {_fmt(m.get('gpu'))} | "
+                        f"{_fmt(m.get('precision'))} | {_fmt(m.get('tokens_per_s'), ',.0f')} | "
+                        f"{_fmt(m.get('peak_gpu_memory_mb'), ',.0f')} | "
+                        f"{_fmt(m.get('seconds'), '.0f')} |")
+    return rows
+
+
 def render_report(metrics: dict, samples: list[str]) -> str:
     run, pre, lm, test = metrics["run"], metrics["preprocess"], metrics["lm"], metrics["test"]
     vocab_size = metrics["vocab"]["size"]
@@ -151,6 +166,11 @@ def render_report(metrics: dict, samples: list[str]) -> str:
         "|---|---|---|---|---|---|",
         *[f"| {s['name']} | {s['epochs']} | {s['lr']:g} | {_fmt(s['valid_loss'])} | "
           f"{_fmt(s['accuracy'])} | {s['seconds']:.0f} |" for s in metrics["classifier"]["stages"]],
+        "",
+        "## Training",
+        "| stage | device | GPU | precision | tokens/s | peak GPU memory (MB) | seconds |",
+        "|---|---|---|---|---|---|---|",
+        *_training_rows(metrics),
         "",
         "## Test set",
     ]

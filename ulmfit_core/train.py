@@ -8,10 +8,10 @@ with every core this process may use.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import socket
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
@@ -22,17 +22,19 @@ import torch
 from fastai.callback.core import Callback
 from fastai.callback.schedule import fit_one_cycle  # noqa: F401  (patches Learner.fit_one_cycle)
 from fastai.data.core import DataLoaders
+from fastai.learner import AvgSmoothLoss
 from fastai.losses import CrossEntropyLossFlat
 from fastai.metrics import Perplexity, accuracy
-from fastai.text.data import LMDataLoader, SortedDL
+from fastai.text.data import SortedDL
 from fastai.text.learner import LMLearner, TextLearner
 from fastai.text.models.awdlstm import awd_lstm_clas_split, awd_lstm_lm_split
 from fastai.torch_core import set_seed
 
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import LR_DIV, ClassifierConfig, LMConfig, Preset
-from .data import Docs, seeded_unit
-from .ingest import DataError
+from .data import Docs, classifier_split, seeded_unit
+from .errors import DataError
+from .lmdata import DeviceLMDataLoader
 from .models import build_classifier, build_language_model, encoder_of, pad_front, pick_device
 from .vocab import PAD_ID
 
@@ -54,13 +56,25 @@ def use_all_cores() -> int:
 Progress = Callable[[float, str], None]  # (fraction done, message): a hook for the caller
 
 
+# Training batches between two reads of their losses on the host (a wait for the GPU each).
+LOSS_CHECK_EVERY = 64
+
+
 class ProgressLog(Callback):
-    """Logs i/N, loss and ETA as training goes; stops on a non-finite loss before the step."""
+    """Logs i/N, loss and ETA as training goes; stops on a non-finite training loss.
+
+    Reading each batch's loss on the host would make the CPU wait for the GPU at every step.
+    Instead the losses are copied into a buffer on their device, which is read every
+    `check_every` batches, at each log line and when the epoch's training ends (before its
+    validation and checkpoint): one wait each. The error names the first non-finite batch; the
+    few steps taken after it are lost with the run, which stops there.
+    """
 
     order = 70  # after the Recorder has logged the epoch
 
-    def __init__(self, stage: str, every_s: float = 30.0, progress: Progress | None = None) -> None:
-        self.stage, self.every_s, self.progress = stage, every_s, progress
+    def __init__(self, stage: str, every_s: float = 30.0, progress: Progress | None = None,
+                 check_every: int = LOSS_CHECK_EVERY) -> None:
+        self.stage, self.every_s, self.progress, self.check_every = stage, every_s, progress, check_every
         self.first = 0  # epochs of this fit already done before a resume
 
     def before_fit(self) -> None:
@@ -68,20 +82,25 @@ class ProgressLog(Callback):
         self.total = (self.n_epoch - self.first) * len(self.dls.train)
         self.done = 0
 
+    def before_train(self) -> None:
+        self.losses, self.checked = None, 0  # this epoch's losses; batches found finite
+
     def after_loss(self) -> None:
-        loss = float(self.loss.detach())
-        if self.training and not math.isfinite(loss):
-            raise FloatingPointError(
-                f"{self.stage}: non-finite loss ({loss}) at epoch {self.epoch + 1}, "
-                f"batch {self.iter + 1}: lower the learning rate or check the data"
-            )
+        if not self.training:
+            return
+        if self.losses is None:
+            self.losses = self.loss.new_zeros(len(self.dl), dtype=torch.float32)
+        self.losses[self.iter] = self.loss.detach()  # a copy on the device: no wait
 
     def after_batch(self) -> None:
         if not self.training:
             return
         self.done += 1
         now = time.time()
-        if now - self.last >= self.every_s:
+        log_now = now - self.last >= self.every_s
+        if log_now or self.iter + 1 - self.checked >= self.check_every:
+            self.check_losses()
+        if log_now:
             self.last = now
             eta = (now - self.t0) / self.done * (self.total - self.done)
             message = (f"{self.stage}: epoch {self.epoch + 1}/{self.n_epoch}, batch {self.iter + 1}/"
@@ -89,6 +108,33 @@ class ProgressLog(Callback):
             log.info(message)
             if self.progress:
                 self.progress(self.done / self.total, message)
+
+    def after_train(self) -> None:
+        if self.losses is not None:
+            self.check_losses()
+
+    def check_losses(self) -> None:
+        """Raise if a loss since the last check is not finite, naming the first such batch."""
+        seen = self.iter + 1
+        bad = torch.nonzero(~torch.isfinite(self.losses[self.checked:seen]))
+        if len(bad):
+            batch = self.checked + int(bad[0])
+            raise FloatingPointError(
+                f"{self.stage}: non-finite loss ({float(self.losses[batch])}) at epoch "
+                f"{self.epoch + 1}, batch {batch + 1}: lower the learning rate or check the data"
+            )
+        self.checked = seen
+
+
+class DeviceSmoothLoss(AvgSmoothLoss):
+    """fastai's smoothed training loss (the Recorder's), kept on the loss's device: fastai's
+    copies every batch's loss to the host, a wait for the GPU at each step. It is read at log
+    lines and once per epoch for the history."""
+
+    def accumulate(self, learn) -> None:
+        self.count += 1
+        loss = learn.loss.detach().mean()
+        self.val = torch.lerp(loss, self.val.to(loss.device), self.beta)
 
 
 class EpochEnd(Callback):
@@ -217,7 +263,52 @@ def precision(device: torch.device, preset: Preset) -> str:
     return "bf16" if preset.cpu_bf16 else "fp32"
 
 
+def gpu_name(device: torch.device) -> str | None:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else None
+
+
+def reset_gpu_peak(device: torch.device) -> None:
+    """Start counting a stage's peak GPU memory from what it already holds."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def gpu_usage(device: torch.device) -> dict:
+    """The GPU a stage trained on and the most memory its tensors held since `reset_gpu_peak`
+    (None on the CPU)."""
+    if device.type != "cuda":
+        return {"gpu": None, "peak_gpu_memory_mb": None}
+    return {"gpu": gpu_name(device),
+            "peak_gpu_memory_mb": round(torch.cuda.max_memory_allocated(device) / 2**20, 1)}
+
+
+class OutOfDeviceMemory(DataError):
+    """A training stage did not fit in the GPU's memory. Its settings must change (a smaller
+    batch), so like bad input it ends the command with one line and is never retried."""
+
+
+@contextmanager
+def explain_out_of_memory(stage: str, preset: Preset, bs: int, device: torch.device,
+                          checkpoint: Path | None, fingerprint: str):
+    """Turn torch's out-of-memory error during training into one line naming the preset and
+    the batch size to lower, and what was kept of the stage (its last per-epoch checkpoint)."""
+    try:
+        yield
+    except torch.OutOfMemoryError as exc:
+        state = load_checkpoint(checkpoint, fingerprint)
+        kept = ("" if checkpoint is None else
+                "; no epoch had finished, so there is no checkpoint" if state is None else
+                f"; the checkpoint of the last finished epoch ({len(state['history'])} epoch(s) "
+                f"done) was kept at {checkpoint}, and a rerun with the same settings resumes from it")
+        raise OutOfDeviceMemory(
+            f"{stage}: out of memory on {gpu_name(device) or device} with preset '{preset.name}' "
+            f"at batch size {bs}: lower {stage}.bs of preset '{preset.name}' or use a smaller "
+            f"preset{kept}") from exc
+
+
 def _prepare(learn, device: torch.device, preset: Preset):
+    """Precision as the preset asks, and a smoothed loss that needs no host copy per batch."""
+    learn.recorder.smooth_loss = DeviceSmoothLoss(learn.recorder.smooth_loss.beta)
     mode = precision(device, preset)
     if mode == "fp16":
         learn = learn.to_fp16()
@@ -240,7 +331,8 @@ def sample_tokens(docs: Docs, budget: int | None, seed: int) -> Docs:
 
 
 def lm_dataloaders(train: Docs, valid: Docs, cfg: LMConfig, device: torch.device) -> DataLoaders:
-    """fastai's LMDataLoader: documents concatenated into one stream, cut into bs rows."""
+    """fastai's LMDataLoader batches (documents concatenated into one stream, cut into bs rows),
+    cut on the device (`DeviceLMDataLoader`)."""
     need = cfg.bs * (cfg.seq_len + 1)
     if train.n_tokens < need:
         raise DataError(f"language model: {train.n_tokens} training tokens, fewer than one batch "
@@ -250,8 +342,8 @@ def lm_dataloaders(train: Docs, valid: Docs, cfg: LMConfig, device: torch.device
     if valid.n_tokens < 2:
         raise DataError("language model: the validation split is empty; use more documents")
     return DataLoaders(
-        LMDataLoader(_as_tensors(train), bs=cfg.bs, seq_len=cfg.seq_len, shuffle=True),
-        LMDataLoader(_as_tensors(valid), bs=valid_bs, seq_len=cfg.seq_len),
+        DeviceLMDataLoader(_as_tensors(train), bs=cfg.bs, seq_len=cfg.seq_len, shuffle=True),
+        DeviceLMDataLoader(_as_tensors(valid), bs=valid_bs, seq_len=cfg.seq_len),
         device=device,
     )
 
@@ -277,6 +369,7 @@ def train_language_model(docs: Docs, vocab_size: int, preset: Preset, seed: int 
     """
     device = device or pick_device()
     threads = use_all_cores()
+    reset_gpu_peak(device)
     set_seed(seed, reproducible=True)
     cfg = preset.lm
     train, valid = sample_tokens(docs, cfg.sample_tokens, seed).split(cfg.valid_pct, seed, "lm-valid")
@@ -294,7 +387,8 @@ def train_language_model(docs: Docs, vocab_size: int, preset: Preset, seed: int 
     else:
         phases = [Phase("frozen", -1, 1, cfg.lr), Phase("unfrozen", None, cfg.epochs, cfg.lr / 10)]
     t0 = time.time()
-    history, resumed = fit_phases(learn, phases, "lm", checkpoint, fingerprint, progress)
+    with explain_out_of_memory("lm", preset, cfg.bs, device, checkpoint, fingerprint):
+        history, resumed = fit_phases(learn, phases, "lm", checkpoint, fingerprint, progress)
     seconds = time.time() - t0
     ran = len(history) - (resumed["epochs_done"] if resumed else 0)
     last = history[-1]
@@ -304,8 +398,9 @@ def train_language_model(docs: Docs, vocab_size: int, preset: Preset, seed: int 
         "train_loss": last["train_loss"], "valid_loss": last["valid_loss"],
         "accuracy": last["accuracy"], "perplexity": last["perplexity"],
         "epochs": len(history), "history": history, "device": str(device), "precision": mode,
-        "threads": threads, "resumed": resumed, **executed_on(),
-        "tokens_per_s": ran * len(dls.train) * cfg.bs * cfg.seq_len / seconds if ran else None,
+        **gpu_usage(device), "threads": threads, "resumed": resumed, **executed_on(),
+        # Tokens predicted per epoch: bs rows of bl tokens (the stream cut to a multiple of bs).
+        "tokens_per_s": ran * dls.train.bs * dls.train.bl / seconds if ran else None,
         "seconds": seconds,
     }
     return learn.model.float().eval(), metrics
@@ -318,12 +413,18 @@ def _clas_dataset(docs: Docs, label_index: dict[str, int]):
 
 def classifier_dataloaders(train: Docs, valid: Docs, label_index: dict[str, int],
                            cfg: ClassifierConfig, device: torch.device) -> DataLoaders:
-    """Length-bucketed batches (fastai's SortedDL), padded at the front (AlignedSentenceEncoder)."""
+    """Length-bucketed batches (fastai's SortedDL), padded at the front (AlignedSentenceEncoder).
+
+    Built in the training process (num_workers=0; fastai's default is a worker process per
+    core, forked every epoch): padding a batch takes about a millisecond, while the workers took
+    the CPU from training and made it a third slower on 2 cores (bench/train.py). The batches
+    are the same either way.
+    """
     pad = partial(pad_front, pad_idx=PAD_ID)
     train_dl = SortedDL(_clas_dataset(train, label_index), res=[len(d) for d in train.ids],
-                        bs=cfg.bs, shuffle=True, before_batch=pad)
+                        bs=cfg.bs, shuffle=True, before_batch=pad, num_workers=0)
     valid_dl = SortedDL(_clas_dataset(valid, label_index), res=[len(d) for d in valid.ids],
-                        bs=cfg.bs * 2, before_batch=pad)
+                        bs=cfg.bs * 2, before_batch=pad, num_workers=0)
     return DataLoaders(train_dl, valid_dl, device=device)
 
 
@@ -334,15 +435,11 @@ def train_classifier(docs: Docs, encoder_state: dict, vocab_size: int, preset: P
     """Gradual unfreezing with discriminative rates; returns (model, labels, metrics)."""
     device = device or pick_device()
     threads = use_all_cores()
+    reset_gpu_peak(device)
     set_seed(seed, reproducible=True)
     cfg = preset.classifier
-    labels = sorted({y for y in docs.labels if y is not None})
-    if len(labels) < 2:
-        raise DataError(f"classifier: need at least two labels in the train split, found {labels}")
+    labels, train, valid = classifier_split(docs, cfg.valid_pct, seed)
     label_index = {y: i for i, y in enumerate(labels)}
-    train, valid = docs.split(cfg.valid_pct, seed, "classifier-valid")
-    if len(valid) == 0:
-        raise DataError("classifier: the validation split is empty; use more labelled documents")
     dls = classifier_dataloaders(train, valid, label_index, cfg, device)
     model = build_classifier(vocab_size, len(labels), preset.model, cfg)
     encoder_of(model).load_state_dict(encoder_state)
@@ -354,7 +451,10 @@ def train_classifier(docs: Docs, encoder_state: dict, vocab_size: int, preset: P
     phases = [Phase(s.name, s.freeze_to, s.epochs,
                     slice(s.lr / LR_DIV, s.lr) if s.discriminative else s.lr) for s in cfg.stages]
     t0 = time.time()
-    history, resumed = fit_phases(learn, phases, "classifier", checkpoint, fingerprint, progress)
+    with explain_out_of_memory("classifier", preset, cfg.bs, device, checkpoint, fingerprint):
+        history, resumed = fit_phases(learn, phases, "classifier", checkpoint, fingerprint, progress)
+    seconds = time.time() - t0
+    ran = len(history) - (resumed["epochs_done"] if resumed else 0)
     stages = []
     for stage in cfg.stages:
         entries = [h for h in history if h["phase"] == stage.name]
@@ -362,6 +462,9 @@ def train_classifier(docs: Docs, encoder_state: dict, vocab_size: int, preset: P
                        "accuracy": entries[-1]["accuracy"], "history": entries,
                        "seconds": sum(h["seconds"] for h in entries)})
     metrics = {"train_docs": len(train), "valid_docs": len(valid), "labels": labels,
-               "stages": stages, "device": str(device), "precision": mode, "threads": threads,
-               "resumed": resumed, **executed_on(), "seconds": time.time() - t0}
+               "stages": stages, "device": str(device), "precision": mode, **gpu_usage(device),
+               "threads": threads, "resumed": resumed, **executed_on(),
+               # Every epoch reads each training review once; padding is not counted.
+               "tokens_per_s": ran * train.n_tokens / seconds if ran else None,
+               "seconds": seconds}
     return learn.model.float().eval(), labels, metrics
