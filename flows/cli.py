@@ -117,6 +117,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start from this artifact (a path inside the run, e.g. classifier/model.pth)")
     p.add_argument("--json", action="store_true", help="print lineage.json instead")
 
+    p = sub.add_parser("show-batch", help="the first training batch of a run, decoded: what the "
+                                          "language model or the classifier sees")
+    p.add_argument("run", help="run directory (preprocessed)")
+    kind = p.add_mutually_exclusive_group()
+    kind.add_argument("--lm", dest="kind", action="store_const", const="lm", default="lm",
+                      help="language-model rows: input x and target y, one token later")
+    kind.add_argument("--classifier", dest="kind", action="store_const", const="classifier",
+                      help="classifier rows: the review with its front padding, and its label")
+    p.add_argument("--n", type=int, default=3, help="rows to show")
+    p.add_argument("--preset", default=None,
+                   help="the preset that shapes the batches (default: the one the run was made with)")
+    p.add_argument("--seed", type=int, default=None, help="default: the run's seed")
+    p.add_argument("--backwards", action="store_true", help="the backward direction's batches")
+
     p = sub.add_parser("generate", help="continue a prompt with the fine-tuned language model")
     p.add_argument("--model", required=True, help="run directory or its lm/ folder")
     p.add_argument("prompt", help="the text to continue")
@@ -254,6 +268,22 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _show_batch(args: argparse.Namespace) -> int:
+    from ulmfit_core.config import get_preset
+    from ulmfit_core.rundir import RunDir, read_json
+    from ulmfit_core.show import first_batch, format_batch
+
+    if args.n < 1:
+        raise DataError(f"--n must be an integer >= 1, got {args.n}")
+    run = RunDir(Path(args.run), args.backwards)
+    made = read_json(run.status).get("settings", {}) if run.status.exists() else {}
+    preset, seed = args.preset or made.get("preset"), made.get("seed", 0) if args.seed is None else args.seed
+    if preset is None:
+        raise DataError(f"{run.root}: its run.json does not record the preset that made it: give --preset")
+    print(format_batch(first_batch(run, get_preset(preset), seed, args.kind, args.n)))
+    return 0
+
+
 def _lineage(args: argparse.Namespace) -> int:
     import json
 
@@ -276,7 +306,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.command in ("run", "preprocess", "serve"):
                 check_source(resolve_source(params.data))
             return _serve(params, args) if args.command == "serve" else _run_flow(params, args.command)
-        return {"predict": _predict, "generate": _generate, "lineage": _lineage}[args.command](args)
+        return {"predict": _predict, "generate": _generate, "lineage": _lineage,
+                "show-batch": _show_batch}[args.command](args)
     except BAD_INPUT as exc:
         print(f"ulmfit: error: {exc}", file=sys.stderr)
         return 2

@@ -297,3 +297,60 @@ def test_a_run_directory_keeps_the_settings_it_was_made_with(tmp_path):
     with tracked_run(run, {"preset": "gpu", "seed": 0}, reset=True):
         pass
     assert read_json(run.status)["settings"] == {"preset": "gpu", "seed": 0, "tokenizer": "word"}
+
+
+def test_show_batch_is_the_batch_training_starts_with(run, preset, monkeypatch):
+    """`first_batch` against what the model's first forward pass receives in training."""
+    import ulmfit_core.train as train_module
+    from ulmfit_core.show import first_batch, format_batch
+
+    seen = {}
+
+    def spy(build):
+        def built(*args, **kwargs):
+            model = build(*args, **kwargs)
+            def record(module, inputs):  # returns None: the input goes on unchanged
+                seen.setdefault(build.__name__, inputs[0].clone())
+
+            model.register_forward_pre_hook(record)
+            return model
+        return built
+
+    for name in ("build_language_model", "build_classifier"):
+        monkeypatch.setattr(train_module, name, spy(getattr(train_module, name)))
+    one_epoch = replace(preset, lm=replace(preset.lm, epochs=1), classifier=replace(
+        preset.classifier, stages=preset.classifier.stages[:1]))
+    vocab = read_json(run.vocab)
+    lm_rows = first_batch(run, one_epoch, SEED, "lm", n=4)
+    train_language_model(stages.training_docs(run), len(vocab), one_epoch, seed=SEED)
+    x = seen["build_language_model"]
+    assert [r["x"] for r in lm_rows] == [[vocab[i] for i in row] for row in x[:4].tolist()]
+    for row in lm_rows:
+        assert row["y"][:-1] == row["x"][1:] and len(row["x"]) == preset.lm.seq_len
+
+    clas_rows = first_batch(run, one_epoch, SEED, "classifier", n=3)
+    encoder = load_model_file(run.export / "encoder.pth", "encoder")["state_dict"]
+    train_module.train_classifier(stages.training_docs(run, splits=["train"], labelled=True),
+                                  encoder, len(vocab), one_epoch, seed=SEED)
+    x = seen["build_classifier"]
+    assert [r["tokens"] for r in clas_rows] == [[vocab[i] for i in row] for row in x[:3].tolist()]
+    assert {r["label"] for r in clas_rows} <= {"neg", "pos"}
+    text = format_batch(clas_rows)
+    assert text.startswith("[0] ") and "xxbos" in text and "xxpad ×" in format_batch(clas_rows[1:])
+
+    shown = subprocess.run([sys.executable, "-m", "flows.cli", "show-batch", str(run.root),
+                            "--classifier", "--n", "2", "--preset", "tiny", "--seed", str(SEED)],
+                           capture_output=True, text=True)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.startswith("[0] ") and "\n[1] " in shown.stdout and "[2]" not in shown.stdout
+    assert "What the models see" in (run.root / "report.md").read_text()
+
+
+def test_a_preprocessing_report_says_what_there_is(tmp_path, preprocessed):
+    run = RunDir(tmp_path / "run")
+    shutil.copytree(preprocessed, run.root)
+    write_report(run, {"command": "preprocess", "preset": "tiny", "seed": 0}, 0)
+    report = run.report.read_text()
+    assert report.splitlines()[2].startswith("**Preprocessed, no model trained yet:** 200 documents")
+    assert "None" not in report and "Test accuracy" not in report and "Language model:" in report
+    assert not (run.root / "curves.png").exists()

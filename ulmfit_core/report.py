@@ -96,12 +96,14 @@ def plot_curves(metrics: dict, path: Path) -> Path:
     for key in ("train_loss", "valid_loss"):
         ax_lm.plot(epochs, [h[key] for h in history], marker="o", label=key.replace("_", " "))
     ax_lm.set(title="language model", xlabel="epoch", ylabel="loss")
-    ax_lm.legend()
-    for stage in metrics["classifier"]["stages"]:
+    stages = metrics["classifier"]["stages"]
+    for stage in stages:
         ax_clas.plot([h["epoch"] for h in stage["history"]], [h["accuracy"] for h in stage["history"]],
                      marker="o", label=stage["name"])
     ax_clas.set(title="classifier (validation)", xlabel="epoch", ylabel="accuracy")
-    ax_clas.legend()
+    for ax, drawn in ((ax_lm, history), (ax_clas, stages)):
+        if drawn:  # a stage not trained yet (train-lm alone) has nothing to label
+            ax.legend()
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=90)
@@ -124,24 +126,29 @@ def _training_rows(metrics: dict) -> list[str]:
     return rows
 
 
-def render_report(metrics: dict, samples: list[str]) -> str:
+def render_report(metrics: dict, samples: list[str], batches: dict[str, str] | None = None) -> str:
     run, pre, lm, test = metrics["run"], metrics["preprocess"], metrics["lm"], metrics["test"]
     vocab_size = metrics["vocab"]["size"]
     acc, base = test.get("accuracy"), metrics.get("baseline") or {}
     ensemble = metrics.get("ensemble")
+    trained = bool(lm.get("history"))
     headline = (f"**Test accuracy: {_pct(ensemble['ensemble']['accuracy'])}** (forward + backward) "
                 if ensemble else f"**Test accuracy: {_pct(acc)}** ({metrics.get('direction')}) ")
+    headline += (f"on {test.get('n')} reviews · NB-LR baseline on the same split: "
+                 f"{_pct(base.get('accuracy'))} · LM perplexity {_fmt(lm.get('perplexity'), '.1f')} · "
+                 f"preset `{run.get('preset')}` on `{metrics.get('device')}` ({metrics.get('precision')})")
+    if not trained:
+        headline = (f"**Preprocessed, no model trained yet:** {pre.get('docs')} documents, "
+                    f"{pre.get('tokens')} tokens, vocab {vocab_size} · preset `{run.get('preset')}`")
     lines = [
         "# ULMFiT run report",
         "",
-        headline + f"on {test.get('n')} reviews · NB-LR baseline on the same "
-        f"split: {_pct(base.get('accuracy'))} · LM perplexity {_fmt(lm.get('perplexity'), '.1f')} · "
-        f"preset `{run.get('preset')}` on `{metrics.get('device')}` ({metrics.get('precision')})",
+        headline,
         "",
-        "![training curves](curves.png)",
-        "",
+        *(["![training curves](curves.png)", ""] if trained else []),
         "## Data",
-        f"- source: `{pre.get('source')}` (limit per split/label: {run.get('limit')}, seed {run.get('seed')})",
+        f"- source: `{pre.get('source')}` (limit per split/label: {run.get('limit') or 'none'}, "
+        f"seed {run.get('seed')})",
         f"- documents: {pre.get('docs')} in {pre.get('shards')} shards; tokens: {pre.get('tokens')}",
         f"- skipped: {pre.get('skipped')} {pre.get('skipped_by_reason') or ''}",
         f"- vocab: {vocab_size} entries (ln = {_fmt(math.log(vocab_size) if vocab_size else None, '.2f')}); "
@@ -151,6 +158,10 @@ def render_report(metrics: dict, samples: list[str]) -> str:
         "|---|---|",
         *[f"| {group} | {n} |" for group, n in (pre.get("groups") or {}).items()],
         "",
+    ]
+    if not trained:
+        return "\n".join(lines + _batch_lines(batches) + _time_lines(metrics))
+    lines += [
         "## Language model",
         f"valid loss {_fmt(lm.get('valid_loss'))}, accuracy {_fmt(lm.get('accuracy'))}, "
         f"perplexity {_fmt(lm.get('perplexity'), '.2f')} after {lm.get('epochs')} epoch(s) on "
@@ -192,11 +203,45 @@ def render_report(metrics: dict, samples: list[str]) -> str:
                   "| id | label | predicted | p(label) | text |", "|---|---|---|---|---|",
                   *[f"| {t['id']} | {t['label']} | {t['predicted']} | {t['p_label']:.3f} | "
                     f"{_cell(t['text'])} |" for t in test["top_losses"]]]
-    lines += ["", f"## Generated text (\"{PROMPT}\", temperature 0.75)", ""]
-    lines += [f"> {s}" for s in samples] + [""]
-    lines += ["## Time (seconds)", "| stage | seconds |", "|---|---|",
-              *[f"| {k} | {_fmt(v, '.1f')} |" for k, v in metrics["seconds"].items()], ""]
-    return "\n".join(lines)
+    lines += [""] + _batch_lines(batches)
+    if samples:
+        lines += [f"## Generated text (\"{PROMPT}\", temperature 0.75)", ""]
+        lines += [f"> {s}" for s in samples] + [""]
+    return "\n".join(lines + _time_lines(metrics))
+
+
+def _batch_lines(batches: dict[str, str] | None) -> list[str]:
+    if not batches:
+        return []
+    lines = ["## What the models see (the first training batch, `ulmfit show-batch`)", ""]
+    for kind, title in (("lm", "Language model: input `x`, target `y`"),
+                        ("classifier", "Classifier: padded review and label")):
+        if kind in batches:
+            lines += [f"{title}:", "", "```", batches[kind], "```", ""]
+    return lines
+
+
+def _time_lines(metrics: dict) -> list[str]:
+    return ["## Time (seconds)", "| stage | seconds |", "|---|---|",
+            *[f"| {k} | {_fmt(v, '.1f')} |" for k, v in metrics["seconds"].items()], ""]
+
+
+def first_batches(run: RunDir, preset: str | None, seed: int) -> dict[str, str]:
+    """One row of the first language-model and classifier training batches, decoded; a kind
+    the corpus cannot make (too little text, no labels) is left out."""
+    if preset is None or not run.vocab.exists() or not run.shards(run.ids):
+        return {}
+    from .config import get_preset
+    from .errors import DataError
+    from .show import KINDS, first_batch, format_batch
+
+    shown = {}
+    for kind in KINDS:
+        try:
+            shown[kind] = format_batch(first_batch(run, get_preset(preset), seed, kind, n=1))
+        except DataError:
+            pass
+    return shown
 
 
 def write_report(run: RunDir, params: dict, seed: int = 0) -> dict:
@@ -208,8 +253,9 @@ def write_report(run: RunDir, params: dict, seed: int = 0) -> dict:
 
         samples = LanguageModel.load(forward.lm).generate(PROMPT, n_words=40, temperature=0.75, n=2, seed=seed)
     metrics["samples"] = samples
-    plot_curves(metrics, run.root / "curves.png")
+    if metrics["lm"].get("history"):
+        plot_curves(metrics, run.root / "curves.png")
     write_json(run.metrics, metrics)
-    write_text(run.report, render_report(metrics, samples))
+    write_text(run.report, render_report(metrics, samples, first_batches(run, params.get("preset"), seed)))
     write_lineage(run)
     return metrics

@@ -218,7 +218,8 @@ def _training_settings(preset: Preset, part: str, seed: int, run: RunDir, **extr
             "ulmfit": __version__, **extra}
 
 
-def _training_docs(run: RunDir, **kwargs):
+def training_docs(run: RunDir, **kwargs):
+    """The documents of the id shards as this direction trains on them (reversed for backward)."""
     docs = load_docs(run.shards(run.ids), **kwargs)
     return docs.reversed() if run.backwards else docs
 
@@ -261,7 +262,7 @@ def lm_stage(run: RunDir, preset: Preset, seed: int, pretrained: str = "none",
     start, source = None, None
     if pretrained != "none":
         start, source = load_pretrained(pretrained, vocab.itos, preset.model)
-    docs = _training_docs(run)  # all text, labels unused
+    docs = training_docs(run)  # all text, labels unused
     checkpoint = run.lm / CHECKPOINT
     model, metrics = train_language_model(docs, len(vocab), preset, seed, pretrained=start,
                                           checkpoint=checkpoint,
@@ -321,7 +322,7 @@ def classifier_stage(run: RunDir, preset: Preset, seed: int, progress=None) -> d
     if encoder["model"] != vars(preset.model):
         raise ValueError(f"the exported encoder has model {encoder['model']}, but preset "
                          f"'{preset.name}' builds {vars(preset.model)}: use the LM's preset")
-    docs = _training_docs(run, splits=["train"], labelled=True)
+    docs = training_docs(run, splits=["train"], labelled=True)
     checkpoint = run.classifier / CHECKPOINT
     model, labels, metrics = train_classifier(docs, encoder["state_dict"], encoder["vocab_size"],
                                               preset, seed, checkpoint=checkpoint,

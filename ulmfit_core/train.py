@@ -348,6 +348,24 @@ def lm_dataloaders(train: Docs, valid: Docs, cfg: LMConfig, device: torch.device
     )
 
 
+def lm_data(docs: Docs, preset: Preset, seed: int, device: torch.device):
+    """(train, valid, loaders) of the language model as training makes them for `seed`: the
+    generators are seeded first, so the loaders' batches are the ones training sees."""
+    set_seed(seed, reproducible=True)
+    cfg = preset.lm
+    train, valid = sample_tokens(docs, cfg.sample_tokens, seed).split(cfg.valid_pct, seed, "lm-valid")
+    return train, valid, lm_dataloaders(train, valid, cfg, device)
+
+
+def classifier_data(docs: Docs, preset: Preset, seed: int, device: torch.device):
+    """(labels, train, valid, loaders) of the classifier as training makes them for `seed`."""
+    set_seed(seed, reproducible=True)
+    labels, train, valid = classifier_split(docs, preset.classifier.valid_pct, seed)
+    label_index = {y: i for i, y in enumerate(labels)}
+    return labels, train, valid, classifier_dataloaders(train, valid, label_index,
+                                                        preset.classifier, device)
+
+
 def _load_pretrained(model: torch.nn.Module, state: dict) -> None:
     missing, unexpected = model.load_state_dict(state, strict=False)
     # WeightDropout rebuilds "module.weight_hh" from "weight_hh_raw"; nothing else may be absent.
@@ -370,10 +388,8 @@ def train_language_model(docs: Docs, vocab_size: int, preset: Preset, seed: int 
     device = device or pick_device()
     threads = use_all_cores()
     reset_gpu_peak(device)
-    set_seed(seed, reproducible=True)
     cfg = preset.lm
-    train, valid = sample_tokens(docs, cfg.sample_tokens, seed).split(cfg.valid_pct, seed, "lm-valid")
-    dls = lm_dataloaders(train, valid, cfg, device)
+    train, valid, dls = lm_data(docs, preset, seed, device)
     model = build_language_model(vocab_size, preset.model, cfg.drop_mult)
     if pretrained is not None:
         _load_pretrained(model, pretrained)
@@ -436,11 +452,8 @@ def train_classifier(docs: Docs, encoder_state: dict, vocab_size: int, preset: P
     device = device or pick_device()
     threads = use_all_cores()
     reset_gpu_peak(device)
-    set_seed(seed, reproducible=True)
     cfg = preset.classifier
-    labels, train, valid = classifier_split(docs, cfg.valid_pct, seed)
-    label_index = {y: i for i, y in enumerate(labels)}
-    dls = classifier_dataloaders(train, valid, label_index, cfg, device)
+    labels, train, valid, dls = classifier_data(docs, preset, seed, device)
     model = build_classifier(vocab_size, len(labels), preset.model, cfg)
     encoder_of(model).load_state_dict(encoder_state)
     learn = TextLearner(dls, model, loss_func=CrossEntropyLossFlat(), splitter=awd_lstm_clas_split,
