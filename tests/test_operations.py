@@ -130,6 +130,8 @@ def test_deployment_has_its_schedule_pool_and_parameters(finished):
     assert deployment["work_pool_name"] == "cpu"
     assert [s["schedule"]["cron"] for s in deployment["schedules"]] == ["0 * * * *"]
     assert deployment["parameters"]["preset"] == "cpu"
+    assert deployment["parameters"]["out"] == "runs/preprocess-hourly"  # its own run directory
+    assert deployment["job_variables"]["env"]["PREFECT_LOGGING_EXTRA_LOGGERS"] == "ulmfit"
     assert deployment["pull_steps"][0]["prefect.deployments.steps.set_working_directory"][
         "directory"] == str(ROOT)
 
