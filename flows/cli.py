@@ -27,8 +27,6 @@ from ulmfit_core.errors import BAD_INPUT, DataError  # noqa: E402
 from ulmfit_core.ingest import check_source, resolve_source  # noqa: E402
 from ulmfit_core.params import RunParams  # noqa: E402
 
-TABLE_SUFFIXES = (".csv", ".parquet")
-
 
 def _add_run_dir(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="run directory (created if missing)")
@@ -201,6 +199,8 @@ def _serve(params: RunParams, args: argparse.Namespace) -> int:
 
 
 def _check_predict(args: argparse.Namespace) -> None:
+    from ulmfit_core.tables import check_output
+
     if args.bs < 1:
         raise DataError(f"--bs must be an integer >= 1, got {args.bs}")
     if bool(args.texts) == bool(args.input):
@@ -209,8 +209,8 @@ def _check_predict(args: argparse.Namespace) -> None:
         raise DataError("predict: --output writes the rows of --input; plain texts are printed")
     if args.input and not args.output:
         raise DataError("predict: --input needs --output")
-    if args.output and Path(args.output).suffix.lower() not in TABLE_SUFFIXES:
-        raise DataError(f"{args.output}: expected a .csv or .parquet output file")
+    if args.output:
+        check_output(Path(args.output))
     if args.input and not Path(args.input).exists():
         raise FileNotFoundError(f"{args.input}: no such file")
 
@@ -270,13 +270,13 @@ def _generate(args: argparse.Namespace) -> int:
 
 def _show_batch(args: argparse.Namespace) -> int:
     from ulmfit_core.config import get_preset
-    from ulmfit_core.rundir import RunDir, read_json
+    from ulmfit_core.rundir import RunDir, made_with
     from ulmfit_core.show import first_batch, format_batch
 
     if args.n < 1:
         raise DataError(f"--n must be an integer >= 1, got {args.n}")
     run = RunDir(Path(args.run), args.backwards)
-    made = read_json(run.status).get("settings", {}) if run.status.exists() else {}
+    made = made_with(run)
     preset, seed = args.preset or made.get("preset"), made.get("seed", 0) if args.seed is None else args.seed
     if preset is None:
         raise DataError(f"{run.root}: its run.json does not record the preset that made it: give --preset")

@@ -132,14 +132,16 @@ def render_report(metrics: dict, samples: list[str], batches: dict[str, str] | N
     acc, base = test.get("accuracy"), metrics.get("baseline") or {}
     ensemble = metrics.get("ensemble")
     trained = bool(lm.get("history"))
-    headline = (f"**Test accuracy: {_pct(ensemble['ensemble']['accuracy'])}** (forward + backward) "
-                if ensemble else f"**Test accuracy: {_pct(acc)}** ({metrics.get('direction')}) ")
-    headline += (f"on {test.get('n')} reviews · NB-LR baseline on the same split: "
-                 f"{_pct(base.get('accuracy'))} · LM perplexity {_fmt(lm.get('perplexity'), '.1f')} · "
-                 f"preset `{run.get('preset')}` on `{metrics.get('device')}` ({metrics.get('precision')})")
     if not trained:
         headline = (f"**Preprocessed, no model trained yet:** {pre.get('docs')} documents, "
                     f"{pre.get('tokens')} tokens, vocab {vocab_size} · preset `{run.get('preset')}`")
+    else:
+        headline = (f"**Test accuracy: {_pct(ensemble['ensemble']['accuracy'])}** (forward + backward) "
+                    if ensemble else f"**Test accuracy: {_pct(acc)}** ({metrics.get('direction')}) ")
+        headline += (f"on {test.get('n')} reviews · NB-LR baseline on the same split: "
+                     f"{_pct(base.get('accuracy'))} · LM perplexity {_fmt(lm.get('perplexity'), '.1f')} "
+                     f"· preset `{run.get('preset')}` on `{metrics.get('device')}` "
+                     f"({metrics.get('precision')})")
     lines = [
         "# ULMFiT run report",
         "",

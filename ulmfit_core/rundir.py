@@ -149,9 +149,14 @@ def run_lock(run: RunDir) -> Iterator[None]:
 SHAPING = ("preset", "tokenizer", "vocab_size", "seed")
 
 
+def made_with(run: RunDir) -> dict:
+    """The shaping settings the run directory was made with ({} for a new directory)."""
+    return read_json(run.status).get("settings", {}) if run.status.exists() else {}
+
+
 def _check_settings(run: RunDir, params: dict, reset: bool) -> dict:
     """The directory's shaping settings after this run; refuses a change unless `reset`."""
-    previous = read_json(run.status).get("settings", {}) if run.status.exists() else {}
+    previous = made_with(run)
     asked = {k: params[k] for k in SHAPING if k in params}
     clash = [k for k, v in asked.items() if k in previous and previous[k] != v]
     if clash and not reset:

@@ -233,7 +233,7 @@ def check_classifier_data(run: RunDir, preset: Preset, seed: int) -> dict:
     """Refuse, before the language model trains, labelled data the classifier could not use."""
     from .data import classifier_split
 
-    docs = load_docs(run.shards(run.ids), splits=["train"], labelled=True)
+    docs = training_docs(run, splits=["train"], labelled=True)  # what the classifier will train on
     labels, train, valid = classifier_split(docs, preset.classifier.valid_pct, seed)
     return {"labels": labels, "train_docs": len(train), "valid_docs": len(valid)}
 

@@ -42,12 +42,16 @@ def read_texts_table(path: Path) -> tuple[pa.Table, list[str | bytes | None]]:
     return table, raw
 
 
-def write_table(table: pa.Table, path: Path) -> None:
-    suffix = path.suffix.lower()
-    if suffix not in (".csv", ".parquet"):
+def check_output(path: Path) -> None:
+    """Refuse an output file whose extension says neither CSV nor Parquet."""
+    if path.suffix.lower() not in (".csv", ".parquet"):
         raise DataError(f"{path}: expected a .csv or .parquet output file")
+
+
+def write_table(table: pa.Table, path: Path) -> None:
+    check_output(path)
     with atomic_path(path) as tmp:
-        if suffix == ".csv":
+        if path.suffix.lower() == ".csv":
             pacsv.write_csv(table, tmp)
         else:
             pq.write_table(table, tmp)
