@@ -7,25 +7,23 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from functools import partial
 from pathlib import Path
 
-# Core modules log to "ulmfit"; Prefect forwards that logger to the run's logs in the UI.
-os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "ulmfit")
-os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
-# The temporary server this command may start must not try to send usage data (and log an
-# error where there is no network).
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-# Arrow allocates with malloc here and in the Dask workers started from here (they inherit the
-# environment): its default, mimalloc, keeps about 45 MB more per process for the small tables
-# of a shard. It is read when pyarrow loads, so it is set before anything imports pyarrow.
-os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
+from ulmfit_core.config import PRESETS
+from ulmfit_core.errors import BAD_INPUT, DataError
+from ulmfit_core.ingest import check_source, resolve_source
+from ulmfit_core.params import RunParams
 
-from ulmfit_core.config import PRESETS  # noqa: E402
-from ulmfit_core.errors import BAD_INPUT, DataError  # noqa: E402
-from ulmfit_core.ingest import check_source, resolve_source  # noqa: E402
-from ulmfit_core.params import RunParams  # noqa: E402
+
+def _prefect_settings() -> None:
+    """Settings of this command's process, read when it loads Prefect: no warning for the log
+    lines of `predict` or `generate` outside a flow run, and no usage data sent by the temporary
+    server a run may start (an error logged where there is no network)."""
+    os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
 def _add_run_dir(p: argparse.ArgumentParser) -> None:
@@ -148,34 +146,35 @@ def run_params(args: argparse.Namespace) -> RunParams:
     return RunParams(**{**given, "out": str(Path(args.out).resolve())})
 
 
-def _run_flow(params: RunParams, command: str) -> int:
-    from flows import pipeline
-    from flows.runtime import prefect_api, tracebacks_to_file, training_runner
-    from tasks.report import report
-    from ulmfit_core.rundir import RunDir, tracked_run
+def _interrupt_on_sigterm() -> None:
+    """SIGTERM ends this command as Ctrl-C does: training stops after its current batch, the
+    run is marked stopped, and the exit status is 143."""
+    def handler(signum, frame):
+        raise KeyboardInterrupt(signal.Signals(signum).name)
 
-    out = params.out
-    with tracebacks_to_file(RunDir(out).log), prefect_api():
-        if command == "run":
-            pipeline.ulmfit_flow(**params.to_dict())
-            return 0
-        if command == "preprocess":
-            pipeline.preprocess_job(out, params.data, params.preset, params.limit, params.seed,
-                                    params.dask_address, params.workers, params.shard_docs,
-                                    params.tokenizer, params.vocab_size, params.reset)
-            return 0
-        record = {"command": command, "preset": params.preset, "seed": params.seed, "out": out,
-                  "direction": params.direction}
-        trainer = training_runner(params.dask_address, params.train_resource)
-        with tracked_run(RunDir(out), record, params.reset):
-            if command == "train-lm":
-                pipeline.train_lm_flow.with_options(task_runner=trainer)(
-                    out, params.preset, params.seed, params.pretrained, params.direction,
-                    params.train_resource)
-            else:
-                pipeline.train_classifier_flow.with_options(task_runner=trainer)(
-                    out, params.preset, params.seed, params.direction, params.train_resource)
-            report(out, record, params.seed)
+    signal.signal(signal.SIGTERM, handler)
+
+
+def _run_flow(params: RunParams, command: str) -> int:
+    import inspect
+
+    from flows import pipeline
+    from flows.runtime import bars_with_logs, prefect_api, tracebacks_to_file
+    from ulmfit_core.rundir import RunDir
+
+    job = {"run": pipeline.ulmfit_flow, "preprocess": pipeline.preprocess_job,
+           "train-lm": pipeline.train_lm_job, "train-classifier": pipeline.train_classifier_job}[command]
+    takes = inspect.signature(job.fn).parameters
+    _interrupt_on_sigterm()
+    bars_with_logs()
+    try:
+        with tracebacks_to_file(RunDir(params.out).log), prefect_api():
+            job(**{k: v for k, v in params.to_dict().items() if k in takes})
+    except KeyboardInterrupt as exc:
+        how = signal.SIGTERM if str(exc) == "SIGTERM" else signal.SIGINT
+        print(f"ulmfit: stopped ({how.name}); {params.out} keeps each training's last finished "
+              "epoch: run the same command again to resume", file=sys.stderr)
+        return 128 + how.value
     return 0
 
 
@@ -300,6 +299,7 @@ def _lineage(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _prefect_settings()
     try:
         if args.command in ("run", "preprocess", "train-lm", "train-classifier", "serve"):
             params = run_params(args)  # every option checked before any server or cluster starts

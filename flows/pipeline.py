@@ -20,12 +20,24 @@ from tasks import preprocess as prep
 from tasks import train
 from tasks.common import materializing, progress_artifact
 from tasks.report import report
-from ulmfit_core.config import get_preset
+from ulmfit_core.config import EXPECTED, get_preset
 from ulmfit_core.ingest import resolve_source
 from ulmfit_core.params import DIRECTIONS, RunParams
+from ulmfit_core.progress import Bar
 from ulmfit_core.rundir import RunDir, tracked_run
 
 from .runtime import dask_task_runner, training_runner
+
+
+def _as_done(futures, stage: str, done_what: str) -> list:
+    """The results of mapped shard tasks, in order, once all are done; meanwhile how many are
+    done shows as a progress artifact in the UI and as a bar on a terminal."""
+    progress = progress_artifact(stage)
+    with Bar(done_what, len(futures)) as bar:
+        for done, _ in enumerate(as_completed(futures), 1):
+            progress(done / len(futures), f"{done}/{len(futures)} {done_what}")
+            bar.update(completed=done)
+    return futures.result()
 
 
 @flow(name="ulmfit-preprocess", log_prints=True)
@@ -40,19 +52,14 @@ def preprocess_flow(out: str, data: str = "imdb", preset: str = "tiny", limit: i
     print(f"ingested {ingested['docs']} documents into {len(ingested['shards'])} shards "
           f"(skipped {ingested['skipped']['total']})")
     materializing(prep.train_tokenizer, out, ["tokenizer"], ["raw"]).submit(out, settings, seed).result()
-    futures = materializing(prep.tokenize_shard, out, ["tokens"], ["raw", "tokenizer"]).map(
-        unmapped(out), ingested["shards"], unmapped(settings))
-    progress = progress_artifact("tokenization")
-    for done, _ in enumerate(as_completed(futures), 1):
-        progress(done / len(futures), f"{done}/{len(futures)} shards tokenized")
-    tokenized = futures.result()
-    # On a worker: the vocab needs fastai, which the orchestrating process does not load.
+    tokenized = _as_done(materializing(prep.tokenize_shard, out, ["tokens"], ["raw", "tokenizer"]).map(
+        unmapped(out), ingested["shards"], unmapped(settings)), "tokenization", "shards tokenized")
     vocab = materializing(prep.build_vocab, out, ["vocab.json"], ["tokens"]).submit(
         out, settings, [r["counts"] for r in tokenized]).result()
     print(f"vocab: {vocab['size']} entries from {vocab['distinct_tokens']} distinct tokens")
     token_shards = [r["shard"] for r in tokenized]
-    numericalized = materializing(prep.numericalize_shard, out, ["ids"], ["tokens", "vocab.json"]).map(
-        unmapped(out), token_shards).result()
+    numericalized = _as_done(materializing(prep.numericalize_shard, out, ["ids"], ["tokens", "vocab.json"]).map(
+        unmapped(out), token_shards), "numericalization", "shards numericalized")
     return prep.summarize(out, tokenized, numericalized, vocab, time.time() - t0)
 
 
@@ -135,6 +142,22 @@ def train_classifier_flow(out: str, preset: str = "tiny", seed: int = 0, directi
     return results
 
 
+def _job(command: str, given: dict, work) -> dict:
+    """Run `work(params)` as one job on a run directory: its parameters checked (`RunParams`),
+    the directory held and its status kept in run.json (running, then complete, failed or
+    stopped), the report written at the end. `given`: the job flow's own parameters, which
+    are also what run.json records."""
+    params = RunParams(**given)
+    record = {"command": command, **given}
+    if "tokenizer" in given:
+        record["tokenizer"] = params.settings().tokenizer.kind
+    with tracked_run(RunDir(params.out), record, params.reset):
+        result = work(params)
+        metrics = report(params.out, record, params.seed)
+    print(f"report: {RunDir(params.out).report}")
+    return result if result is not None else metrics
+
+
 @flow(name="ulmfit-preprocess-job", log_prints=True)
 def preprocess_job(out: str, data: str = "imdb", preset: str = "tiny", limit: int | None = None,
                    seed: int = 0, dask_address: str | None = None, workers: int | None = None,
@@ -142,15 +165,43 @@ def preprocess_job(out: str, data: str = "imdb", preset: str = "tiny", limit: in
                    vocab_size: int | None = None, reset: bool = False) -> dict:
     """Preprocessing alone, as a run of its own (lock, status, report): what the `cpu` work
     pool runs on a schedule to keep token shards and vocab current."""
-    RunParams(out, data, preset, limit, seed, dask_address, workers, shard_docs, tokenizer,
-              vocab_size, reset=reset)
-    params = {"command": "preprocess", "data": data, "preset": preset, "limit": limit,
-              "seed": seed, "out": out, "tokenizer": tokenizer or "word", "vocab_size": vocab_size}
-    with tracked_run(RunDir(out), params, reset):
-        summary = preprocess_flow.with_options(task_runner=dask_task_runner(dask_address, workers))(
+    given = dict(locals())
+
+    def work(p: RunParams) -> dict:
+        return preprocess_flow.with_options(task_runner=dask_task_runner(dask_address, workers))(
             out, data, preset, limit, seed, shard_docs, tokenizer, vocab_size)
-        report(out, params, seed)
-    return summary
+
+    return _job("preprocess", given, work)
+
+
+@flow(name="ulmfit-train-lm-job", log_prints=True)
+def train_lm_job(out: str, preset: str = "tiny", seed: int = 0, pretrained: str = "none",
+                 direction: str = "forward", dask_address: str | None = None,
+                 train_resource: str | None = None, reset: bool = False) -> dict:
+    """Language-model fine-tuning and encoder export on a preprocessed run directory, as a run
+    of its own."""
+    given = dict(locals())
+
+    def work(p: RunParams) -> dict:
+        return train_lm_flow.with_options(task_runner=training_runner(dask_address, train_resource))(
+            out, preset, seed, pretrained, direction, train_resource)
+
+    return _job("train-lm", given, work)
+
+
+@flow(name="ulmfit-train-classifier-job", log_prints=True)
+def train_classifier_job(out: str, preset: str = "tiny", seed: int = 0, direction: str = "forward",
+                         dask_address: str | None = None, train_resource: str | None = None,
+                         reset: bool = False) -> dict:
+    """Classifier training and evaluation on a run directory with its encoder(s), as a run of
+    its own."""
+    given = dict(locals())
+
+    def work(p: RunParams) -> dict:
+        return train_classifier_flow.with_options(task_runner=training_runner(dask_address, train_resource))(
+            out, preset, seed, direction, train_resource)
+
+    return _job("train-classifier", given, work)
 
 
 @flow(name="ulmfit", log_prints=True)
@@ -163,21 +214,19 @@ def ulmfit_flow(out: str, data: str = "imdb", preset: str = "tiny", limit: int |
     """The whole recipe, from a corpus to a report. With `train_resource` (and a Dask cluster
     whose training workers declare it, e.g. `dask worker --resources GPU=1`), training runs on
     those workers while tokenization runs anywhere."""
-    checked = RunParams(out, data, preset, limit, seed, dask_address, workers, shard_docs,
-                        tokenizer, vocab_size, pretrained, direction, train_resource, reset)
-    params = {**checked.to_dict(), "tokenizer": tokenizer or "word"}
-    trainer = training_runner(dask_address, train_resource)
-    with tracked_run(RunDir(out), params, reset):
-        runner = dask_task_runner(dask_address, workers)
-        preprocess_flow.with_options(task_runner=runner)(out, data, preset, limit, seed, shard_docs,
-                                                         tokenizer, vocab_size)
-        labelled = prep.check_classifier_data(out, checked.settings(), seed)
+    given = dict(locals())
+
+    def work(p: RunParams) -> None:
+        print(f"preset {preset}: {EXPECTED[preset]}")
+        trainer = training_runner(dask_address, train_resource)
+        preprocess_flow.with_options(task_runner=dask_task_runner(dask_address, workers))(
+            out, data, preset, limit, seed, shard_docs, tokenizer, vocab_size)
+        labelled = prep.check_classifier_data(out, p.settings(), seed)
         print(f"classifier data: {labelled['train_docs']} train / {labelled['valid_docs']} valid "
               f"reviews, labels {labelled['labels']}")
         train_lm_flow.with_options(task_runner=trainer)(out, preset, seed, pretrained, direction,
                                                         train_resource)
         train_classifier_flow.with_options(task_runner=trainer)(out, preset, seed, direction,
                                                                 train_resource)
-        metrics = report(out, params, seed)
-    print(f"report: {RunDir(out).report}")
-    return metrics
+
+    return _job("run", given, work)

@@ -11,6 +11,9 @@ from typing import Iterator
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect_dask import DaskTaskRunner
 
+from ulmfit_core.errors import STOP
+from ulmfit_core.progress import use_console
+
 log = logging.getLogger("ulmfit")
 
 
@@ -30,13 +33,50 @@ def dask_task_runner(address: str | None = None, workers: int | None = None) -> 
     )
 
 
+class TrainingThreads(ThreadPoolTaskRunner):
+    """Prefect's thread pool, for trainings in this process. When its flow is interrupted
+    (Ctrl-C, a termination signal), the pool would wait for its threads, each running its
+    training to the end; instead the trainings stop after their current batch (`STOP`),
+    keeping the checkpoint of their last finished epoch for a rerun to resume from."""
+
+    def __enter__(self):
+        STOP.clear()
+        return super().__enter__()
+
+    def __exit__(self, exc_type, exc_value, traceback) -> None:
+        if exc_type is not None and not issubclass(exc_type, Exception):
+            log.warning("stopping (%s): training ends after its current batch; rerun the same "
+                        "command to resume from the last finished epoch", exc_type.__name__)
+            STOP.set()
+        super().__exit__(exc_type, exc_value, traceback)
+
+
 def training_runner(address: str | None, train_resource: str | None):
     """Training tasks run in this process (on its GPU if it has one) unless they are routed to
     the workers of a Dask cluster that declare `train_resource` (`RunParams` makes sure such
     a run names the cluster's `address`)."""
     if train_resource is None:
-        return ThreadPoolTaskRunner(max_workers=2)
+        return TrainingThreads(max_workers=2)
     return DaskTaskRunner(address=address)
+
+
+def _console_handlers() -> list:
+    """Prefect's terminal log handlers, on every logger."""
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    loggers = [logging.getLogger(), *(lg for lg in logging.Logger.manager.loggerDict.values()
+                                      if isinstance(lg, logging.Logger))]
+    return [h for lg in loggers for h in lg.handlers if isinstance(h, PrefectConsoleHandler)]
+
+
+def bars_with_logs() -> None:
+    """On a terminal, Prefect's log handlers and the progress bars print through one console,
+    so that log lines appear above the bars instead of cutting through them."""
+    handlers = _console_handlers()
+    if handlers and handlers[0].console.is_terminal:
+        for handler in handlers:
+            handler.console = handlers[0].console
+        use_console(handlers[0].console)
 
 
 @contextmanager
@@ -44,16 +84,11 @@ def tracebacks_to_file(log_file: Path) -> Iterator[Path]:
     """While a command runs, log records go in full (tracebacks included) to `log_file`, and the
     terminal shows each error as its one-line message with a pointer to that file: a failed
     stage ends in a line that names the problem, not under pages of Prefect engine frames."""
-    from prefect.logging.handlers import PrefectConsoleHandler
-
     log_file.parent.mkdir(parents=True, exist_ok=True)
     to_file = logging.FileHandler(log_file, encoding="utf-8")
     to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
-    loggers = [root, *(lg for lg in logging.Logger.manager.loggerDict.values()
-                       if isinstance(lg, logging.Logger))]
-    consoles = {h.formatter for lg in loggers for h in lg.handlers
-                if isinstance(h, PrefectConsoleHandler) and h.formatter is not None}
+    consoles = {h.formatter for h in _console_handlers() if h.formatter is not None}
 
     def without_traceback(format_record):
         def format(record: logging.LogRecord) -> str:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from prefect import task
 
 from ulmfit_core import stages
 from ulmfit_core.config import Preset
 from ulmfit_core.rundir import RunDir
 
-from .common import retry_transient
+from .common import retry_transient, task
 
 IO_RETRIES = dict(retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_transient)
 

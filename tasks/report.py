@@ -5,13 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from ulmfit_core.report import write_report
 from ulmfit_core.rundir import RunDir
 
-from .common import materializing
+from .common import materializing, task
 
 SUMMARY_FILES = ["metrics.json", "report.md", "lineage.json"]
 

@@ -10,7 +10,6 @@ import logging
 from contextlib import contextmanager
 from typing import Iterator
 
-from prefect import task
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.concurrency.sync import concurrency
@@ -20,7 +19,7 @@ from ulmfit_core import stages
 from ulmfit_core.config import Preset
 from ulmfit_core.rundir import RunDir
 
-from .common import progress_artifact, retry_transient
+from .common import progress_artifact, retry_transient, task
 
 TRAIN_RETRIES = dict(retries=1, retry_delay_seconds=5, retry_condition_fn=retry_transient)
 # The Prefect global concurrency limit that training on a GPU occupies, created with one slot:

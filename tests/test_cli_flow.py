@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -149,3 +151,60 @@ def test_failed_run_never_looks_complete(tmp_path, sample_tarball):
     assert status["status"] == "failed" and "truncated" in status["error"]
     assert not (out / "metrics.json").exists() and not (out / "report.md").exists()
     assert not list((out / "raw").glob("*.tmp"))
+
+
+@pytest.fixture(scope="module")
+def long_texts_run(tmp_path_factory, sample_texts):
+    """A run directory preprocessed (by the stage functions) from 16 long texts that hold the
+    sample's reviews, as many times over as makes about 50k words: a few seconds per
+    tiny-preset LM epoch here. Tests copy it."""
+    from ulmfit_core import stages
+    from ulmfit_core.config import get_preset
+    from ulmfit_core.rundir import RunDir
+
+    tmp_path = tmp_path_factory.mktemp("long-texts")
+    times = max(1, round(50_000 / sum(len(t.split()) for t in sample_texts)))
+    texts = [" ".join(sample_texts[i::16] * times) for i in range(16)]
+    corpus = tmp_path / "long.csv"
+    pacsv.write_csv(pa.table({"text": texts}), corpus)
+    run, preset = RunDir(tmp_path / "run"), get_preset("tiny")
+    ingested = stages.ingest_stage(run, str(corpus), limit=None, seed=0, shard_docs=100)
+    tokenized = [stages.tokenize_stage(run, s, preset) for s in ingested["shards"]]
+    vocab = stages.vocab_stage(run, preset, [t["counts"] for t in tokenized])
+    numericalized = [stages.numericalize_stage(run, t["shard"]) for t in tokenized]
+    stages.summarize_preprocess(run, tokenized, numericalized, vocab, seconds=1.0)
+    return run.root
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
+def test_a_signal_stops_training_after_its_batch_and_a_rerun_resumes(tmp_path, long_texts_run, stop):
+    out = tmp_path / "run"
+    shutil.copytree(long_texts_run, out)
+    checkpoint = out / "lm" / "checkpoint.pth"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "train-lm", "--out", str(out),
+                             "--preset", "tiny"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
+    deadline = time.time() + 300
+    while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    assert checkpoint.exists(), "no checkpoint: the LM never finished its first epoch"
+    proc.send_signal(stop)
+    signalled = time.time()
+    _, stderr = proc.communicate(timeout=60)
+    assert time.time() - signalled < 10, stderr[-3000:]  # after the current batch
+    assert proc.returncode == 128 + stop.value, stderr[-3000:]
+    assert stderr.strip().splitlines()[-1].startswith(f"ulmfit: stopped ({stop.name})")
+    assert read_json(out / "run.json")["status"] == "stopped"
+    assert "lm: stopped at epoch 2, batch" in (out / "logs" / "ulmfit.log").read_text()
+    assert checkpoint.exists() and not (out / "lm" / "model.pth").exists()
+    stopped = read_json(out / "run.json")
+
+    result = ulmfit("train-lm", "--out", out, "--preset", "tiny")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resuming from" in result.stderr and "after 1 finished epoch(s)" in result.stderr
+    assert read_json(out / "run.json")["status"] == "complete"
+    assert [e["epoch"] for e in read_json(out / "lm" / "metrics.json")["history"]] == [1, 2, 3]
+    assert (out / "lm" / "model.pth").exists() and not checkpoint.exists()
+    assert read_json(out / "run.json")["started"] > stopped["started"]

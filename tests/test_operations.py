@@ -64,15 +64,22 @@ class Server:
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
         return result.stdout
 
-    def get(self, path: str):
-        response = httpx.get(f"{self.api}{path}", timeout=30)
+    def request(self, method: str, path: str, body: dict | None = None):
+        """One API call, retried like Prefect's own client does when the server answers 503
+        (a retryable error, e.g. its SQLite database busy with a scheduler's writes)."""
+        for attempt in range(10):
+            response = httpx.request(method, f"{self.api}{path}", json=body, timeout=30)
+            if response.status_code != 503:
+                break
+            time.sleep(0.5 * (attempt + 1))
         response.raise_for_status()
         return response.json()
 
+    def get(self, path: str):
+        return self.request("GET", path)
+
     def post(self, path: str, body: dict):
-        response = httpx.post(f"{self.api}{path}", json=body, timeout=30)
-        response.raise_for_status()
-        return response.json()
+        return self.request("POST", path, body)
 
     def run_deployment(self, deployment_id: str, parameters: dict | None, what: str) -> dict:
         """Create a flow run of the deployment through the API (with its own parameters when
@@ -102,27 +109,95 @@ def server(tmp_path_factory):
     s.close()
 
 
+# What every run rewrites, reused or not: its status, the summary, the lock.
+SUMMARY = {"run.json", "metrics.json", "report.md", "lineage.json", ".lock"}
+
+
+def _written(out: Path) -> dict[str, int]:
+    """When each artifact of a run directory was written (ns), but the summary."""
+    return {p.relative_to(out).as_posix(): p.stat().st_mtime_ns for p in out.rglob("*")
+            if p.is_file() and p.name not in SUMMARY}
+
+
 @pytest.fixture(scope="module")
-def finished(server, tmp_path_factory, sample_tarball) -> dict:
-    """The preprocessing deployment, run once by a real worker through the API."""
-    out = tmp_path_factory.mktemp("scheduled") / "run"
-    server.cli("work-pool", "create", "cpu", "--type", "process")
-    server.cli("--no-prompt", "deploy", "--prefect-file", "deployments/prefect.yaml",
-               "--name", "preprocess-hourly", ULMFIT_HOME=str(ROOT))
-    deployment = server.get("/deployments/name/ulmfit-preprocess-job/preprocess-hourly")
-    worker_log = open(out.parent / "worker.log", "w")
-    worker = subprocess.Popen([BIN / "prefect", "worker", "start", "--pool", "cpu"], env=server.env,
-                              stdout=worker_log, stderr=subprocess.STDOUT)
+def deployed(server, tmp_path_factory, sample_tarball) -> dict:
+    """Every deployment of deployments/prefect.yaml, deployed to the server and run twice, one
+    run after the other, through the API by real workers of the `cpu` and `gpu` pools, each
+    into its own directory, on the sample with the tiny preset."""
+    root = tmp_path_factory.mktemp("deployed")
+    for pool in ("cpu", "gpu"):
+        server.cli("work-pool", "create", pool, "--type", "process")
+    server.cli("--no-prompt", "deploy", "--prefect-file", "deployments/prefect.yaml", "--all",
+               ULMFIT_HOME=str(ROOT))
+    deployments = {d["name"]: d for d in server.post("/deployments/filter", {})}
+    logs = {pool: open(root / f"worker-{pool}.log", "w") for pool in ("cpu", "gpu")}
+    workers = [subprocess.Popen([BIN / "prefect", "worker", "start", "--pool", pool], env=server.env,
+                                stdout=log, stderr=subprocess.STDOUT) for pool, log in logs.items()]
+    results = {}
     try:
-        flow_run = server.run_deployment(deployment["id"], {
-            "out": str(out), "data": str(sample_tarball), "preset": "tiny", "workers": 1,
-            "shard_docs": 50}, "the triggered flow run to end")
+        for name, deployment in deployments.items():
+            out = root / name
+            asked = {"out": str(out), "data": str(sample_tarball), "preset": "tiny", "workers": 1,
+                     "shard_docs": 50}
+            first = server.run_deployment(deployment["id"], asked, f"the first run of {name}")
+            written = _written(out)
+            second = server.run_deployment(deployment["id"], asked, f"the second run of {name}")
+            results[name] = {"deployment": deployment, "runs": [first, second], "out": out,
+                             "written": [written, _written(out)]}
     finally:
-        worker.terminate()
-        worker.wait(timeout=60)
-        worker_log.close()
-    assert flow_run["state_type"] == "COMPLETED", (out.parent / "worker.log").read_text()[-4000:]
-    return {"deployment": deployment, "flow_run": flow_run, "out": out}
+        for worker in workers:
+            worker.terminate()
+            worker.wait(timeout=60)
+        for log in logs.values():
+            log.close()
+    worker_logs = "".join((root / f"worker-{pool}.log").read_text()[-3000:] for pool in logs)
+    for result in results.values():
+        assert [r["state_type"] for r in result["runs"]] == ["COMPLETED"] * 2, worker_logs
+    return results
+
+
+@pytest.fixture(scope="module")
+def finished(deployed) -> dict:
+    """The first run of the preprocessing deployment."""
+    hourly = deployed["preprocess-hourly"]
+    return {"deployment": hourly["deployment"], "flow_run": hourly["runs"][0], "out": hourly["out"]}
+
+
+def test_every_deployment_has_its_own_directory_and_a_second_run_reuses_everything(deployed):
+    import yaml
+
+    shipped = yaml.safe_load((ROOT / "deployments" / "prefect.yaml").read_text())["deployments"]
+    assert sorted(deployed) == sorted(d["name"] for d in shipped)
+    outs = [d["parameters"]["out"] for d in shipped]
+    assert len(set(outs)) == len(outs)  # one directory, one preset: no two schedules clash
+    for name, result in deployed.items():
+        first, second = result["written"]
+        assert len(first) > 10, name
+        assert second == first, (name, {k for k in first if second.get(k) != first[k]})
+        assert read_status(result["out"])["status"] == "complete"
+
+
+def read_status(out: Path) -> dict:
+    return json.loads((out / "run.json").read_text())
+
+
+def test_core_progress_lines_reach_the_flow_run_logs(server, deployed):
+    """The ulmfit logger's lines (here the LM's epochs, logged in a training task) are in the
+    logs of the nightly flow run and its subflows, sent by the worker's flow-run process with
+    nothing but the project's own code setting it up."""
+    flow_run = deployed["ulmfit-nightly"]["runs"][0]
+    subflows = server.post("/flow_runs/filter", {"flow_runs": {"parent_flow_run_id": {
+        "any_": [flow_run["id"]]}}})
+    ids = [flow_run["id"], *(f["id"] for f in subflows)]
+
+    def core_lines():
+        logs = server.post("/logs/filter", {"logs": {"flow_run_id": {"any_": ids}}, "limit": 200})
+        lines = [log["message"] for log in logs if log["name"] == "ulmfit"]
+        return lines if any("epoch 1/" in line for line in lines) else None
+
+    lines = _until(core_lines, 30, "the ulmfit log lines of the nightly run")
+    assert any(line.startswith("lm: ") and "batches per epoch" in line for line in lines)
+    assert any(line.startswith("classifier: ") for line in lines)
 
 
 def test_deployment_has_its_schedule_pool_and_parameters(finished):
@@ -131,7 +206,6 @@ def test_deployment_has_its_schedule_pool_and_parameters(finished):
     assert [s["schedule"]["cron"] for s in deployment["schedules"]] == ["0 * * * *"]
     assert deployment["parameters"]["preset"] == "cpu"
     assert deployment["parameters"]["out"] == "runs/preprocess-hourly"  # its own run directory
-    assert deployment["job_variables"]["env"]["PREFECT_LOGGING_EXTRA_LOGGERS"] == "ulmfit"
     assert deployment["pull_steps"][0]["prefect.deployments.steps.set_working_directory"][
         "directory"] == str(ROOT)
 

@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 
 from .data import seeded_unit
 from .errors import DataError
+from .progress import Bar
 from .rundir import atomic_path
 
 RAW_SCHEMA = pa.schema(
@@ -157,11 +158,13 @@ def _imdb_fields(member: str):
 
 def _iter_imdb_tarball(path: Path):
     try:
-        with tarfile.open(path, mode="r|*") as tar:
+        with open(path, "rb") as raw, tarfile.open(fileobj=raw, mode="r|*") as tar, \
+                Bar(f"reading {path.name} (MB)", max(1, path.stat().st_size >> 20)) as bar:
             for member in tar:
                 fields = member.isfile() and _imdb_fields(member.name)
                 if fields:
                     yield (*fields, tar.extractfile(member).read())
+                    bar.update(completed=raw.tell() >> 20)
     except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
         raise DataError(f"{path}: unreadable or truncated archive ({exc})") from exc
 
@@ -170,11 +173,13 @@ def _iter_imdb_folder(path: Path):
     root = path / "aclImdb" if (path / "aclImdb").is_dir() else path
     files = sorted(root.glob("*/*/*.txt"))
     found = 0
-    for file in files:
-        fields = _imdb_fields(file.relative_to(root).as_posix())
-        if fields:
-            found += 1
-            yield (*fields, file.read_bytes())
+    with Bar(f"reading {path.name} (files)", len(files)) as bar:
+        for i, file in enumerate(files, 1):
+            fields = _imdb_fields(file.relative_to(root).as_posix())
+            if fields:
+                found += 1
+                yield (*fields, file.read_bytes())
+            bar.update(completed=i)
     if not found:
         raise DataError(f"{path}: no aclImdb reviews found (expected train|test/pos|neg|unsup/*.txt)")
 

@@ -18,6 +18,7 @@ from fastai.text.learner import decode_spec_tokens
 from .config import ClassifierConfig, ModelConfig, TokenizerConfig
 from .ingest import usable_text
 from .models import build_classifier, build_language_model, load_model_file, pad_front, pick_device
+from .progress import Bar
 from .rundir import read_json
 from .subword import detokenize_pieces
 from .tokenize import text_tokenizer
@@ -35,17 +36,19 @@ def predict_proba(model: torch.nn.Module, ids: Sequence[np.ndarray], bs: int = 6
     order = np.argsort([-len(d) for d in ids], kind="stable")
     out = np.zeros((len(ids), 0), dtype=np.float32)
     last = time.time()
-    for start in range(0, len(order), bs):
-        if progress and time.time() - last >= every_s:
-            last = time.time()
-            progress(start / len(order), f"{start}/{len(order)} texts classified")
-        batch = order[start:start + bs]
-        samples = [(torch.from_numpy(ids[i].astype(np.int64)),) for i in batch]
-        x = torch.stack([p[0] for p in pad_front(samples, PAD_ID)]).to(device)
-        probs = torch.softmax(model(x)[0].float(), dim=-1).cpu().numpy()
-        if out.shape[1] == 0:
-            out = np.zeros((len(ids), probs.shape[1]), dtype=np.float32)
-        out[batch] = probs
+    with Bar("classifying", len(order)) as bar:
+        for start in range(0, len(order), bs):
+            if progress and time.time() - last >= every_s:
+                last = time.time()
+                progress(start / len(order), f"{start}/{len(order)} texts classified")
+            batch = order[start:start + bs]
+            samples = [(torch.from_numpy(ids[i].astype(np.int64)),) for i in batch]
+            x = torch.stack([p[0] for p in pad_front(samples, PAD_ID)]).to(device)
+            probs = torch.softmax(model(x)[0].float(), dim=-1).cpu().numpy()
+            if out.shape[1] == 0:
+                out = np.zeros((len(ids), probs.shape[1]), dtype=np.float32)
+            out[batch] = probs
+            bar.update(completed=start + len(batch))
     if progress:
         progress(1.0, f"{len(order)}/{len(order)} texts classified")
     return out

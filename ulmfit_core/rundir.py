@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from .errors import DataError
+from .errors import DataError, Stopped
 
 
 @dataclass(frozen=True)
@@ -171,7 +171,7 @@ def _check_settings(run: RunDir, params: dict, reset: bool) -> dict:
 
 @contextmanager
 def tracked_run(run: RunDir, params: dict, reset: bool = False) -> Iterator[RunDir]:
-    """Hold the run directory, mark it running, then complete or failed; drop the old summary
+    """Hold the run directory, mark it running, then complete, failed or stopped; drop the old summary
     while it runs. A run whose shaping settings (`SHAPING`) differ from those the directory was
     made with is refused unless `reset`.
 
@@ -190,7 +190,11 @@ def tracked_run(run: RunDir, params: dict, reset: bool = False) -> Iterator[RunD
         try:
             yield run
         except BaseException as exc:
-            write_json(run.status, {**status, "status": "failed", "error": f"{type(exc).__name__}: {exc}",
+            # An interruption (Ctrl-C, a termination signal) or a stop on request is not a failure:
+            # rerunning the same command resumes from the checkpoints.
+            stopped = isinstance(exc, Stopped) or not isinstance(exc, Exception)
+            write_json(run.status, {**status, "status": "stopped" if stopped else "failed",
+                                    "error": f"{type(exc).__name__}: {exc}".rstrip(": "),
                                     "seconds": time.time() - started})
             raise
         write_json(run.status, {**status, "status": "complete", "seconds": time.time() - started})

@@ -33,9 +33,10 @@ from fastai.torch_core import set_seed
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import LR_DIV, ClassifierConfig, LMConfig, Preset
 from .data import Docs, classifier_split, seeded_unit
-from .errors import DataError
+from .errors import STOP, DataError, Stopped
 from .lmdata import DeviceLMDataLoader
 from .models import build_classifier, build_language_model, encoder_of, pad_front, pick_device
+from .progress import Bar
 from .vocab import PAD_ID
 
 log = logging.getLogger("ulmfit")
@@ -61,7 +62,8 @@ LOSS_CHECK_EVERY = 64
 
 
 class ProgressLog(Callback):
-    """Logs i/N, loss and ETA as training goes; stops on a non-finite training loss.
+    """Logs i/N, loss and ETA as training goes; stops on a non-finite training loss, and after
+    the current batch when `STOP` is set.
 
     Reading each batch's loss on the host would make the CPU wait for the GPU at every step.
     Instead the losses are copied into a buffer on their device, which is read every
@@ -76,6 +78,8 @@ class ProgressLog(Callback):
                  check_every: int = LOSS_CHECK_EVERY) -> None:
         self.stage, self.every_s, self.progress, self.check_every = stage, every_s, progress, check_every
         self.first = 0  # epochs of this fit already done before a resume
+        self.phase = ""
+        self.bar: Bar | None = None  # on a terminal: this epoch's batches, loss and ETA
 
     def before_fit(self) -> None:
         self.t0 = self.last = time.time()
@@ -84,6 +88,7 @@ class ProgressLog(Callback):
 
     def before_train(self) -> None:
         self.losses, self.checked = None, 0  # this epoch's losses; batches found finite
+        self.bar = Bar(f"{self.stage} {self.phase} epoch {self.epoch + 1}/{self.n_epoch}", len(self.dl))
 
     def after_loss(self) -> None:
         if not self.training:
@@ -95,11 +100,16 @@ class ProgressLog(Callback):
     def after_batch(self) -> None:
         if not self.training:
             return
+        if STOP.is_set():
+            raise Stopped(f"{self.stage}: stopped at epoch {self.epoch + 1}, batch {self.iter + 1}; "
+                          "the checkpoint of the last finished epoch is kept")
         self.done += 1
         now = time.time()
         log_now = now - self.last >= self.every_s
         if log_now or self.iter + 1 - self.checked >= self.check_every:
             self.check_losses()
+            self.bar.update(info=f"loss {float(self.smooth_loss):.4f}")
+        self.bar.update(completed=self.iter + 1)
         if log_now:
             self.last = now
             eta = (now - self.t0) / self.done * (self.total - self.done)
@@ -112,6 +122,13 @@ class ProgressLog(Callback):
     def after_train(self) -> None:
         if self.losses is not None:
             self.check_losses()
+            self.bar.update(info=f"loss {float(self.smooth_loss):.4f}")
+        self.close_bar()
+
+    def close_bar(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
     def check_losses(self) -> None:
         """Raise if a loss since the last check is not finite, naming the first such batch."""
@@ -221,9 +238,12 @@ def fit_phases(learn, phases: list[Phase], stage: str, checkpoint: Path | None, 
             set_rng_state(state["rng"], loaders)
         position["phase"] = index
         progress_log.first = epoch_end.first = first
-        epoch_end.phase = phase.name
-        with learn.no_bar(), learn.no_logging():
-            learn.fit_one_cycle(phase.epochs, phase.lr, start_epoch=first, cbs=[progress_log, epoch_end])
+        progress_log.phase = epoch_end.phase = phase.name
+        try:
+            with learn.no_bar(), learn.no_logging():
+                learn.fit_one_cycle(phase.epochs, phase.lr, start_epoch=first, cbs=[progress_log, epoch_end])
+        finally:
+            progress_log.close_bar()  # also when the fit stops with an error or on request
     return history, resumed
 
 

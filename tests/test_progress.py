@@ -1,0 +1,50 @@
+"""Progress bars: on a terminal, a bar per training epoch (batches, loss, ETA) and for reading
+the corpus; off a terminal, nothing drawn."""
+
+from __future__ import annotations
+
+import io
+import re
+import shutil
+
+import pytest
+from rich.console import Console
+
+from ulmfit_core import progress, stages
+from ulmfit_core.config import get_preset
+from ulmfit_core.rundir import RunDir
+
+
+def _console(terminal: bool) -> io.StringIO:
+    screen = io.StringIO()
+    progress.use_console(Console(file=screen, force_terminal=terminal, width=160, color_system=None))
+    return screen
+
+
+@pytest.fixture
+def restore_console():
+    yield
+    progress.use_console(None)
+
+
+def test_a_terminal_shows_each_epoch_and_the_corpus_being_read(tmp_path, preprocessed,
+                                                               sample_tarball, restore_console):
+    screen = _console(terminal=True)
+    run = RunDir(tmp_path / "run")
+    shutil.copytree(preprocessed, run.root)
+    stages.lm_stage(run, get_preset("tiny"), 0)
+    drawn = screen.getvalue()
+    for epoch in (1, 2, 3):
+        line = re.search(rf"lm fit epoch {epoch}/3 .*", drawn)
+        assert line, drawn[-2000:]
+        assert re.search(r"(\d+)/\1 .*ETA.* loss \d\.\d{4}", line.group()), line.group()
+    stages.ingest_stage(RunDir(tmp_path / "read"), str(sample_tarball), None, 0, 100)
+    assert f"reading {sample_tarball.name} (MB)" in screen.getvalue()
+
+
+def test_elsewhere_nothing_is_drawn(tmp_path, preprocessed, restore_console):
+    screen = _console(terminal=False)
+    run = RunDir(tmp_path / "run")
+    shutil.copytree(preprocessed, run.root)
+    stages.lm_stage(run, get_preset("tiny"), 0)
+    assert screen.getvalue() == ""

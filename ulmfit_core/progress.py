@@ -1,0 +1,81 @@
+"""Progress bars with an ETA for the long stages (ingest, tokenization, training epochs,
+evaluation), drawn with rich on a terminal. Off a terminal (CI, workers, a redirected log) no
+bar is drawn: the stages' plain log lines say how far they are, there and in the Prefect UI.
+
+Bars drawn at the same time (two directions training side by side) share one display; it
+starts with the first bar and ends with the last.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from rich.console import Console
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                           TimeElapsedColumn, TimeRemainingColumn)
+
+_lock = threading.Lock()
+_console: Console | None = None
+_display: Progress | None = None
+_open = 0
+
+
+def use_console(console: Console | None) -> None:
+    """Draw bars on `console` (None: a console on stderr). The `ulmfit` command passes the one
+    Prefect's log handler prints with, so that log lines appear above the bars."""
+    global _console
+    _console = console
+
+
+def _terminal() -> Console | None:
+    global _console
+    if _console is None:
+        _console = Console(stderr=True)
+    return _console if _console.is_terminal else None
+
+
+class Bar:
+    """One bar: description, done/total, elapsed, ETA and a free `info` text (a loss)."""
+
+    def __init__(self, description: str, total: int) -> None:
+        global _display, _open
+        self.task = None
+        with _lock:
+            console = _terminal()
+            if console is None:
+                return
+            if _display is None:
+                _display = Progress(TextColumn("{task.description}"), BarColumn(),
+                                    MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("ETA"),
+                                    TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
+                                    console=console, transient=True)
+                _display.start()
+            _open += 1
+            self.display = _display
+            self.task = _display.add_task(description, total=total, info="")
+
+    def update(self, completed: int | None = None, advance: int | None = None,
+               info: str | None = None) -> None:
+        if self.task is None:
+            return
+        fields = {} if info is None else {"info": info}
+        self.display.update(self.task, completed=completed, advance=advance, **fields)
+
+    def close(self) -> None:
+        global _display, _open
+        if self.task is None:
+            return
+        with _lock:
+            self.display.refresh()  # the bar as it ends, drawn at least once however short
+            self.display.remove_task(self.task)
+            self.task = None
+            _open -= 1
+            if _open == 0:
+                _display.stop()
+                _display = None
+
+    def __enter__(self) -> Bar:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
