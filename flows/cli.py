@@ -181,19 +181,24 @@ def _run_flow(params: RunParams, command: str) -> int:
 def _serve(params: RunParams, args: argparse.Namespace) -> int:
     """Both flows as served deployments with cron schedules, until interrupted."""
     from prefect import serve
+    from prefect.types.entrypoint import EntrypointType
 
     from flows import pipeline
     from flows.runtime import prefect_api
 
     common = {k: v for k, v in params.to_dict().items()
               if k not in ("pretrained", "direction", "train_resource", "reset")}
+    # Flow runs import the flows as the package module (flows.pipeline), as the work-pool
+    # deployments do: what Dask workers unpickle then imports the same way.
+    by_module = EntrypointType.MODULE_PATH
     with prefect_api() as api:
         print(f"serving on the Prefect API at {api}; Ctrl-C stops")
         serve(pipeline.ulmfit_flow.to_deployment(name="ulmfit-scheduled", cron=args.cron,
-                                                 parameters=common, tags=["ulmfit"]),
+                                                 parameters=common, tags=["ulmfit"],
+                                                 entrypoint_type=by_module),
               pipeline.preprocess_job.to_deployment(name="preprocess-scheduled",
-                                                    cron=args.preprocess_cron,
-                                                    parameters=common, tags=["ulmfit"]))
+                                                    cron=args.preprocess_cron, parameters=common,
+                                                    tags=["ulmfit"], entrypoint_type=by_module))
     return 0
 
 

@@ -26,7 +26,7 @@ from ulmfit_core.params import DIRECTIONS, RunParams
 from ulmfit_core.progress import Bar
 from ulmfit_core.rundir import RunDir, tracked_run
 
-from .runtime import dask_task_runner, training_runner
+from flows.runtime import dask_task_runner, training_runner
 
 
 def _as_done(futures, stage: str, done_what: str) -> list:

@@ -109,8 +109,10 @@ def server(tmp_path_factory):
     s.close()
 
 
-# What every run rewrites, reused or not: its status, the summary, the lock.
-SUMMARY = {"run.json", "metrics.json", "report.md", "lineage.json", ".lock"}
+# What every run rewrites, reused or not: its status, its summaries (with this run's timings),
+# the lock.
+SUMMARY = {"run.json", "preprocess.json", "metrics.json", "report.md", "curves.png", "lineage.json",
+           ".lock"}
 
 
 def _written(out: Path) -> dict[str, int]:

@@ -7,6 +7,7 @@ Documents that cannot be used (empty text, bytes that are not UTF-8) are skipped
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import os
 import re
@@ -25,6 +26,7 @@ from .data import seeded_unit
 from .errors import DataError
 from .progress import Bar
 from .rundir import atomic_path
+from .shards import file_sha256
 
 RAW_SCHEMA = pa.schema(
     [("id", pa.string()), ("split", pa.string()), ("label", pa.string()), ("text", pa.string())]
@@ -57,6 +59,19 @@ class IngestResult:
     docs: int
     groups: dict  # "split/label" -> documents
     skipped: dict
+
+
+def source_digest(source: Path) -> str:
+    """What identifies a source's content: a file's SHA-256; for a folder, the SHA-256 of each
+    file's path, size and modification time (hashing 100,000 reviews would take longer than
+    reading them)."""
+    if source.is_file():
+        return file_sha256(source)
+    digest = hashlib.sha256()
+    for path in sorted(p for p in source.rglob("*") if p.is_file()):
+        stat = path.stat()
+        digest.update(f"{path.relative_to(source).as_posix()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
 
 
 def resolve_source(data: str) -> Path:

@@ -20,7 +20,7 @@ from pathlib import Path
 from . import __version__
 from .config import Preset
 from .data import iter_raw_texts, load_docs, load_raw_labelled, seeded_unit
-from .ingest import ingest, resolve_source
+from .ingest import ingest, resolve_source, source_digest
 from .rundir import RunDir, atomic_path, read_json, write_json
 from .shards import file_sha256, reusable, write_manifest
 
@@ -34,11 +34,17 @@ def file_inputs(run: RunDir, paths) -> dict[str, str]:
 
 def ingest_stage(run: RunDir, data: str, limit: int | None, seed: int,
                  shard_docs: int = 2000) -> dict:
-    """Read the source into raw shards. They are written into a folder beside raw/ that replaces
-    it only once the whole source was read, so a failed ingest leaves the earlier run as it was
-    instead of raw shards of two sources side by side."""
+    """Read the source into raw shards; reused when the source's content and the settings are
+    those of the raw shards already there. They are written into a folder beside raw/ that
+    replaces it only once the whole source was read, so a failed ingest leaves the earlier run
+    as it was instead of raw shards of two sources side by side."""
     t0 = time.time()
     source = resolve_source(data)
+    inputs = {"source": source_digest(source)}
+    settings = {"limit": limit, "seed": seed, "shard_docs": shard_docs}
+    summary = reusable(run.raw / INGEST_MANIFEST, inputs, settings)
+    if summary is not None:
+        return {**summary, "reused": True}
     partial, old = run.root / ".raw.partial", run.root / ".raw.old"
     for folder in (partial, old):
         shutil.rmtree(folder, ignore_errors=True)
@@ -58,7 +64,8 @@ def ingest_stage(run: RunDir, data: str, limit: int | None, seed: int,
                "docs": result.docs, "groups": result.groups, "skipped": result.skipped,
                "seconds": time.time() - t0}
     write_json(run.raw / INGEST_MANIFEST, summary)
-    return summary
+    write_manifest(run.raw / INGEST_MANIFEST, [run.raw / INGEST_MANIFEST, *shards], inputs, settings, summary)
+    return {**summary, "reused": False}
 
 
 def _prune_stale(run: RunDir, stems: set[str]) -> None:
@@ -82,12 +89,15 @@ def tokenizer_stage(run: RunDir, preset: Preset, seed: int) -> dict:
     from .subword import MODEL_FILE, train_subword_model
 
     cfg, folder = preset.tokenizer, run.tokenizer
-    write_json(folder / "tokenizer.json", vars(cfg))
+    spec = folder / "tokenizer.json"
+    recorded = spec.exists() and read_json(spec) == vars(cfg)
+    if not recorded:
+        write_json(spec, vars(cfg))
     model = folder / MODEL_FILE
     if cfg.kind == "word":
         for stale in (model, model.with_suffix(".json")):  # from an earlier subword run
             stale.unlink(missing_ok=True)
-        return {"kind": "word"}
+        return {"kind": "word", "reused": recorded}
 
     manifest = read_json(run.raw / INGEST_MANIFEST)
     shards = [run.path(p) for p in manifest["shards"]]
@@ -95,7 +105,7 @@ def tokenizer_stage(run: RunDir, preset: Preset, seed: int) -> dict:
     settings = {"tokenizer": vars(cfg), "seed": seed, "sample_docs": SUBWORD_SAMPLE_DOCS}
     summary = reusable(model, inputs, settings)
     if summary is not None:
-        return summary
+        return {**summary, "reused": True}
     candidates = sum(n for group, n in manifest["groups"].items() if not group.startswith("test/"))
     share = min(1.0, SUBWORD_SAMPLE_DOCS / max(candidates, 1))
     docs = iter_raw_texts(shards, ["train", "unsup"])
@@ -104,7 +114,7 @@ def tokenizer_stage(run: RunDir, preset: Preset, seed: int) -> dict:
     train_subword_model(texts, cfg.subword_vocab_size, folder, cfg.lang)
     summary = {"kind": "subword", "vocab_size": cfg.subword_vocab_size, "seconds": time.time() - t0}
     write_manifest(model, [model], inputs, settings, summary)
-    return summary
+    return {**summary, "reused": False}
 
 
 def token_paths(run: RunDir, raw_shard: str | Path) -> tuple[Path, Path]:
@@ -420,11 +430,18 @@ def _top_losses(run: RunDir, docs, probs, labels: list[str], k: int = 5) -> list
 
 
 def baseline_stage(run: RunDir) -> dict:
-    """The classical NB-LR baseline on the same train and test reviews as the classifier."""
+    """The classical NB-LR baseline on the same train and test reviews as the classifier;
+    reused while the raw shards are unchanged."""
     from .baseline import nb_logistic_regression
 
-    _, train_texts, train_labels = load_raw_labelled(run.shards(run.raw), "train")
-    _, test_texts, test_labels = load_raw_labelled(run.shards(run.raw), "test")
+    raw = run.shards(run.raw)
+    inputs = file_inputs(run, raw)
+    result = reusable(run.classifier / "baseline.json", inputs, {})
+    if result is not None:
+        return {**result, "reused": True}
+    _, train_texts, train_labels = load_raw_labelled(raw, "train")
+    _, test_texts, test_labels = load_raw_labelled(raw, "test")
     result = nb_logistic_regression(train_texts, train_labels, test_texts, test_labels)
     write_json(run.classifier / "baseline.json", result)
-    return result
+    write_manifest(run.classifier / "baseline.json", [run.classifier / "baseline.json"], inputs, {}, result)
+    return {**result, "reused": False}
