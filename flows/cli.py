@@ -57,6 +57,12 @@ def _add_direction(p: argparse.ArgumentParser) -> None:
                         "(e.g. GPU); needs --dask-address")
 
 
+def _add_train_labels(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--train-labels", type=int, default=None, metavar="N",
+                   help="train the classifier on a seeded, class-balanced sample of N labelled "
+                        "train reviews (the language model still learns from all the text)")
+
+
 def _add_pretrained(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pretrained", default="none",
                    help="LM start: none, wt103 (fastai's WikiText-103 weights, downloaded), or a "
@@ -85,12 +91,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="all stages: preprocess, LM, encoder, classifier, report")
     _add_run_dir(p), _add_data(p), _add_training(p), _add_pretrained(p), _add_direction(p)
+    _add_train_labels(p)
     p = sub.add_parser("preprocess", help="ingest, tokenize, vocab, numericalize")
     _add_run_dir(p), _add_data(p), _add_training(p), _add_dask_address(p)
     p = sub.add_parser("train-lm", help="fine-tune the language model and export its encoder")
     _add_run_dir(p), _add_training(p), _add_pretrained(p), _add_direction(p)
     p = sub.add_parser("train-classifier", help="train the classifier and evaluate it")
-    _add_run_dir(p), _add_training(p), _add_direction(p)
+    _add_run_dir(p), _add_training(p), _add_direction(p), _add_train_labels(p)
+    p = sub.add_parser("label-curve", help="what labels buy: a classifier per number of labelled "
+                                           "reviews on the run's encoder, beside NB-LR")
+    _add_run_dir(p), _add_training(p), _add_dask_address(p)
+    p.set_defaults(preset=None)
+    p.add_argument("--labels", nargs="+", required=True, metavar="N",
+                   help="numbers of labelled train reviews, and 'all' (e.g. 100 500 1000 5000 all)")
+    p.add_argument("--train-resource", default=None, metavar="NAME",
+                   help="train on the Dask workers started with --resources NAME=1; needs --dask-address")
 
     p = sub.add_parser("predict", help="classify texts with a trained classifier")
     p.add_argument("--model", required=True, help="run directory or its classifier/ folder")
@@ -143,6 +158,10 @@ def run_params(args: argparse.Namespace) -> RunParams:
     """The run's parameters from the options this command has (checked on construction)."""
     names = RunParams.__dataclass_fields__
     given = {k: v for k, v in vars(args).items() if k in names}
+    if given.get("preset", "") is None:  # label-curve: the preset the run was made with
+        from ulmfit_core.rundir import RunDir, made_with
+
+        given["preset"] = made_with(RunDir(args.out)).get("preset") or "tiny"
     return RunParams(**{**given, "out": str(Path(args.out).resolve())})
 
 
@@ -163,7 +182,8 @@ def _run_flow(params: RunParams, command: str) -> int:
     from ulmfit_core.rundir import RunDir
 
     job = {"run": pipeline.ulmfit_flow, "preprocess": pipeline.preprocess_job,
-           "train-lm": pipeline.train_lm_job, "train-classifier": pipeline.train_classifier_job}[command]
+           "train-lm": pipeline.train_lm_job, "train-classifier": pipeline.train_classifier_job,
+           "label-curve": pipeline.label_curve_job}[command]
     takes = inspect.signature(job.fn).parameters
     _interrupt_on_sigterm()
     bars_with_logs()
@@ -187,7 +207,8 @@ def _serve(params: RunParams, args: argparse.Namespace) -> int:
     from flows.runtime import prefect_api
 
     common = {k: v for k, v in params.to_dict().items()
-              if k not in ("pretrained", "direction", "train_resource", "reset")}
+              if k not in ("pretrained", "direction", "train_resource", "train_labels", "labels",
+                           "reset")}
     # Flow runs import the flows as the package module (flows.pipeline), as the work-pool
     # deployments do: what Dask workers unpickle then imports the same way.
     by_module = EntrypointType.MODULE_PATH
@@ -306,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _prefect_settings()
     try:
-        if args.command in ("run", "preprocess", "train-lm", "train-classifier", "serve"):
+        if args.command in ("run", "preprocess", "train-lm", "train-classifier", "label-curve", "serve"):
             params = run_params(args)  # every option checked before any server or cluster starts
             if args.command in ("run", "preprocess", "serve"):
                 check_source(resolve_source(params.data))

@@ -22,7 +22,7 @@ from tasks.common import materializing, progress_artifact
 from tasks.report import report
 from ulmfit_core.config import EXPECTED, get_preset
 from ulmfit_core.ingest import resolve_source
-from ulmfit_core.params import DIRECTIONS, RunParams
+from ulmfit_core.params import DIRECTIONS, RunParams, curve_points
 from ulmfit_core.progress import Bar
 from ulmfit_core.rundir import RunDir, tracked_run
 
@@ -108,17 +108,18 @@ def train_lm_flow(out: str, preset: str = "tiny", seed: int = 0, pretrained: str
 
 @flow(name="ulmfit-train-classifier", log_prints=True)
 def train_classifier_flow(out: str, preset: str = "tiny", seed: int = 0, direction: str = "forward",
-                          train_resource: str | None = None) -> dict:
-    """Gradual unfreezing on the labelled train split, then accuracy on the test split, beside
-    the classical NB-LR baseline trained on the same reviews (and, for both directions, the
-    ensemble of their averaged probabilities)."""
+                          train_resource: str | None = None, train_labels: int | None = None) -> dict:
+    """Gradual unfreezing on the labelled train split (or a balanced sample of `train_labels`
+    of its reviews), then accuracy on the test split, beside the classical NB-LR baseline
+    trained on the same reviews (and, for both directions, the ensemble of their averaged
+    probabilities)."""
     settings = get_preset(preset)
 
     def chain(backwards: bool):
         run = RunDir(out, backwards)
         encoder, model = run.rel(run.export / "encoder.pth"), run.rel(run.classifier / "model.pth")
         clas = materializing(train.train_classifier, out, [model], [encoder, "ids"]).submit(
-            out, settings, seed, backwards)
+            out, settings, seed, backwards, train_labels)
         test = run.rel(run.classifier / "test.json")
         return clas, materializing(train.evaluate, out, [test], [model, "ids"]).submit(
             out, backwards, wait_for=[clas])
@@ -192,16 +193,49 @@ def train_lm_job(out: str, preset: str = "tiny", seed: int = 0, pretrained: str 
 @flow(name="ulmfit-train-classifier-job", log_prints=True)
 def train_classifier_job(out: str, preset: str = "tiny", seed: int = 0, direction: str = "forward",
                          dask_address: str | None = None, train_resource: str | None = None,
-                         reset: bool = False) -> dict:
+                         train_labels: int | None = None, reset: bool = False) -> dict:
     """Classifier training and evaluation on a run directory with its encoder(s), as a run of
     its own."""
     given = dict(locals())
 
     def work(p: RunParams) -> dict:
         return train_classifier_flow.with_options(task_runner=training_runner(dask_address, train_resource))(
-            out, preset, seed, direction, train_resource)
+            out, preset, seed, direction, train_resource, train_labels)
 
     return _job("train-classifier", given, work)
+
+
+@flow(name="ulmfit-label-curve", log_prints=True)
+def label_curve_flow(out: str, labels: list[str], preset: str = "tiny", seed: int = 0,
+                     train_resource: str | None = None) -> dict:
+    """One classifier per number of labelled reviews on the run's encoder (each a task, reused
+    when done before), scored on the test split beside NB-LR on the same reviews."""
+    settings = get_preset(preset)
+    futures = []
+    for n in curve_points(labels):
+        with _routed(train_resource):
+            futures.append(train.label_curve_point.submit(out, settings, seed, n))
+        if train_resource is None:  # one at a time: they would share the same cores
+            futures[-1].wait()
+    curve = train.write_label_curve(out, [f.result() for f in futures])
+    for point in curve["points"]:
+        print(f"{point['labels']} labelled reviews: ULMFiT {point['ulmfit']:.4f}, NB-LR "
+              f"{point['nblr']:.4f} on {point['test_reviews']} test reviews")
+    return curve
+
+
+@flow(name="ulmfit-label-curve-job", log_prints=True)
+def label_curve_job(out: str, labels: list[str], preset: str = "tiny", seed: int = 0,
+                    dask_address: str | None = None, train_resource: str | None = None,
+                    reset: bool = False) -> dict:
+    """The label curve on a run directory with its encoder, as a run of its own."""
+    given = dict(locals())
+
+    def work(p: RunParams) -> dict:
+        return label_curve_flow.with_options(task_runner=training_runner(dask_address, train_resource))(
+            out, labels, preset, seed, train_resource)
+
+    return _job("label-curve", given, work)
 
 
 @flow(name="ulmfit", log_prints=True)
@@ -210,7 +244,7 @@ def ulmfit_flow(out: str, data: str = "imdb", preset: str = "tiny", limit: int |
                 shard_docs: int = 2000, tokenizer: str | None = None,
                 vocab_size: int | None = None, pretrained: str = "none",
                 direction: str = "forward", train_resource: str | None = None,
-                reset: bool = False) -> dict:
+                train_labels: int | None = None, reset: bool = False) -> dict:
     """The whole recipe, from a corpus to a report. With `train_resource` (and a Dask cluster
     whose training workers declare it, e.g. `dask worker --resources GPU=1`), training runs on
     those workers while tokenization runs anywhere."""
@@ -221,12 +255,12 @@ def ulmfit_flow(out: str, data: str = "imdb", preset: str = "tiny", limit: int |
         trainer = training_runner(dask_address, train_resource)
         preprocess_flow.with_options(task_runner=dask_task_runner(dask_address, workers))(
             out, data, preset, limit, seed, shard_docs, tokenizer, vocab_size)
-        labelled = prep.check_classifier_data(out, p.settings(), seed)
+        labelled = prep.check_classifier_data(out, p.settings(), seed, train_labels)
         print(f"classifier data: {labelled['train_docs']} train / {labelled['valid_docs']} valid "
               f"reviews, labels {labelled['labels']}")
         train_lm_flow.with_options(task_runner=trainer)(out, preset, seed, pretrained, direction,
                                                         train_resource)
         train_classifier_flow.with_options(task_runner=trainer)(out, preset, seed, direction,
-                                                                train_resource)
+                                                                train_resource, train_labels)
 
     return _job("run", given, work)

@@ -38,8 +38,8 @@ def numericalize_shard(out: str, token_shard: str) -> dict:
 
 
 @task(name="check-classifier-data")
-def check_classifier_data(out: str, preset: Preset, seed: int) -> dict:
-    return stages.check_classifier_data(RunDir(out), preset, seed)
+def check_classifier_data(out: str, preset: Preset, seed: int, train_labels: int | None = None) -> dict:
+    return stages.check_classifier_data(RunDir(out), preset, seed, train_labels)
 
 
 @task(name="summarize-preprocess")

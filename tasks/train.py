@@ -10,12 +10,13 @@ import logging
 from contextlib import contextmanager
 from typing import Iterator
 
+from prefect.artifacts import create_table_artifact
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectAlreadyExists
 
-from ulmfit_core import stages
+from ulmfit_core import labelcurve, stages
 from ulmfit_core.config import Preset
 from ulmfit_core.rundir import RunDir
 
@@ -91,10 +92,11 @@ def export_encoder(out: str, backwards: bool = False) -> dict:
 
 
 @task(name="train-classifier", task_run_name=_named("train {} classifier"), **TRAIN_RETRIES)
-def train_classifier(out: str, preset: Preset, seed: int, backwards: bool = False) -> dict:
+def train_classifier(out: str, preset: Preset, seed: int, backwards: bool = False,
+                     train_labels: int | None = None) -> dict:
     progress = progress_artifact(f"{direction_name(backwards)} classifier")
     with training_slot():
-        return stages.classifier_stage(RunDir(out, backwards), preset, seed, progress)
+        return stages.classifier_stage(RunDir(out, backwards), preset, seed, progress, train_labels)
 
 
 @task(name="evaluate", task_run_name=_named("evaluate {} classifier"))
@@ -111,3 +113,25 @@ def ensemble(out: str) -> dict:
 @task(name="baseline")
 def baseline(out: str, backwards: bool = False) -> dict:
     return stages.baseline_stage(RunDir(out, backwards))
+
+
+def _point_name() -> str:
+    from prefect.runtime import task_run
+
+    n = task_run.parameters.get("n")
+    return f"classifier on {'all' if n is None else n} labels"
+
+
+@task(name="label-curve-point", task_run_name=_point_name, **TRAIN_RETRIES)
+def label_curve_point(out: str, preset: Preset, seed: int, n: int | None) -> dict:
+    progress = progress_artifact(f"label curve: {'all' if n is None else n} labels")
+    with training_slot():
+        return labelcurve.curve_point(RunDir(out), preset, seed, n, progress)
+
+
+@task(name="write-label-curve")
+def write_label_curve(out: str, points: list[dict]) -> dict:
+    curve = labelcurve.write_curve(RunDir(out), points)
+    create_table_artifact(curve["points"], key="ulmfit-label-curve",
+                          description=f"Test accuracy by labelled reviews, ULMFiT and NB-LR ({out})")
+    return curve

@@ -34,4 +34,4 @@ def nb_logistic_regression(train_texts: Sequence[str], train_labels: Sequence[st
     truth = np.array([classes.index(label) for label in test_labels])
     return {"model": "NB-weighted logistic regression, binary uni+bigrams",
             "accuracy": float((pred == truth).mean()) if len(truth) else None,
-            "n": int(len(truth)), "seconds": time.time() - t0}
+            "n": int(len(truth)), "train_n": int(len(train_texts)), "seconds": time.time() - t0}

@@ -58,19 +58,51 @@ class Docs:
         return self.subset([not v for v in in_valid]), self.subset(in_valid)
 
 
-def classifier_split(docs: Docs, valid_pct: float, seed: int) -> tuple[list[str], Docs, Docs]:
+def classifier_split(docs: Docs, valid_pct: float, seed: int,
+                     train_labels: int | None = None) -> tuple[list[str], Docs, Docs]:
     """(labels, train, valid) of labelled reviews, refusing what the classifier cannot train on:
-    fewer than two labels, or an empty training or validation split."""
+    fewer than two labels, or an empty training or validation split. With `train_labels`, a
+    seeded, class-balanced sample of that many reviews (`label_sample`)."""
     labels = sorted({y for y in docs.labels if y is not None})
     if len(labels) < 2:
         raise DataError(f"classifier: need labelled train reviews of at least two labels, found "
                         f"{labels or 'none'}; add labelled train rows to the corpus")
+    if train_labels is not None:
+        return (labels, *label_sample(docs, labels, train_labels, valid_pct, seed))
     train, valid = docs.split(valid_pct, seed, "classifier-valid")
     if len(valid) == 0 or len(train) == 0:
         raise DataError(f"classifier: {len(docs)} labelled train reviews leave an empty "
                         f"{'validation' if len(valid) == 0 else 'training'} split "
                         f"({valid_pct:.0%} are held out); use more labelled documents")
     return labels, train, valid
+
+
+def label_sample(docs: Docs, labels: list[str], n: int, valid_pct: float,
+                 seed: int) -> tuple[Docs, Docs]:
+    """(train, valid): a seeded, class-balanced sample of `n` labelled reviews, for a classifier
+    with few labels. Each label gets n // k of them (k labels; the first n % k labels in sorted
+    order one more): those with the lowest seeded draws, so a larger sample of the same seed
+    contains a smaller one. Of each label's share, round(valid_pct x share) validate (at least
+    one) and the rest train (at least one)."""
+    k = len(labels)
+    if n < 2 * k:
+        raise DataError(f"--train-labels {n}: {k} labels need at least {2 * k} reviews, one to "
+                        "train on and one to validate per label")
+    if n > len(docs):
+        raise DataError(f"--train-labels {n}: the corpus has {len(docs)} labelled train reviews")
+    in_train, in_valid = [False] * len(docs), [False] * len(docs)
+    for j, label in enumerate(labels):
+        share = n // k + (j < n % k)
+        pool = sorted((i for i, y in enumerate(docs.labels) if y == label),
+                      key=lambda i: seeded_unit(seed, docs.doc_ids[i], "label-sample"))
+        if len(pool) < share:
+            raise DataError(f"--train-labels {n}: a balanced sample takes {share} reviews labelled "
+                            f"'{label}', and the corpus has {len(pool)}; give at most "
+                            f"{len(pool) * k}")
+        n_valid = min(share - 1, max(1, round(valid_pct * share)))
+        for rank, i in enumerate(pool[:share]):
+            (in_valid if rank < n_valid else in_train)[i] = True
+    return docs.subset(in_train), docs.subset(in_valid)
 
 
 def _dataset(paths: Sequence[str | Path]):

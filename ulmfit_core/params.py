@@ -25,6 +25,23 @@ def _at_least(name: str, value, low: int) -> None:
         raise DataError(f"{name} must be an integer >= {low}, got {value!r}")
 
 
+def curve_points(labels) -> list[int | None]:
+    """`--labels 100 500 all` → [100, 500, None] (None: every labelled review), ascending."""
+    points: list[int | None] = []
+    for value in labels:
+        if value == "all":
+            point = None
+        elif str(value).isdigit() and int(value) >= 2:
+            point = int(value)
+        else:
+            raise DataError(f"--labels: {value!r} is not a number of labelled reviews (>= 2) or 'all'")
+        if point not in points:
+            points.append(point)
+    if not points:
+        raise DataError("--labels: give at least one number of labelled reviews, or 'all'")
+    return sorted(points, key=lambda n: float("inf") if n is None else n)
+
+
 @dataclass(frozen=True)
 class RunParams:
     """What a run (or one of its stage commands) was asked to do; see `ulmfit run --help`."""
@@ -42,6 +59,8 @@ class RunParams:
     pretrained: str = "none"
     direction: str = "forward"
     train_resource: str | None = None
+    train_labels: int | None = None  # train the classifier on a balanced sample of N reviews
+    labels: tuple[str, ...] | list[str] | None = None  # the label curve's points: N or "all"
     reset: bool = False  # accept settings other than those the run directory was made with
 
     def __post_init__(self) -> None:
@@ -53,6 +72,9 @@ class RunParams:
         _at_least("--seed", self.seed, 0)
         _at_least("--workers", self.workers, 1)
         _at_least("--shard-docs", self.shard_docs, 1)
+        _at_least("--train-labels", self.train_labels, 2)
+        if self.labels is not None:
+            curve_points(self.labels)
         if self.tokenizer is not None and self.tokenizer not in TOKENIZERS:
             raise DataError(f"unknown tokenizer '{self.tokenizer}' (choose {' or '.join(TOKENIZERS)})")
         if self.vocab_size is not None:

@@ -29,7 +29,8 @@ def _direction(run: RunDir) -> dict | None:
                                       "seconds")},
         "classifier": {"stages": [{k: s[k] for k in ("name", "epochs", "lr", "valid_loss", "accuracy",
                                                      "seconds", "history")} for s in clas.get("stages", [])],
-                       **{k: clas.get(k) for k in ("labels", "device", "gpu", "peak_gpu_memory_mb",
+                       **{k: clas.get(k) for k in ("labels", "train_labels", "train_docs", "valid_docs",
+                                                   "device", "gpu", "peak_gpu_memory_mb",
                                                    "precision", "tokens_per_s", "resumed", "seconds")}},
         "test": {k: test.get(k) for k in ("accuracy", "n", "labels", "confusion", "top_losses", "seconds")},
     }
@@ -63,6 +64,7 @@ def collect_metrics(run: RunDir, params: dict) -> dict:
         "backward": bwd if fwd and bwd else None,
         "ensemble": ensemble,
         "baseline": baseline,
+        "label_curve": _read(run.label_curve),
         "seconds": {**seconds, "total": sum(v for v in seconds.values() if v)},
     }
 
@@ -81,6 +83,16 @@ def _cell(text: str, width: int = 160) -> str:
     """Text fit for one markdown table cell."""
     text = " ".join(text.replace("<br />", " ").split()).replace("|", "\\|")
     return text if len(text) <= width else text[:width] + "…"
+
+
+def save_png(fig, path: Path) -> Path:
+    """Write a matplotlib figure atomically and close it."""
+    import matplotlib.pyplot as plt
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=90)
+    plt.close(fig)
+    return path
 
 
 def plot_curves(metrics: dict, path: Path) -> Path:
@@ -105,10 +117,7 @@ def plot_curves(metrics: dict, path: Path) -> Path:
         if drawn:  # a stage not trained yet (train-lm alone) has nothing to label
             ax.legend()
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=90)
-    plt.close(fig)
-    return path
+    return save_png(fig, path)
 
 
 def _training_rows(metrics: dict) -> list[str]:
@@ -175,6 +184,10 @@ def render_report(metrics: dict, samples: list[str], batches: dict[str, str] | N
           f"{_fmt(h.get('accuracy'))} | {_fmt(h.get('perplexity'), '.2f')} |" for h in lm.get("history") or []],
         "",
         "## Classifier (gradual unfreezing)",
+        *([f"Trained on a balanced sample of {metrics['classifier']['train_labels']} labelled "
+           f"reviews ({metrics['classifier']['train_docs']} train, "
+           f"{metrics['classifier']['valid_docs']} valid; `--train-labels`).", ""]
+          if metrics["classifier"].get("train_labels") else []),
         "| stage | epochs | lr | valid loss | valid accuracy | seconds |",
         "|---|---|---|---|---|---|",
         *[f"| {s['name']} | {s['epochs']} | {s['lr']:g} | {_fmt(s['valid_loss'])} | "
@@ -205,11 +218,20 @@ def render_report(metrics: dict, samples: list[str], batches: dict[str, str] | N
                   "| id | label | predicted | p(label) | text |", "|---|---|---|---|---|",
                   *[f"| {t['id']} | {t['label']} | {t['predicted']} | {t['p_label']:.3f} | "
                     f"{_cell(t['text'])} |" for t in test["top_losses"]]]
-    lines += [""] + _batch_lines(batches)
+    lines += [""] + _curve_lines(metrics.get("label_curve")) + _batch_lines(batches)
     if samples:
         lines += [f"## Generated text (\"{PROMPT}\", temperature 0.75)", ""]
         lines += [f"> {s}" for s in samples] + [""]
     return "\n".join(lines + _time_lines(metrics))
+
+
+def _curve_lines(curve: dict | None) -> list[str]:
+    if not curve:
+        return []
+    return ["## What labels buy (`ulmfit label-curve`)", "", f"![label curve]({curve['plot']})", "",
+            "| labelled reviews | ULMFiT test accuracy | NB-LR on the same reviews |", "|---|---|---|",
+            *[f"| {p['labels']}{' (all)' if p['all'] else ''} | {_pct(p['ulmfit'])} | {_pct(p['nblr'])} |"
+              for p in curve["points"]], ""]
 
 
 def _batch_lines(batches: dict[str, str] | None) -> list[str]:

@@ -11,11 +11,14 @@ Everything a run produces lives under one folder:
     lm/                         language model weights, history, metrics (checkpoint.pth while
                                 training: the last finished epoch, resumed by a restarted task)
     export/                     encoder + vocab + config, for the classifier and for reuse
-    classifier/                 classifier weights, labels, history, metrics, test predictions
+    classifier/                 classifier weights, labels, history, metrics, test predictions,
+                                NB-LR baseline (train-labels.json: the sample of --train-labels)
     lm-bwd/, export-bwd/, classifier-bwd/   the same for the backward direction
     ensemble.json               forward + backward classifiers, averaged probabilities
+    label-curve/n100/ ...       `ulmfit label-curve`: a classifier folder per number of labels
+    label-curve.json, .png      test accuracy by labelled reviews, ULMFiT and NB-LR
     metrics.json, report.md     the run's summary, written last
-    run.json                    status: running / failed / complete
+    run.json                    status: running / failed / stopped / complete
     logs/ulmfit.log             every log line of the commands run here, tracebacks included
 
 A file appears under its final name only once fully written (write to a temporary name in the
@@ -39,17 +42,25 @@ from .errors import DataError, Stopped
 
 @dataclass(frozen=True)
 class RunDir:
-    """Paths of a run; with `backwards`, the model folders are those of the backward direction."""
+    """Paths of a run; with `backwards`, the model folders are those of the backward direction;
+    with `classifier_dir` (a folder in the run), the classifier is that one (a point of the
+    label curve)."""
 
     root: Path
     backwards: bool = False
+    classifier_dir: str | None = None
 
-    def __init__(self, root: str | os.PathLike, backwards: bool = False) -> None:
+    def __init__(self, root: str | os.PathLike, backwards: bool = False,
+                 classifier_dir: str | None = None) -> None:
         object.__setattr__(self, "root", Path(root))
         object.__setattr__(self, "backwards", backwards)
+        object.__setattr__(self, "classifier_dir", classifier_dir)
 
     def direction(self, backwards: bool) -> "RunDir":
         return RunDir(self.root, backwards)
+
+    def with_classifier(self, folder: str) -> "RunDir":
+        return RunDir(self.root, self.backwards, folder)
 
     def _model_dir(self, name: str) -> Path:
         return self.root / (f"{name}-bwd" if self.backwards else name)
@@ -62,8 +73,10 @@ class RunDir:
     preprocess_metrics = property(lambda self: self.root / "preprocess.json")
     lm = property(lambda self: self._model_dir("lm"))
     export = property(lambda self: self._model_dir("export"))
-    classifier = property(lambda self: self._model_dir("classifier"))
+    classifier = property(lambda self: self.root / self.classifier_dir if self.classifier_dir
+                          else self._model_dir("classifier"))
     ensemble = property(lambda self: self.root / "ensemble.json")
+    label_curve = property(lambda self: self.root / "label-curve.json")
     metrics = property(lambda self: self.root / "metrics.json")
     report = property(lambda self: self.root / "report.md")
     status = property(lambda self: self.root / "run.json")

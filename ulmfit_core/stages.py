@@ -25,6 +25,7 @@ from .rundir import RunDir, atomic_path, read_json, write_json
 from .shards import file_sha256, reusable, write_manifest
 
 INGEST_MANIFEST = "_ingest.json"
+LABEL_SAMPLE = "train-labels.json"  # the reviews a classifier trained on few labels saw
 
 
 def file_inputs(run: RunDir, paths) -> dict[str, str]:
@@ -239,12 +240,13 @@ def _model_outputs(folder: Path, *names: str) -> list[Path]:
             if (folder / n).exists()]
 
 
-def check_classifier_data(run: RunDir, preset: Preset, seed: int) -> dict:
+def check_classifier_data(run: RunDir, preset: Preset, seed: int,
+                          train_labels: int | None = None) -> dict:
     """Refuse, before the language model trains, labelled data the classifier could not use."""
     from .data import classifier_split
 
     docs = training_docs(run, splits=["train"], labelled=True)  # what the classifier will train on
-    labels, train, valid = classifier_split(docs, preset.classifier.valid_pct, seed)
+    labels, train, valid = classifier_split(docs, preset.classifier.valid_pct, seed, train_labels)
     return {"labels": labels, "train_docs": len(train), "valid_docs": len(valid)}
 
 
@@ -313,19 +315,24 @@ def export_stage(run: RunDir) -> dict:
     return {**summary, "reused": False}
 
 
-def classifier_stage(run: RunDir, preset: Preset, seed: int, progress=None) -> dict:
-    """Gradual unfreezing on the labelled train split; reused when the encoder, id shards and
-    settings are unchanged, else checkpointed (and resumed) per epoch."""
+def classifier_stage(run: RunDir, preset: Preset, seed: int, progress=None,
+                     train_labels: int | None = None) -> dict:
+    """Gradual unfreezing on the labelled train split (or a class-balanced sample of
+    `train_labels` of its reviews, whose ids go to train-labels.json); reused when the encoder,
+    id shards and settings are unchanged, else checkpointed (and resumed) per epoch."""
     from .models import load_model_file, save_model
     from .train import train_classifier
 
     encoder_path = run.require(run.export / "encoder.pth", "encoder export")
     inputs = file_inputs(run, [encoder_path, *run.shards(run.ids)])
     settings = _training_settings(preset, "classifier", seed, run)
+    if train_labels is not None:
+        settings["train_labels"] = train_labels
     summary = reusable(run.classifier / "model.pth", inputs, settings)
     if summary is not None:
         return {**summary, "reused": True}
-    for stale in ("test.json", PREDICTIONS, "baseline.json"):  # scores of an earlier classifier
+    # Scores of an earlier classifier, and the sample it was trained on.
+    for stale in ("test.json", PREDICTIONS, "baseline.json", LABEL_SAMPLE):
         (run.classifier / stale).unlink(missing_ok=True)
     run.ensemble.unlink(missing_ok=True)
     encoder = load_model_file(encoder_path, "encoder")
@@ -337,15 +344,19 @@ def classifier_stage(run: RunDir, preset: Preset, seed: int, progress=None) -> d
     model, labels, metrics = train_classifier(docs, encoder["state_dict"], encoder["vocab_size"],
                                               preset, seed, checkpoint=checkpoint,
                                               fingerprint=fingerprint(inputs, settings),
-                                              progress=progress)
+                                              progress=progress, train_labels=train_labels)
     metrics["backwards"] = run.backwards
+    sample = metrics.pop("sample", None)
+    if sample is not None:
+        write_json(run.classifier / LABEL_SAMPLE, {"n": train_labels, "seed": seed, **sample})
     _copy_text_assets(run, run.classifier)
     save_model(run.classifier / "model.pth", "classifier", model.state_dict(), labels=labels,
                model=vars(preset.model), classifier=preset.to_dict()["classifier"],
                vocab_size=encoder["vocab_size"], backwards=run.backwards)
     write_json(run.classifier / "metrics.json", metrics)
     write_manifest(run.classifier / "model.pth",
-                   _model_outputs(run.classifier, "model.pth", "metrics.json"), inputs, settings, metrics)
+                   _model_outputs(run.classifier, "model.pth", "metrics.json", LABEL_SAMPLE),
+                   inputs, settings, metrics)
     checkpoint.unlink()
     return {**metrics, "reused": False}
 
@@ -430,16 +441,22 @@ def _top_losses(run: RunDir, docs, probs, labels: list[str], k: int = 5) -> list
 
 
 def baseline_stage(run: RunDir) -> dict:
-    """The classical NB-LR baseline on the same train and test reviews as the classifier;
-    reused while the raw shards are unchanged."""
+    """The classical NB-LR baseline on the same train and test reviews as the classifier (its
+    sample, when it was trained on one); reused while those are unchanged."""
     from .baseline import nb_logistic_regression
 
     raw = run.shards(run.raw)
-    inputs = file_inputs(run, raw)
+    sample = run.classifier / LABEL_SAMPLE
+    inputs = file_inputs(run, [*raw, *([sample] if sample.exists() else [])])
     result = reusable(run.classifier / "baseline.json", inputs, {})
     if result is not None:
         return {**result, "reused": True}
-    _, train_texts, train_labels = load_raw_labelled(raw, "train")
+    train_ids, train_texts, train_labels = load_raw_labelled(raw, "train")
+    if sample.exists():
+        chosen = read_json(sample)
+        keep = set(chosen["train"]) | set(chosen["valid"])
+        picked = [i for i, doc_id in enumerate(train_ids) if doc_id in keep]
+        train_texts, train_labels = [train_texts[i] for i in picked], [train_labels[i] for i in picked]
     _, test_texts, test_labels = load_raw_labelled(raw, "test")
     result = nb_logistic_regression(train_texts, train_labels, test_texts, test_labels)
     write_json(run.classifier / "baseline.json", result)

@@ -12,7 +12,7 @@ import os
 import socket
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Callable
@@ -377,13 +377,33 @@ def lm_data(docs: Docs, preset: Preset, seed: int, device: torch.device):
     return train, valid, lm_dataloaders(train, valid, cfg, device)
 
 
-def classifier_data(docs: Docs, preset: Preset, seed: int, device: torch.device):
-    """(labels, train, valid, loaders) of the classifier as training makes them for `seed`."""
+# With few labels, each classifier stage takes at least this many optimizer steps.
+FEW_LABEL_STEPS = 32
+
+
+def few_label_settings(cfg: ClassifierConfig, n_train: int) -> ClassifierConfig:
+    """The classifier's batches and schedule for a small labelled sample (--train-labels):
+    batches of at most a quarter of the training reviews (at least 2; the last incomplete batch
+    is dropped, so none has one row), and each stage's epochs raised until it takes at least
+    FEW_LABEL_STEPS optimizer steps. A sample large enough for the preset's batches and epochs
+    keeps them."""
+    bs = max(2, min(cfg.bs, n_train // 4))
+    per_epoch = max(1, n_train // bs)
+    stages = tuple(replace(stage, epochs=max(stage.epochs, -(-FEW_LABEL_STEPS // per_epoch)))
+                   for stage in cfg.stages)
+    return replace(cfg, bs=bs, stages=stages)
+
+
+def classifier_data(docs: Docs, preset: Preset, seed: int, device: torch.device,
+                    train_labels: int | None = None):
+    """(labels, train, valid, settings, loaders) of the classifier as training makes them for
+    `seed` (and a sample of `train_labels` reviews)."""
     set_seed(seed, reproducible=True)
-    labels, train, valid = classifier_split(docs, preset.classifier.valid_pct, seed)
+    labels, train, valid = classifier_split(docs, preset.classifier.valid_pct, seed, train_labels)
+    cfg = preset.classifier if train_labels is None else few_label_settings(preset.classifier, len(train))
     label_index = {y: i for i, y in enumerate(labels)}
-    return labels, train, valid, classifier_dataloaders(train, valid, label_index,
-                                                        preset.classifier, device)
+    return labels, train, valid, cfg, classifier_dataloaders(
+        train, valid, label_index, cfg, device, drop_last=train_labels is not None)
 
 
 def _load_pretrained(model: torch.nn.Module, state: dict) -> None:
@@ -448,7 +468,8 @@ def _clas_dataset(docs: Docs, label_index: dict[str, int]):
 
 
 def classifier_dataloaders(train: Docs, valid: Docs, label_index: dict[str, int],
-                           cfg: ClassifierConfig, device: torch.device) -> DataLoaders:
+                           cfg: ClassifierConfig, device: torch.device,
+                           drop_last: bool = False) -> DataLoaders:
     """Length-bucketed batches (fastai's SortedDL), padded at the front (AlignedSentenceEncoder).
 
     Built in the training process (num_workers=0; fastai's default is a worker process per
@@ -458,7 +479,7 @@ def classifier_dataloaders(train: Docs, valid: Docs, label_index: dict[str, int]
     """
     pad = partial(pad_front, pad_idx=PAD_ID)
     train_dl = SortedDL(_clas_dataset(train, label_index), res=[len(d) for d in train.ids],
-                        bs=cfg.bs, shuffle=True, before_batch=pad, num_workers=0)
+                        bs=cfg.bs, shuffle=True, drop_last=drop_last, before_batch=pad, num_workers=0)
     valid_dl = SortedDL(_clas_dataset(valid, label_index), res=[len(d) for d in valid.ids],
                         bs=cfg.bs * 2, before_batch=pad, num_workers=0)
     return DataLoaders(train_dl, valid_dl, device=device)
@@ -467,13 +488,13 @@ def classifier_dataloaders(train: Docs, valid: Docs, label_index: dict[str, int]
 def train_classifier(docs: Docs, encoder_state: dict, vocab_size: int, preset: Preset,
                      seed: int = 0, device: torch.device | None = None,
                      checkpoint: Path | None = None, fingerprint: str = "",
-                     progress: Progress | None = None):
-    """Gradual unfreezing with discriminative rates; returns (model, labels, metrics)."""
+                     progress: Progress | None = None, train_labels: int | None = None):
+    """Gradual unfreezing with discriminative rates, on all labelled reviews or a sample of
+    `train_labels`; returns (model, labels, metrics)."""
     device = device or pick_device()
     threads = use_all_cores()
     reset_gpu_peak(device)
-    cfg = preset.classifier
-    labels, train, valid, dls = classifier_data(docs, preset, seed, device)
+    labels, train, valid, cfg, dls = classifier_data(docs, preset, seed, device, train_labels)
     model = build_classifier(vocab_size, len(labels), preset.model, cfg)
     encoder_of(model).load_state_dict(encoder_state)
     learn = TextLearner(dls, model, loss_func=CrossEntropyLossFlat(), splitter=awd_lstm_clas_split,
@@ -495,9 +516,11 @@ def train_classifier(docs: Docs, encoder_state: dict, vocab_size: int, preset: P
                        "accuracy": entries[-1]["accuracy"], "history": entries,
                        "seconds": sum(h["seconds"] for h in entries)})
     metrics = {"train_docs": len(train), "valid_docs": len(valid), "labels": labels,
-               "stages": stages, "device": str(device), "precision": mode, **gpu_usage(device),
+               "train_labels": train_labels, "bs": cfg.bs, "stages": stages, "device": str(device), "precision": mode, **gpu_usage(device),
                "threads": threads, "resumed": resumed, **executed_on(),
                # Every epoch reads each training review once; padding is not counted.
                "tokens_per_s": ran * train.n_tokens / seconds if ran else None,
                "seconds": seconds}
+    if train_labels is not None:
+        metrics["sample"] = {"train": train.doc_ids, "valid": valid.doc_ids}
     return learn.model.float().eval(), labels, metrics

@@ -1,0 +1,66 @@
+"""What labels buy: one classifier per number of labelled reviews on the run's language model
+and encoder, each scored on the whole test split beside NB-LR trained on the same reviews
+(ULMFiT's claim: with few labels, a fine-tuned LM beats a model that only sees the labels).
+
+Each point lives in label-curve/n<N>/ (model, train-labels.json, test.json, baseline.json) and
+is reused like any classifier; "all" is the run's own classifier/. The curve is written as
+label-curve.json and label-curve.png.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import stages
+from .config import Preset
+from .errors import DataError
+from .report import save_png
+from .rundir import RunDir, write_json
+
+PLOT_FILE = "label-curve.png"
+
+
+def point_dir(run: RunDir, n: int | None) -> RunDir:
+    """The run directory view whose classifier folder holds the point for `n` labels."""
+    return run if n is None else run.with_classifier(f"label-curve/n{n}")
+
+
+def curve_point(run: RunDir, preset: Preset, seed: int, n: int | None, progress=None) -> dict:
+    """Train (or reuse) the classifier on `n` labelled reviews, score it on the test split, and
+    NB-LR on the same reviews."""
+    at = point_dir(run, n)
+    clas = stages.classifier_stage(at, preset, seed, progress, train_labels=n)
+    test = stages.evaluate_stage(at)
+    if test["accuracy"] is None:
+        raise DataError(f"{run.root}: no labelled test split to score the label curve on")
+    base = stages.baseline_stage(at)
+    return {"labels": clas["train_docs"] + clas["valid_docs"], "all": n is None,
+            "train_docs": clas["train_docs"], "valid_docs": clas["valid_docs"],
+            "folder": run.rel(at.classifier), "ulmfit": test["accuracy"], "nblr": base["accuracy"],
+            "test_reviews": test["n"], "seconds": clas.get("seconds")}
+
+
+def write_curve(run: RunDir, points: list[dict]) -> dict:
+    """label-curve.json and its plot (test accuracy against labelled reviews, log x axis)."""
+    curve = {"points": sorted(points, key=lambda p: p["labels"]), "plot": PLOT_FILE}
+    plot_curve(curve["points"], run.root / PLOT_FILE)
+    write_json(run.label_curve, curve)
+    return curve
+
+
+def plot_curve(points: list[dict], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    x = [p["labels"] for p in points]
+    for key, name in (("ulmfit", "ULMFiT (fine-tuned LM)"), ("nblr", "NB-LR")):
+        ax.plot(x, [100 * p[key] for p in points], marker="o", label=name)
+    ax.set_xscale("log")
+    ax.set(title="test accuracy by labelled training reviews", xlabel="labelled reviews",
+           ylabel="test accuracy (%)")
+    ax.legend()
+    fig.tight_layout()
+    return save_png(fig, path)
