@@ -20,10 +20,12 @@ from ulmfit_core.params import RunParams
 
 def _prefect_settings() -> None:
     """Settings of this command's process, read when it loads Prefect: no warning for the log
-    lines of `predict` or `generate` outside a flow run, and no usage data sent by the temporary
-    server a run may start (an error logged where there is no network)."""
+    lines of `predict` or `generate` outside a flow run, and no usage data sent by Prefect's
+    client or the temporary server a run may start (an error logged where there is no
+    network). Set them in the environment to choose otherwise."""
     os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
 
 
 def _add_run_dir(p: argparse.ArgumentParser) -> None:

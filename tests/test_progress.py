@@ -9,6 +9,7 @@ import shutil
 
 import pytest
 from rich.console import Console
+from rich.theme import Theme
 
 from ulmfit_core import progress, stages
 from ulmfit_core.config import get_preset
@@ -16,8 +17,11 @@ from ulmfit_core.rundir import RunDir
 
 
 def _console(terminal: bool) -> io.StringIO:
+    """A console like Prefect's log handler's: a theme of its own that does not inherit rich's
+    default styles."""
     screen = io.StringIO()
-    progress.use_console(Console(file=screen, force_terminal=terminal, width=160, color_system=None))
+    progress.use_console(Console(file=screen, force_terminal=terminal, width=160, color_system=None,
+                                 theme=Theme({"level.info": "cyan"}, inherit=False)))
     return screen
 
 

@@ -11,8 +11,10 @@ from __future__ import annotations
 import threading
 
 from rich.console import Console
+from rich.default_styles import DEFAULT_STYLES
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
+from rich.theme import Theme
 
 _lock = threading.Lock()
 _console: Console | None = None
@@ -22,8 +24,12 @@ _open = 0
 
 def use_console(console: Console | None) -> None:
     """Draw bars on `console` (None: a console on stderr). The `ulmfit` command passes the one
-    Prefect's log handler prints with, so that log lines appear above the bars."""
+    Prefect's log handler prints with, so that log lines appear above the bars. A console with a
+    theme of its own (Prefect's does not inherit rich's defaults) gets the bars' styles."""
     global _console
+    if console is not None:
+        console.push_theme(Theme({k: v for k, v in DEFAULT_STYLES.items()
+                                  if k.startswith(("bar.", "progress."))}))
     _console = console
 
 
