@@ -30,13 +30,13 @@ import numpy as np
 import pandas as pd
 import torch
 from fastai.text.all import AWD_LSTM, TextDataLoaders, text_classifier_learner
-from sample_run import preprocessed_run
 
+from ulmfit_core import stages
 from ulmfit_core.config import get_preset
 from ulmfit_core.data import load_raw_labelled
 from ulmfit_core.models import build_classifier, clas_config, save_model
 from ulmfit_core.predict import Classifier
-from ulmfit_core.rundir import read_json
+from ulmfit_core.rundir import RunDir, read_json
 from ulmfit_core.stages import _copy_text_assets
 from ulmfit_core.train import use_all_cores
 
@@ -54,7 +54,8 @@ def main() -> None:
     base = get_preset(args.preset)
     preset = replace(base, classifier=replace(base.classifier, max_len=1_000_000))
     with tempfile.TemporaryDirectory() as tmp:
-        run = preprocessed_run(args.data, args.reviews // 2, Path(tmp) / "run", preset)
+        run = RunDir(Path(tmp) / "run")
+        stages.preprocess_in_process(run, args.data, preset, limit=args.reviews // 2)
         itos = read_json(run.vocab)
         _, texts, labels = load_raw_labelled(run.shards(run.raw), "test")
         torch.manual_seed(0)

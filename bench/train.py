@@ -52,12 +52,12 @@ from fastai.text.learner import LMLearner, TextLearner
 from fastai.text.models.awdlstm import AWD_LSTM, awd_lstm_clas_split, awd_lstm_lm_split
 from fastai.text.models.core import get_text_classifier
 from fastai.torch_core import set_seed
-from sample_run import preprocessed_run
 
+from ulmfit_core import stages
 from ulmfit_core.config import Stage, get_preset
 from ulmfit_core.data import load_docs
 from ulmfit_core.models import build_classifier, build_language_model, clas_config, encoder_of, pad_front
-from ulmfit_core.rundir import read_json
+from ulmfit_core.rundir import RunDir, read_json
 from ulmfit_core.train import (CPUBFloat16, classifier_dataloaders, lm_dataloaders, precision,
                                sample_tokens, train_classifier, train_language_model, use_all_cores)
 from ulmfit_core.vocab import PAD_ID
@@ -298,7 +298,8 @@ def main() -> None:
     mode = precision(device, preset)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{threads} threads"
     with tempfile.TemporaryDirectory() as tmp:
-        run = preprocessed_run(args.data, limit, Path(tmp) / "run", preset)
+        run = RunDir(Path(tmp) / "run")
+        stages.preprocess_in_process(run, args.data, preset, limit=limit)
         vocab_size = len(read_json(run.vocab))
         print(f"{device.type} ({where}), preset {preset.name}: model {vars(preset.model)}, "
               f"vocab {vocab_size}")

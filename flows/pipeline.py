@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from contextlib import nullcontext
+from functools import partial
 
 import dask
 from prefect import flow, unmapped
@@ -144,8 +145,8 @@ def train_classifier_flow(out: str, preset: str = "tiny", seed: int = 0, directi
 
 
 def _job(command: str, given: dict, work) -> dict:
-    """Run `work(params)` as one job on a run directory: its parameters checked (`RunParams`),
-    the directory held and its status kept in run.json (running, then complete, failed or
+    """Run `work()` as one job on a run directory: its parameters checked (`RunParams`), the
+    directory held and its status kept in run.json (running, then complete, failed or
     stopped), the report written at the end. `given`: the job flow's own parameters, which
     are also what run.json records."""
     params = RunParams(**given)
@@ -153,7 +154,7 @@ def _job(command: str, given: dict, work) -> dict:
     if "tokenizer" in given:
         record["tokenizer"] = params.settings().tokenizer.kind
     with tracked_run(RunDir(params.out), record, params.reset):
-        result = work(params)
+        result = work()
         metrics = report(params.out, record, params.seed)
     print(f"report: {RunDir(params.out).report}")
     return result if result is not None else metrics
@@ -167,12 +168,9 @@ def preprocess_job(out: str, data: str = "imdb", preset: str = "tiny", limit: in
     """Preprocessing alone, as a run of its own (lock, status, report): what the `cpu` work
     pool runs on a schedule to keep token shards and vocab current."""
     given = dict(locals())
-
-    def work(p: RunParams) -> dict:
-        return preprocess_flow.with_options(task_runner=dask_task_runner(dask_address, workers))(
-            out, data, preset, limit, seed, shard_docs, tokenizer, vocab_size)
-
-    return _job("preprocess", given, work)
+    return _job("preprocess", given, partial(
+        preprocess_flow.with_options(task_runner=dask_task_runner(dask_address, workers)),
+        out, data, preset, limit, seed, shard_docs, tokenizer, vocab_size))
 
 
 @flow(name="ulmfit-train-lm-job", log_prints=True)
@@ -182,12 +180,9 @@ def train_lm_job(out: str, preset: str = "tiny", seed: int = 0, pretrained: str 
     """Language-model fine-tuning and encoder export on a preprocessed run directory, as a run
     of its own."""
     given = dict(locals())
-
-    def work(p: RunParams) -> dict:
-        return train_lm_flow.with_options(task_runner=training_runner(dask_address, train_resource))(
-            out, preset, seed, pretrained, direction, train_resource)
-
-    return _job("train-lm", given, work)
+    return _job("train-lm", given, partial(
+        train_lm_flow.with_options(task_runner=training_runner(dask_address, train_resource)),
+        out, preset, seed, pretrained, direction, train_resource))
 
 
 @flow(name="ulmfit-train-classifier-job", log_prints=True)
@@ -197,12 +192,9 @@ def train_classifier_job(out: str, preset: str = "tiny", seed: int = 0, directio
     """Classifier training and evaluation on a run directory with its encoder(s), as a run of
     its own."""
     given = dict(locals())
-
-    def work(p: RunParams) -> dict:
-        return train_classifier_flow.with_options(task_runner=training_runner(dask_address, train_resource))(
-            out, preset, seed, direction, train_resource, train_labels)
-
-    return _job("train-classifier", given, work)
+    return _job("train-classifier", given, partial(
+        train_classifier_flow.with_options(task_runner=training_runner(dask_address, train_resource)),
+        out, preset, seed, direction, train_resource, train_labels))
 
 
 @flow(name="ulmfit-label-curve", log_prints=True)
@@ -230,12 +222,9 @@ def label_curve_job(out: str, labels: list[str], preset: str = "tiny", seed: int
                     reset: bool = False) -> dict:
     """The label curve on a run directory with its encoder, as a run of its own."""
     given = dict(locals())
-
-    def work(p: RunParams) -> dict:
-        return label_curve_flow.with_options(task_runner=training_runner(dask_address, train_resource))(
-            out, labels, preset, seed, train_resource)
-
-    return _job("label-curve", given, work)
+    return _job("label-curve", given, partial(
+        label_curve_flow.with_options(task_runner=training_runner(dask_address, train_resource)),
+        out, labels, preset, seed, train_resource))
 
 
 @flow(name="ulmfit", log_prints=True)
@@ -250,12 +239,13 @@ def ulmfit_flow(out: str, data: str = "imdb", preset: str = "tiny", limit: int |
     those workers while tokenization runs anywhere."""
     given = dict(locals())
 
-    def work(p: RunParams) -> None:
+    def work() -> None:
         print(f"preset {preset}: {EXPECTED[preset]}")
         trainer = training_runner(dask_address, train_resource)
         preprocess_flow.with_options(task_runner=dask_task_runner(dask_address, workers))(
             out, data, preset, limit, seed, shard_docs, tokenizer, vocab_size)
-        labelled = prep.check_classifier_data(out, p.settings(), seed, train_labels)
+        labelled = prep.check_classifier_data(out, get_preset(preset, tokenizer, vocab_size), seed,
+                                              train_labels)
         print(f"classifier data: {labelled['train_docs']} train / {labelled['valid_docs']} valid "
               f"reviews, labels {labelled['labels']}")
         train_lm_flow.with_options(task_runner=trainer)(out, preset, seed, pretrained, direction,

@@ -92,10 +92,5 @@ def preprocessed(tmp_path_factory, sample_tarball) -> Path:
     """The sample preprocessed once (word tokens, 4 shards), by the stage functions; tests that
     write into a run copy it first (shutil.copytree)."""
     run = RunDir(tmp_path_factory.mktemp("preprocessed") / "run")
-    preset = get_preset("tiny")
-    ingested = stages.ingest_stage(run, str(sample_tarball), limit=None, seed=0, shard_docs=60)
-    tokenized = [stages.tokenize_stage(run, s, preset) for s in ingested["shards"]]
-    vocab = stages.vocab_stage(run, preset, [t["counts"] for t in tokenized])
-    numericalized = [stages.numericalize_stage(run, t["shard"]) for t in tokenized]
-    stages.summarize_preprocess(run, tokenized, numericalized, vocab, seconds=1.0)
+    stages.preprocess_in_process(run, str(sample_tarball), get_preset("tiny"), shard_docs=60)
     return run.root

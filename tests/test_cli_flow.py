@@ -167,12 +167,8 @@ def long_texts_run(tmp_path_factory, sample_texts):
     texts = [" ".join(sample_texts[i::16] * times) for i in range(16)]
     corpus = tmp_path / "long.csv"
     pacsv.write_csv(pa.table({"text": texts}), corpus)
-    run, preset = RunDir(tmp_path / "run"), get_preset("tiny")
-    ingested = stages.ingest_stage(run, str(corpus), limit=None, seed=0, shard_docs=100)
-    tokenized = [stages.tokenize_stage(run, s, preset) for s in ingested["shards"]]
-    vocab = stages.vocab_stage(run, preset, [t["counts"] for t in tokenized])
-    numericalized = [stages.numericalize_stage(run, t["shard"]) for t in tokenized]
-    stages.summarize_preprocess(run, tokenized, numericalized, vocab, seconds=1.0)
+    run = RunDir(tmp_path / "run")
+    stages.preprocess_in_process(run, str(corpus), get_preset("tiny"))
     return run.root
 
 

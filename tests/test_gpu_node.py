@@ -74,12 +74,7 @@ def run(tmp_path, sample_tarball) -> RunDir:
     text for a batch of the tiny LM (the hand-written fallback reviews are short), trained in
     seconds."""
     run = RunDir(tmp_path / "run")
-    preset = get_preset("tiny")
-    ingested = stages.ingest_stage(run, str(sample_tarball), limit=20, seed=0)
-    tokenized = [stages.tokenize_stage(run, s, preset) for s in ingested["shards"]]
-    stages.vocab_stage(run, preset, [t["counts"] for t in tokenized])
-    for t in tokenized:
-        stages.numericalize_stage(run, t["shard"])
+    stages.preprocess_in_process(run, str(sample_tarball), get_preset("tiny"), limit=20)
     return run
 
 

@@ -13,11 +13,8 @@ from ulmfit_core.shards import file_sha256
 
 
 def preprocess(run: RunDir, source, preset, limit=None):
-    ingested = stages.ingest_stage(run, str(source), limit=limit, seed=0, shard_docs=50)
-    tokenized = [stages.tokenize_stage(run, s, preset) for s in ingested["shards"]]
-    stages.vocab_stage(run, preset, [t["counts"] for t in tokenized])
-    numericalized = [stages.numericalize_stage(run, t["shard"]) for t in tokenized]
-    return tokenized, numericalized
+    done = stages.preprocess_in_process(run, str(source), preset, limit=limit, shard_docs=50)
+    return done["tokenized"], done["numericalized"]
 
 
 def hashes(folder):

@@ -205,6 +205,21 @@ def summarize_preprocess(run: RunDir, tokenized: list[dict], numericalized: list
     return summary
 
 
+def preprocess_in_process(run: RunDir, data: str, preset: Preset, limit: int | None = None,
+                          seed: int = 0, shard_docs: int = 2000) -> dict:
+    """The preprocess flow's stages one after another in this process, without Prefect or Dask
+    (notebooks, benchmarks, tests): raw shards, tokenizer, token shards, vocab, id shards and
+    preprocess.json. Returns its summary with each shard's `tokenized` and `numericalized`."""
+    t0 = time.time()
+    ingested = ingest_stage(run, data, limit, seed, shard_docs)
+    tokenizer_stage(run, preset, seed)
+    tokenized = [tokenize_stage(run, shard, preset) for shard in ingested["shards"]]
+    vocab = vocab_stage(run, preset, [t["counts"] for t in tokenized])
+    numericalized = [numericalize_stage(run, t["shard"]) for t in tokenized]
+    summary = summarize_preprocess(run, tokenized, numericalized, vocab, time.time() - t0)
+    return {**summary, "tokenized": tokenized, "numericalized": numericalized}
+
+
 def _copy_text_assets(run: RunDir, folder: Path) -> None:
     """Make a model folder self-contained: its vocab and the tokenizer that feeds it."""
     folder.mkdir(parents=True, exist_ok=True)
