@@ -227,8 +227,9 @@ def test_triggered_run_writes_its_outputs_artifacts_and_assets(server, finished)
     run = f"file://{out}"
 
     def materialized() -> dict | None:  # events reach the server shortly after the run ends
-        events = server.post("/events/filter", {"filter": {"event": {"prefix": [
-            "prefect.asset.materialization.succeeded"]}}, "limit": 50})["events"]
+        events = server.post("/events/filter", {"filter": {
+            "event": {"prefix": ["prefect.asset.materialization.succeeded"]},
+            "resource": {"id_prefix": [f"{run}/"]}}, "limit": 50})["events"]
         upstream: dict[str, set] = {}
         for event in events:
             upstream.setdefault(event["resource"]["prefect.resource.id"], set()).update(
