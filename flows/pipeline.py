@@ -59,8 +59,9 @@ def preprocess_flow(out: str, data: str = "imdb", preset: str = "tiny", limit: i
         out, settings, [r["counts"] for r in tokenized]).result()
     print(f"vocab: {vocab['size']} entries from {vocab['distinct_tokens']} distinct tokens")
     token_shards = [r["shard"] for r in tokenized]
-    numericalized = _as_done(materializing(prep.numericalize_shard, out, ["ids"], ["tokens", "vocab.json"]).map(
-        unmapped(out), token_shards), "numericalization", "shards numericalized")
+    numericalize = materializing(prep.numericalize_shard, out, ["ids"], ["tokens", "vocab.json"])
+    numericalized = _as_done(numericalize.map(unmapped(out), token_shards), "numericalization",
+                             "shards numericalized")
     return prep.summarize(out, tokenized, numericalized, vocab, time.time() - t0)
 
 
@@ -69,14 +70,14 @@ def _routed(train_resource: str | None):
     return dask.annotate(resources={train_resource: 1}) if train_resource else nullcontext()
 
 
-def _train(direction: str, train_resource: str | None, submit_chain) -> list:
-    """Submit one chain of training tasks per direction; on a shared cluster the directions run
-    side by side on the workers with the resource, here one after the other (they would fight
-    over the same cores)."""
+def _train(keys, train_resource: str | None, submit_chain) -> list:
+    """Submit one chain of training tasks per key (a direction, a number of labels); on a shared
+    cluster the chains run side by side on the workers with the resource, here one after the
+    other (they would fight over the same cores)."""
     chains = []
-    for backwards in DIRECTIONS[direction]:
+    for key in keys:
         with _routed(train_resource):
-            chains.append(submit_chain(backwards))
+            chains.append(submit_chain(key))
         if train_resource is None:
             chains[-1][-1].wait()
     return [[f.result() for f in chain] for chain in chains]
@@ -98,7 +99,8 @@ def train_lm_flow(out: str, preset: str = "tiny", seed: int = 0, pretrained: str
             out, backwards, wait_for=[lm])
 
     results = {}
-    for backwards, (metrics, _) in zip(DIRECTIONS[direction], _train(direction, train_resource, chain)):
+    directions = DIRECTIONS[direction]
+    for backwards, (metrics, _) in zip(directions, _train(directions, train_resource, chain)):
         name = train.direction_name(backwards)
         print(f"{name} language model: valid loss {metrics['valid_loss']:.4f}, accuracy "
               f"{metrics['accuracy']:.4f}, perplexity {metrics['perplexity']:.2f} "
@@ -126,7 +128,8 @@ def train_classifier_flow(out: str, preset: str = "tiny", seed: int = 0, directi
             out, backwards, wait_for=[clas])
 
     results = {}
-    for backwards, (metrics, test) in zip(DIRECTIONS[direction], _train(direction, train_resource, chain)):
+    directions = DIRECTIONS[direction]
+    for backwards, (metrics, test) in zip(directions, _train(directions, train_resource, chain)):
         name = train.direction_name(backwards)
         results[name] = test
         if test["accuracy"] is not None:
@@ -203,13 +206,9 @@ def label_curve_flow(out: str, labels: list[str], preset: str = "tiny", seed: in
     """One classifier per number of labelled reviews on the run's encoder (each a task, reused
     when done before), scored on the test split beside NB-LR on the same reviews."""
     settings = get_preset(preset)
-    futures = []
-    for n in curve_points(labels):
-        with _routed(train_resource):
-            futures.append(train.label_curve_point.submit(out, settings, seed, n))
-        if train_resource is None:  # one at a time: they would share the same cores
-            futures[-1].wait()
-    curve = train.write_label_curve(out, [f.result() for f in futures])
+    chains = _train(curve_points(labels), train_resource,
+                    lambda n: [train.label_curve_point.submit(out, settings, seed, n)])
+    curve = train.write_label_curve(out, [point for (point,) in chains])
     for point in curve["points"]:
         print(f"{point['labels']} labelled reviews: ULMFiT {point['ulmfit']:.4f}, NB-LR "
               f"{point['nblr']:.4f} on {point['test_reviews']} test reviews")

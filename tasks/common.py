@@ -16,6 +16,7 @@ from prefect.tasks import MaterializingTask
 
 from ulmfit_core.errors import BAD_INPUT, Stopped
 
+
 def set_up_process() -> None:
     """Set up whichever process runs a task of this project (the `ulmfit` command, a worker's
     flow run, a Dask worker here or on a cluster), when the task starts; idempotent.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from ulmfit_core import stages
 from ulmfit_core.config import Preset
 from ulmfit_core.rundir import RunDir
