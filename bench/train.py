@@ -2,6 +2,7 @@
 
     python bench/train.py [--device cuda|cpu] [--data imdb] [--limit N] [--preset P]
                           [--tokens N] [--bs N] [--seq-len N] [--clas-bs N] [--clas-reviews N]
+                          [--ranks 1 2 ...]
 
 Three ways of training the same model on the same documents, on one device, in one run:
 
@@ -15,6 +16,12 @@ Three ways of training the same model on the same documents, on one device, in o
   autocast callback on CPU (fastai has none for the CPU).
 - project: `train_language_model` and `train_classifier` as the pipeline runs them (progress
   log, per-epoch checkpoint, the device loader), their own tokens/s and seconds.
+
+With `--ranks`, instead: the project's data-parallel training (`--train-workers`) with each
+number of ranks, on a LocalCluster of that many worker processes (one GPU each on a machine with
+several; on the CPU, each rank gets cores / max(ranks) threads, so one rank and N ranks use one
+and N shares of the machine alike). It prints tokens/s (LM) and reviews/s (classifier), the
+speedup over one rank and the scaling efficiency (speedup / N).
 
 Language model: one epoch over the sample, tokens/s = tokens predicted (bs rows of the stream)
 over the wall time of the epoch and its validation. Classifier: one unfrozen epoch over the
@@ -35,6 +42,7 @@ sys.path = [p for p in sys.path if Path(p or ".").resolve() != HERE] + [str(HERE
 import argparse
 import gc
 import logging
+import os
 import random
 import tempfile
 import time
@@ -264,6 +272,35 @@ def report(unit: str, rates: dict, metrics: dict) -> None:
           f"tokens/s" + ("" if peak is None else f", peak GPU memory {peak:,.0f} MB"))
 
 
+def _rank_rates(root: str, preset, tokens: int | None) -> dict:
+    """One LM epoch and one classifier epoch as a rank trains them; rank 0 reports the rates."""
+    run = RunDir(root)
+    vocab_size = len(read_json(run.vocab))
+    docs = sample_tokens(load_docs(run.shards(run.ids)), tokens, seed=SEED)
+    model, lm = train_language_model(docs, vocab_size, preset, SEED)
+    labelled = load_docs(run.shards(run.ids), splits=["train"], labelled=True)
+    _, _, clas = train_classifier(labelled, encoder_of(model).state_dict(), vocab_size, preset, SEED)
+    return {"lm": lm["tokens_per_s"], "classifier": clas["train_docs"] / clas["seconds"],
+            "threads": lm["threads"]}
+
+
+def bench_ranks(root: Path, preset, tokens: int | None, counts: list[int], device: torch.device) -> None:
+    from tasks.ranks import Ranks, run_ranks
+
+    cores = len(os.sched_getaffinity(0))
+    threads = None if device.type == "cuda" else max(1, cores // max(counts))
+    rates = {n: run_ranks(Ranks(n, threads=threads), _rank_rates, str(root), preset, tokens)[0]
+             for n in counts}
+    base = rates[counts[0]]
+    print(f"data-parallel ranks on {device.type} ({threads or 'all'} threads per rank), "
+          f"against {counts[0]} rank(s):")
+    for n, rate in rates.items():
+        ratio = {k: rate[k] / base[k] * counts[0] for k in ("lm", "classifier")}
+        print(f"  {n} rank(s): LM {rate['lm']:>10,.0f} tokens/s (speedup {ratio['lm']:.2f}, "
+              f"efficiency {ratio['lm'] / n:.2f}); classifier {rate['classifier']:>8,.1f} reviews/s "
+              f"(speedup {ratio['classifier']:.2f}, efficiency {ratio['classifier'] / n:.2f})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=["cuda", "cpu"],
@@ -278,6 +315,8 @@ def main() -> None:
     parser.add_argument("--clas-bs", type=int, help="classifier batch size (default: the preset's)")
     parser.add_argument("--clas-reviews", type=int, help="labelled train reviews for the classifier "
                                                          "(default: all that --limit reads)")
+    parser.add_argument("--ranks", type=int, nargs="+",
+                        help="time data-parallel training with these numbers of ranks instead")
     args = parser.parse_args()
     logging.getLogger("ulmfit").setLevel(logging.WARNING)
     device = torch.device(args.device)
@@ -303,6 +342,9 @@ def main() -> None:
         vocab_size = len(read_json(run.vocab))
         print(f"{device.type} ({where}), preset {preset.name}: model {vars(preset.model)}, "
               f"vocab {vocab_size}")
+        if args.ranks:
+            bench_ranks(run.root, preset, tokens, args.ranks, device)
+            return
         docs = sample_tokens(load_docs(run.shards(run.ids)), tokens, seed=SEED)
         encoder_state = bench_lm(docs, vocab_size, preset, device, mode, Path(tmp))
         labelled = load_docs(run.shards(run.ids), splits=["train"], labelled=True)

@@ -57,6 +57,10 @@ def _add_direction(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train-resource", default=None, metavar="NAME",
                    help="run training tasks on the Dask workers started with --resources NAME=1 "
                         "(e.g. GPU); needs --dask-address")
+    p.add_argument("--train-workers", type=int, default=1, metavar="N",
+                   help="train each model data-parallel on N Dask workers (with --dask-address, "
+                        "those with --train-resource; else N local worker processes, one GPU "
+                        "each); batch size and schedule stay the preset's")
 
 
 def _add_train_labels(p: argparse.ArgumentParser) -> None:
@@ -210,7 +214,7 @@ def _serve(params: RunParams, args: argparse.Namespace) -> int:
 
     common = {k: v for k, v in params.to_dict().items()
               if k not in ("pretrained", "direction", "train_resource", "train_labels", "labels",
-                           "reset")}
+                           "train_workers", "reset")}
     # Flow runs import the flows as the package module (flows.pipeline), as the work-pool
     # deployments do: what Dask workers unpickle then imports the same way.
     by_module = EntrypointType.MODULE_PATH

@@ -20,6 +20,7 @@ from prefect.futures import as_completed
 from tasks import preprocess as prep
 from tasks import train
 from tasks.common import materializing, progress_artifact
+from tasks.ranks import Ranks
 from tasks.report import report
 from ulmfit_core.config import EXPECTED, get_preset
 from ulmfit_core.ingest import resolve_source
@@ -70,37 +71,46 @@ def _routed(train_resource: str | None):
     return dask.annotate(resources={train_resource: 1}) if train_resource else nullcontext()
 
 
-def _train(keys, train_resource: str | None, submit_chain) -> list:
+def _train(keys, train_resource: str | None, submit_chain, ranks: Ranks | None = None) -> list:
     """Submit one chain of training tasks per key (a direction, a number of labels); on a shared
     cluster the chains run side by side on the workers with the resource, here one after the
-    other (they would fight over the same cores)."""
+    other (they would fight over the same cores). Data-parallel chains (`ranks`) run one after
+    the other from here, each stage spread over the workers by its task."""
     chains = []
     for key in keys:
-        with _routed(train_resource):
+        with _routed(train_resource if ranks is None else None):
             chains.append(submit_chain(key))
-        if train_resource is None:
+        if train_resource is None or ranks is not None:
             chains[-1][-1].wait()
     return [[f.result() for f in chain] for chain in chains]
 
 
+def _ranks(train_workers: int, dask_address: str | None, train_resource: str | None) -> Ranks | None:
+    """How training spreads: None for one process (here, or one worker with the resource)."""
+    return Ranks(train_workers, dask_address, train_resource) if train_workers > 1 else None
+
+
 @flow(name="ulmfit-train-lm", log_prints=True)
 def train_lm_flow(out: str, preset: str = "tiny", seed: int = 0, pretrained: str = "none",
-                  direction: str = "forward", train_resource: str | None = None) -> dict:
+                  direction: str = "forward", train_resource: str | None = None,
+                  train_workers: int = 1, dask_address: str | None = None) -> dict:
     """Fine-tune the language model(s) on all the text (from pretrained weights when given), then
-    export the encoder(s). `direction`: forward, backward or bidirectional (both)."""
+    export the encoder(s). `direction`: forward, backward or bidirectional (both);
+    `train_workers`: data-parallel ranks per training."""
     settings = get_preset(preset)
+    ranks = _ranks(train_workers, dask_address, train_resource)
 
     def chain(backwards: bool):
         run = RunDir(out, backwards)
         lm_file, encoder = run.rel(run.lm / "model.pth"), run.rel(run.export / "encoder.pth")
         lm = materializing(train.train_lm, out, [lm_file], ["vocab.json", "ids"]).submit(
-            out, settings, seed, pretrained, backwards)
+            out, settings, seed, pretrained, backwards, ranks)
         return lm, materializing(train.export_encoder, out, [encoder], [lm_file]).submit(
             out, backwards, wait_for=[lm])
 
     results = {}
     directions = DIRECTIONS[direction]
-    for backwards, (metrics, _) in zip(directions, _train(directions, train_resource, chain)):
+    for backwards, (metrics, _) in zip(directions, _train(directions, train_resource, chain, ranks)):
         name = train.direction_name(backwards)
         print(f"{name} language model: valid loss {metrics['valid_loss']:.4f}, accuracy "
               f"{metrics['accuracy']:.4f}, perplexity {metrics['perplexity']:.2f} "
@@ -111,25 +121,27 @@ def train_lm_flow(out: str, preset: str = "tiny", seed: int = 0, pretrained: str
 
 @flow(name="ulmfit-train-classifier", log_prints=True)
 def train_classifier_flow(out: str, preset: str = "tiny", seed: int = 0, direction: str = "forward",
-                          train_resource: str | None = None, train_labels: int | None = None) -> dict:
+                          train_resource: str | None = None, train_labels: int | None = None,
+                          train_workers: int = 1, dask_address: str | None = None) -> dict:
     """Gradual unfreezing on the labelled train split (or a balanced sample of `train_labels`
     of its reviews), then accuracy on the test split, beside the classical NB-LR baseline
     trained on the same reviews (and, for both directions, the ensemble of their averaged
     probabilities)."""
     settings = get_preset(preset)
+    ranks = _ranks(train_workers, dask_address, train_resource)
 
     def chain(backwards: bool):
         run = RunDir(out, backwards)
         encoder, model = run.rel(run.export / "encoder.pth"), run.rel(run.classifier / "model.pth")
         clas = materializing(train.train_classifier, out, [model], [encoder, "ids"]).submit(
-            out, settings, seed, backwards, train_labels)
+            out, settings, seed, backwards, train_labels, ranks)
         test = run.rel(run.classifier / "test.json")
         return clas, materializing(train.evaluate, out, [test], [model, "ids"]).submit(
-            out, backwards, wait_for=[clas])
+            out, backwards, ranks, wait_for=[clas])
 
     results = {}
     directions = DIRECTIONS[direction]
-    for backwards, (metrics, test) in zip(directions, _train(directions, train_resource, chain)):
+    for backwards, (metrics, test) in zip(directions, _train(directions, train_resource, chain, ranks)):
         name = train.direction_name(backwards)
         results[name] = test
         if test["accuracy"] is not None:
@@ -179,25 +191,29 @@ def preprocess_job(out: str, data: str = "imdb", preset: str = "tiny", limit: in
 @flow(name="ulmfit-train-lm-job", log_prints=True)
 def train_lm_job(out: str, preset: str = "tiny", seed: int = 0, pretrained: str = "none",
                  direction: str = "forward", dask_address: str | None = None,
-                 train_resource: str | None = None, reset: bool = False) -> dict:
+                 train_resource: str | None = None, train_workers: int = 1,
+                 reset: bool = False) -> dict:
     """Language-model fine-tuning and encoder export on a preprocessed run directory, as a run
     of its own."""
     given = dict(locals())
     return _job("train-lm", given, partial(
-        train_lm_flow.with_options(task_runner=training_runner(dask_address, train_resource)),
-        out, preset, seed, pretrained, direction, train_resource))
+        train_lm_flow.with_options(task_runner=training_runner(dask_address, train_resource,
+                                                               train_workers)),
+        out, preset, seed, pretrained, direction, train_resource, train_workers, dask_address))
 
 
 @flow(name="ulmfit-train-classifier-job", log_prints=True)
 def train_classifier_job(out: str, preset: str = "tiny", seed: int = 0, direction: str = "forward",
                          dask_address: str | None = None, train_resource: str | None = None,
-                         train_labels: int | None = None, reset: bool = False) -> dict:
+                         train_labels: int | None = None, train_workers: int = 1,
+                         reset: bool = False) -> dict:
     """Classifier training and evaluation on a run directory with its encoder(s), as a run of
     its own."""
     given = dict(locals())
     return _job("train-classifier", given, partial(
-        train_classifier_flow.with_options(task_runner=training_runner(dask_address, train_resource)),
-        out, preset, seed, direction, train_resource, train_labels))
+        train_classifier_flow.with_options(task_runner=training_runner(dask_address, train_resource,
+                                                                       train_workers)),
+        out, preset, seed, direction, train_resource, train_labels, train_workers, dask_address))
 
 
 @flow(name="ulmfit-label-curve", log_prints=True)
@@ -232,15 +248,17 @@ def ulmfit_flow(out: str, data: str = "imdb", preset: str = "tiny", limit: int |
                 shard_docs: int = 2000, tokenizer: str | None = None,
                 vocab_size: int | None = None, pretrained: str = "none",
                 direction: str = "forward", train_resource: str | None = None,
-                train_labels: int | None = None, reset: bool = False) -> dict:
+                train_labels: int | None = None, train_workers: int = 1,
+                reset: bool = False) -> dict:
     """The whole recipe, from a corpus to a report. With `train_resource` (and a Dask cluster
     whose training workers declare it, e.g. `dask worker --resources GPU=1`), training runs on
-    those workers while tokenization runs anywhere."""
+    those workers while tokenization runs anywhere; with `train_workers` N, each training is
+    spread over N of them (data-parallel ranks)."""
     given = dict(locals())
 
     def work() -> None:
         print(f"preset {preset}: {EXPECTED[preset]}")
-        trainer = training_runner(dask_address, train_resource)
+        trainer = training_runner(dask_address, train_resource, train_workers)
         preprocess_flow.with_options(task_runner=dask_task_runner(dask_address, workers))(
             out, data, preset, limit, seed, shard_docs, tokenizer, vocab_size)
         labelled = prep.check_classifier_data(out, get_preset(preset, tokenizer, vocab_size), seed,
@@ -248,8 +266,8 @@ def ulmfit_flow(out: str, data: str = "imdb", preset: str = "tiny", limit: int |
         print(f"classifier data: {labelled['train_docs']} train / {labelled['valid_docs']} valid "
               f"reviews, labels {labelled['labels']}")
         train_lm_flow.with_options(task_runner=trainer)(out, preset, seed, pretrained, direction,
-                                                        train_resource)
-        train_classifier_flow.with_options(task_runner=trainer)(out, preset, seed, direction,
-                                                                train_resource, train_labels)
+                                                        train_resource, train_workers, dask_address)
+        train_classifier_flow.with_options(task_runner=trainer)(
+            out, preset, seed, direction, train_resource, train_labels, train_workers, dask_address)
 
     return _job("run", given, work)

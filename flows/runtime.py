@@ -51,11 +51,12 @@ class TrainingThreads(ThreadPoolTaskRunner):
         super().__exit__(exc_type, exc_value, traceback)
 
 
-def training_runner(address: str | None, train_resource: str | None):
+def training_runner(address: str | None, train_resource: str | None, train_workers: int = 1):
     """Training tasks run in this process (on its GPU if it has one) unless they are routed to
     the workers of a Dask cluster that declare `train_resource` (`RunParams` makes sure such
-    a run names the cluster's `address`)."""
-    if train_resource is None:
+    a run names the cluster's `address`). Data-parallel training (`train_workers` > 1) is
+    directed from this process, which sends the ranks to the workers itself."""
+    if train_resource is None or train_workers > 1:
         return TrainingThreads(max_workers=2)
     return DaskTaskRunner(address=address)
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 from contextlib import contextmanager
+from dataclasses import replace
+from functools import partial
 from typing import Iterator
 
 from prefect.artifacts import create_table_artifact
@@ -21,6 +23,7 @@ from ulmfit_core.config import Preset
 from ulmfit_core.rundir import RunDir
 
 from .common import progress_artifact, retry_transient, task
+from .ranks import Ranks, run_ranks
 
 TRAIN_RETRIES = dict(retries=1, retry_delay_seconds=5, retry_condition_fn=retry_transient)
 # The Prefect global concurrency limit that training on a GPU occupies, created with one slot:
@@ -79,11 +82,22 @@ def _named(template: str):
     return name
 
 
+def _trained(ranks: Ranks | None, stage, *args, progress=None) -> dict:
+    """`stage(*args)` in this process (holding the GPU slot), or as the data-parallel ranks of
+    `ranks` on Dask workers (each holding its worker's resource): rank 0's summary, with every
+    rank's host, pid and device."""
+    if ranks is None:
+        with training_slot():
+            return stage(*args, progress)
+    return run_ranks(ranks, stage, *args)[0]
+
+
 @task(name="train-language-model", task_run_name=_named("train {} language model"), **TRAIN_RETRIES)
-def train_lm(out: str, preset: Preset, seed: int, pretrained: str, backwards: bool = False) -> dict:
+def train_lm(out: str, preset: Preset, seed: int, pretrained: str, backwards: bool = False,
+             ranks: Ranks | None = None) -> dict:
     progress = progress_artifact(f"{direction_name(backwards)} language model")
-    with training_slot():
-        return stages.lm_stage(RunDir(out, backwards), preset, seed, pretrained, progress)
+    return _trained(ranks, stages.lm_stage, RunDir(out, backwards), preset, seed, pretrained,
+                    progress=progress)
 
 
 @task(name="export-encoder", task_run_name=_named("export {} encoder"))
@@ -93,14 +107,17 @@ def export_encoder(out: str, backwards: bool = False) -> dict:
 
 @task(name="train-classifier", task_run_name=_named("train {} classifier"), **TRAIN_RETRIES)
 def train_classifier(out: str, preset: Preset, seed: int, backwards: bool = False,
-                     train_labels: int | None = None) -> dict:
+                     train_labels: int | None = None, ranks: Ranks | None = None) -> dict:
     progress = progress_artifact(f"{direction_name(backwards)} classifier")
-    with training_slot():
-        return stages.classifier_stage(RunDir(out, backwards), preset, seed, progress, train_labels)
+    return _trained(ranks, partial(stages.classifier_stage, train_labels=train_labels),
+                    RunDir(out, backwards), preset, seed, progress=progress)
 
 
 @task(name="evaluate", task_run_name=_named("evaluate {} classifier"))
-def evaluate(out: str, backwards: bool = False) -> dict:
+def evaluate(out: str, backwards: bool = False, ranks: Ranks | None = None) -> dict:
+    """On the test split: here, or on one worker of the cluster the ranks trained on."""
+    if ranks is not None and ranks.address:
+        return run_ranks(replace(ranks, n=1), stages.evaluate_stage, RunDir(out, backwards))[0]
     progress = progress_artifact(f"{direction_name(backwards)} evaluation")
     return stages.evaluate_stage(RunDir(out, backwards), progress)
 

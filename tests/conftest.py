@@ -7,12 +7,19 @@ it is built from a small set of hand-written reviews so the suite still runs any
 from __future__ import annotations
 
 import io
+import json
 import os
 import random
+import signal
+import subprocess
+import sys
 import tarfile
+import time
 from collections import defaultdict
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.csv as pacsv
 import pytest
 
 from ulmfit_core import stages
@@ -94,3 +101,84 @@ def preprocessed(tmp_path_factory, sample_tarball) -> Path:
     run = RunDir(tmp_path_factory.mktemp("preprocessed") / "run")
     stages.preprocess_in_process(run, str(sample_tarball), get_preset("tiny"), shard_docs=60)
     return run.root
+
+
+@pytest.fixture(scope="session")
+def long_texts_run(tmp_path_factory, sample_texts):
+    """A run directory preprocessed (by the stage functions) from 16 long texts that hold the
+    sample's reviews, as many times over as makes about 50k words: a few seconds per
+    tiny-preset LM epoch here. Tests copy it."""
+    tmp_path = tmp_path_factory.mktemp("long-texts")
+    times = max(1, round(50_000 / sum(len(t.split()) for t in sample_texts)))
+    texts = [" ".join(sample_texts[i::16] * times) for i in range(16)]
+    corpus = tmp_path / "long.csv"
+    pacsv.write_csv(pa.table({"text": texts}), corpus)
+    run = RunDir(tmp_path / "run")
+    stages.preprocess_in_process(run, str(corpus), get_preset("tiny"))
+    return run.root
+
+
+class Cluster:
+    """A `dask scheduler` and single-threaded `dask worker` processes on loopback, each its own
+    OS process, which can import the test modules; with `nanny`, a killed worker is restarted
+    by its nanny."""
+
+    def __init__(self, tmp: Path, workers: int, resources: dict[int, str] | None = None,
+                 nanny: bool = False) -> None:
+        resources = resources or {}
+        bin_dir = Path(sys.executable).parent
+        tmp.mkdir(parents=True, exist_ok=True)
+        self.file = tmp / "scheduler.json"
+        path = os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))
+        env = {**os.environ, "PYTHONPATH": path}
+        self.procs = [subprocess.Popen(
+            [bin_dir / "dask", "scheduler", "--host", "127.0.0.1", "--port", "0",
+             "--dashboard-address", "127.0.0.1:0", "--scheduler-file", self.file],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)]
+        self.wait_for(self.file.exists, 60, "scheduler file")
+        self.address = json.loads(self.file.read_text())["address"]
+        self.workers = [subprocess.Popen(
+            [bin_dir / "dask", "worker", self.address, "--nthreads", "1",
+             "--nanny" if nanny else "--no-nanny", "--host", "127.0.0.1", "--name", f"w{i}",
+             *(["--resources", resources[i]] if i in resources else [])],
+            stdout=subprocess.DEVNULL, stderr=(tmp / f"w{i}.log").open("w"), env=env)
+            for i in range(workers)]
+        self.procs += self.workers
+        from distributed import Client
+
+        with Client(self.address, timeout=60) as client:
+            client.wait_for_workers(workers, timeout=120)
+
+    @staticmethod
+    def wait_for(predicate, timeout: float, what: str) -> None:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if predicate():
+                return
+            time.sleep(0.2)
+        raise TimeoutError(what)
+
+    def close(self) -> None:
+        for proc in reversed(self.procs):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+@pytest.fixture
+def dask_cluster(tmp_path):
+    """Start clusters (`dask_cluster(workers=2, resources={1: "GPU=1"}, nanny=False)`), stopped
+    when the test ends."""
+    clusters = []
+
+    def start(**kwargs) -> Cluster:
+        clusters.append(Cluster(tmp_path / f"cluster{len(clusters)}", **kwargs))
+        return clusters[-1]
+
+    yield start
+    for cluster in clusters:
+        cluster.close()

@@ -153,25 +153,6 @@ def test_failed_run_never_looks_complete(tmp_path, sample_tarball):
     assert not list((out / "raw").glob("*.tmp"))
 
 
-@pytest.fixture(scope="module")
-def long_texts_run(tmp_path_factory, sample_texts):
-    """A run directory preprocessed (by the stage functions) from 16 long texts that hold the
-    sample's reviews, as many times over as makes about 50k words: a few seconds per
-    tiny-preset LM epoch here. Tests copy it."""
-    from ulmfit_core import stages
-    from ulmfit_core.config import get_preset
-    from ulmfit_core.rundir import RunDir
-
-    tmp_path = tmp_path_factory.mktemp("long-texts")
-    times = max(1, round(50_000 / sum(len(t.split()) for t in sample_texts)))
-    texts = [" ".join(sample_texts[i::16] * times) for i in range(16)]
-    corpus = tmp_path / "long.csv"
-    pacsv.write_csv(pa.table({"text": texts}), corpus)
-    run = RunDir(tmp_path / "run")
-    stages.preprocess_in_process(run, str(corpus), get_preset("tiny"))
-    return run.root
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
 def test_a_signal_stops_training_after_its_batch_and_a_rerun_resumes(tmp_path, long_texts_run, stop):

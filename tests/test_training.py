@@ -300,6 +300,7 @@ def test_out_of_gpu_memory_names_the_batch_size_and_keeps_the_checkpoint(
             in message)
     assert epochs_in(checkpoint) == 1
     assert not (checkpoint.parent / "model.pth").exists()
+    assert not torch.is_autocast_enabled("cpu")  # the failed batch's bf16 autocast was left
 
     monkeypatch.setattr(AWD_LSTM, "forward", forward)  # memory to spare: the rerun resumes
     metrics = train(run, preset, seed=5)

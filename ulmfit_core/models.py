@@ -51,7 +51,14 @@ class AlignedSentenceEncoder(SentenceEncoder):
     backwards from the end. Only the last `max_len` positions feed the pooling, for every row.
     With `FrontPaddedPooling` as the head, the result for a text does not depend on the batch
     it is in.
+
+    The LSTM's state is detached between chunks (truncated backpropagation, as in fastai), so
+    the gradients depend on where the chunks are cut. `batch_starts`, when set, are the text
+    starts of a whole batch of which `input` holds some rows (data-parallel training): the
+    chunks are then cut as for the whole batch, and so are the gradients.
     """
+
+    batch_starts: set[int] | None = None
 
     def forward(self, input: torch.Tensor):  # input: (bs, sl), padded at the front
         bs, sl = input.shape
@@ -61,7 +68,7 @@ class AlignedSentenceEncoder(SentenceEncoder):
         order = torch.argsort(starts, stable=True)  # rows that start first come first
         x, starts = input[order], starts[order]
         keep = 0 if self.max_len is None else max(0, sl - self.max_len)
-        cuts = set(range(sl, 0, -self.bptt)) | set(starts.tolist()) | {0, keep}
+        cuts = set(range(sl, 0, -self.bptt)) | set(starts.tolist()) | {0, keep} | (self.batch_starts or set())
         cuts = sorted(c for c in cuts if 0 <= c <= sl)
         outs = []
         for a, b in zip(cuts[:-1], cuts[1:]):

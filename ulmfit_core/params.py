@@ -60,6 +60,7 @@ class RunParams:
     direction: str = "forward"
     train_resource: str | None = None
     train_labels: int | None = None  # train the classifier on a balanced sample of N reviews
+    train_workers: int = 1  # data-parallel ranks per training stage
     labels: tuple[str, ...] | list[str] | None = None  # the label curve's points: N or "all"
     reset: bool = False  # accept settings other than those the run directory was made with
 
@@ -73,6 +74,7 @@ class RunParams:
         _at_least("--workers", self.workers, 1)
         _at_least("--shard-docs", self.shard_docs, 1)
         _at_least("--train-labels", self.train_labels, 2)
+        _at_least("--train-workers", self.train_workers, 1)
         if self.labels is not None:
             curve_points(self.labels)
         if self.tokenizer is not None and self.tokenizer not in TOKENIZERS:

@@ -273,6 +273,7 @@ def lm_stage(run: RunDir, preset: Preset, seed: int, pretrained: str = "none",
     epoch is checkpointed under lm/, and a rerun after a crash resumes from the last one.
     """
     from .models import save_model
+    from .parallel import rank
     from .pretrained import load_pretrained
     from .train import train_language_model
     from .vocab import Vocab
@@ -296,6 +297,8 @@ def lm_stage(run: RunDir, preset: Preset, seed: int, pretrained: str = "none",
                                           fingerprint=fingerprint(inputs, settings),
                                           progress=progress)
     metrics.update(pretrained=source, backwards=run.backwards)
+    if rank() != 0:  # rank 0 of a data-parallel training writes the model
+        return {**metrics, "reused": False}
     _copy_text_assets(run, run.lm)
     save_model(run.lm / "model.pth", "language_model", model.state_dict(),
                model=vars(preset.model), drop_mult=preset.lm.drop_mult, vocab_size=len(vocab),
@@ -336,6 +339,7 @@ def classifier_stage(run: RunDir, preset: Preset, seed: int, progress=None,
     `train_labels` of its reviews, whose ids go to train-labels.json); reused when the encoder,
     id shards and settings are unchanged, else checkpointed (and resumed) per epoch."""
     from .models import load_model_file, save_model
+    from .parallel import rank
     from .train import train_classifier
 
     encoder_path = run.require(run.export / "encoder.pth", "encoder export")
@@ -362,6 +366,8 @@ def classifier_stage(run: RunDir, preset: Preset, seed: int, progress=None,
                                               progress=progress, train_labels=train_labels)
     metrics["backwards"] = run.backwards
     sample = metrics.pop("sample", None)
+    if rank() != 0:
+        return {**metrics, "reused": False}
     if sample is not None:
         write_json(run.classifier / LABEL_SAMPLE, {"n": train_labels, "seed": seed, **sample})
     _copy_text_assets(run, run.classifier)

@@ -35,6 +35,7 @@ from .config import LR_DIV, ClassifierConfig, LMConfig, Preset
 from .data import Docs, classifier_split, seeded_unit
 from .errors import STOP, DataError, Stopped
 from .lmdata import DeviceLMDataLoader
+from . import parallel
 from .models import build_classifier, build_language_model, encoder_of, pad_front, pick_device
 from .progress import Bar
 from .vocab import PAD_ID
@@ -48,7 +49,10 @@ def executed_on() -> dict:
 
 
 def use_all_cores() -> int:
-    """Dask workers start with one thread for math libraries; training wants all the cores."""
+    """Dask workers start with one thread for math libraries; training wants all the cores
+    (a rank of data-parallel training keeps the share its launcher gave it)."""
+    if parallel.world() > 1:
+        return torch.get_num_threads()
     n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     torch.set_num_threads(n)
     return n
@@ -213,13 +217,13 @@ def fit_phases(learn, phases: list[Phase], stage: str, checkpoint: Path | None, 
     position = {"phase": 0}
 
     def save() -> None:
-        if checkpoint is None:
+        if checkpoint is None or parallel.rank() != 0:
             return
         phase, epoch = position["phase"], learn.epoch + 1
         if epoch == phases[phase].epochs:
             phase, epoch = phase + 1, 0
         save_checkpoint(checkpoint, fingerprint, phase=phase, epoch=epoch, history=history,
-                        model=learn.model.state_dict(), opt=learn.opt.state_dict(),
+                        model=parallel.unwrap(learn.model).state_dict(), opt=learn.opt.state_dict(),
                         rng=rng_state(loaders))
 
     progress_log = ProgressLog(stage, progress=progress)
@@ -244,6 +248,9 @@ def fit_phases(learn, phases: list[Phase], stage: str, checkpoint: Path | None, 
                 learn.fit_one_cycle(phase.epochs, phase.lr, start_epoch=first, cbs=[progress_log, epoch_end])
         finally:
             progress_log.close_bar()  # also when the fit stops with an error or on request
+            for cb in learn.cbs:  # an error inside a batch leaves its autocast entered, and on
+                if isinstance(cb, CPUBFloat16):  # for whatever this process trains next
+                    cb.after_loss()
     return history, resumed
 
 
@@ -256,6 +263,7 @@ class CPUBFloat16(Callback):
     only). bf16 has fp32's range, so no loss scaling is needed."""
 
     order = 10
+    autocast = None  # entered for the current batch
 
     def before_batch(self) -> None:
         self.autocast = torch.autocast("cpu", dtype=torch.bfloat16)
@@ -265,7 +273,9 @@ class CPUBFloat16(Callback):
         self.learn.pred = _to_float(self.pred)
 
     def after_loss(self) -> None:
-        self.autocast.__exit__(None, None, None)
+        if self.autocast is not None:  # a batch cancelled before this callback began has none
+            self.autocast.__exit__(None, None, None)
+            self.autocast = None
 
     after_cancel_batch = after_loss
 
@@ -327,8 +337,11 @@ def explain_out_of_memory(stage: str, preset: Preset, bs: int, device: torch.dev
 
 
 def _prepare(learn, device: torch.device, preset: Preset):
-    """Precision as the preset asks, and a smoothed loss that needs no host copy per batch."""
+    """Precision as the preset asks, a smoothed loss that needs no host copy per batch, and
+    this rank's share of each batch when several ranks train together."""
     learn.recorder.smooth_loss = DeviceSmoothLoss(learn.recorder.smooth_loss.beta)
+    if parallel.world() > 1:
+        learn.add_cb(parallel.DataParallel(device))
     mode = precision(device, preset)
     if mode == "fp16":
         learn = learn.to_fp16()
@@ -415,6 +428,22 @@ def _load_pretrained(model: torch.nn.Module, state: dict) -> None:
                         f"unexpected {unexpected[:3]}): choose the preset they were trained with")
 
 
+def lm_learner(docs: Docs, vocab_size: int, preset: Preset, seed: int, device: torch.device,
+               pretrained: dict | None = None):
+    """(learner, precision, train, valid) of the language model, as training builds them for
+    `seed`; in a data-parallel group, with this rank's share of each batch."""
+    cfg = preset.lm
+    parallel.check_batch("lm", cfg.bs)
+    train, valid, dls = lm_data(docs, preset, seed, device)
+    model = build_language_model(vocab_size, preset.model, cfg.drop_mult)
+    if pretrained is not None:
+        _load_pretrained(model, pretrained)
+    learn = LMLearner(dls, model, loss_func=CrossEntropyLossFlat(), splitter=awd_lstm_lm_split,
+                      metrics=[accuracy, Perplexity()], wd=cfg.wd)
+    learn, mode = _prepare(learn, device, preset)
+    return learn, mode, train, valid
+
+
 def train_language_model(docs: Docs, vocab_size: int, preset: Preset, seed: int = 0,
                          device: torch.device | None = None, pretrained: dict | None = None,
                          checkpoint: Path | None = None, fingerprint: str = "",
@@ -429,13 +458,8 @@ def train_language_model(docs: Docs, vocab_size: int, preset: Preset, seed: int 
     threads = use_all_cores()
     reset_gpu_peak(device)
     cfg = preset.lm
-    train, valid, dls = lm_data(docs, preset, seed, device)
-    model = build_language_model(vocab_size, preset.model, cfg.drop_mult)
-    if pretrained is not None:
-        _load_pretrained(model, pretrained)
-    learn = LMLearner(dls, model, loss_func=CrossEntropyLossFlat(), splitter=awd_lstm_lm_split,
-                      metrics=[accuracy, Perplexity()], wd=cfg.wd)
-    learn, mode = _prepare(learn, device, preset)
+    learn, mode, train, valid = lm_learner(docs, vocab_size, preset, seed, device, pretrained)
+    dls = learn.dls
     log.info("lm: %d train / %d valid documents (%d / %d tokens), %d batches per epoch on %s (%s)",
              len(train), len(valid), train.n_tokens, valid.n_tokens, len(dls.train), device, mode)
     if pretrained is None:
@@ -455,7 +479,8 @@ def train_language_model(docs: Docs, vocab_size: int, preset: Preset, seed: int 
         "accuracy": last["accuracy"], "perplexity": last["perplexity"],
         "epochs": len(history), "history": history, "device": str(device), "precision": mode,
         **gpu_usage(device), "threads": threads, "resumed": resumed, **executed_on(),
-        # Tokens predicted per epoch: bs rows of bl tokens (the stream cut to a multiple of bs).
+        "ranks": parallel.gather_ranks({**executed_on(), "device": str(device)}),
+        # Tokens predicted per epoch (by all ranks together): bs rows of bl tokens (the stream cut to a multiple of bs).
         "tokens_per_s": ran * dls.train.bs * dls.train.bl / seconds if ran else None,
         "seconds": seconds,
     }
@@ -485,6 +510,20 @@ def classifier_dataloaders(train: Docs, valid: Docs, label_index: dict[str, int]
     return DataLoaders(train_dl, valid_dl, device=device)
 
 
+def classifier_learner(docs: Docs, encoder_state: dict, vocab_size: int, preset: Preset, seed: int,
+                       device: torch.device, train_labels: int | None = None):
+    """(learner, precision, labels, train, valid, settings) of the classifier, as training builds
+    them for `seed`; in a data-parallel group, with this rank's share of each batch."""
+    labels, train, valid, cfg, dls = classifier_data(docs, preset, seed, device, train_labels)
+    parallel.check_batch("classifier", cfg.bs)
+    model = build_classifier(vocab_size, len(labels), preset.model, cfg)
+    encoder_of(model).load_state_dict(encoder_state)
+    learn = TextLearner(dls, model, loss_func=CrossEntropyLossFlat(), splitter=awd_lstm_clas_split,
+                        metrics=accuracy, wd=cfg.wd)
+    learn, mode = _prepare(learn, device, preset)
+    return learn, mode, labels, train, valid, cfg
+
+
 def train_classifier(docs: Docs, encoder_state: dict, vocab_size: int, preset: Preset,
                      seed: int = 0, device: torch.device | None = None,
                      checkpoint: Path | None = None, fingerprint: str = "",
@@ -494,12 +533,8 @@ def train_classifier(docs: Docs, encoder_state: dict, vocab_size: int, preset: P
     device = device or pick_device()
     threads = use_all_cores()
     reset_gpu_peak(device)
-    labels, train, valid, cfg, dls = classifier_data(docs, preset, seed, device, train_labels)
-    model = build_classifier(vocab_size, len(labels), preset.model, cfg)
-    encoder_of(model).load_state_dict(encoder_state)
-    learn = TextLearner(dls, model, loss_func=CrossEntropyLossFlat(), splitter=awd_lstm_clas_split,
-                        metrics=accuracy, wd=cfg.wd)
-    learn, mode = _prepare(learn, device, preset)
+    learn, mode, labels, train, valid, cfg = classifier_learner(
+        docs, encoder_state, vocab_size, preset, seed, device, train_labels)
     log.info("classifier: %d train / %d valid reviews, labels %s, on %s (%s)",
              len(train), len(valid), labels, device, mode)
     phases = [Phase(s.name, s.freeze_to, s.epochs,
@@ -518,6 +553,7 @@ def train_classifier(docs: Docs, encoder_state: dict, vocab_size: int, preset: P
     metrics = {"train_docs": len(train), "valid_docs": len(valid), "labels": labels,
                "train_labels": train_labels, "bs": cfg.bs, "stages": stages, "device": str(device), "precision": mode, **gpu_usage(device),
                "threads": threads, "resumed": resumed, **executed_on(),
+               "ranks": parallel.gather_ranks({**executed_on(), "device": str(device)}),
                # Every epoch reads each training review once; padding is not counted.
                "tokens_per_s": ran * train.n_tokens / seconds if ran else None,
                "seconds": seconds}

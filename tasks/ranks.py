@@ -1,0 +1,147 @@
+"""Data-parallel training stages on Dask workers: N ranks of one stage, one per worker
+(`ulmfit_core.parallel` holds what each rank does).
+
+The ranks go to workers of a Dask cluster (those that declare `resource`, e.g. `dask worker
+--resources GPU=1`), or to a LocalCluster of N worker processes started here (on a machine with
+several GPUs, one GPU each). Rank 0's worker hosts the rendezvous, on a port found free there.
+A rank that fails, or whose worker leaves the cluster, ends the stage with an error naming the
+rank and the worker; the other ranks are cancelled, and the task's retry starts all ranks again
+from the checkpoint rank 0 wrote after the last finished epoch.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator
+from urllib.parse import urlparse
+
+from distributed import Client, LocalCluster, wait
+
+from ulmfit_core.errors import BAD_INPUT, STOP, Stopped
+
+log = logging.getLogger("ulmfit")
+
+RENDEZVOUS_TIMEOUT_S = 120  # ulmfit_core.parallel's default (not imported here: it loads torch)
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """How a training stage spreads: `n` ranks, on the Dask scheduler at `address` (None: a
+    LocalCluster of n workers here), on workers that declare `resource` (None: any worker);
+    `threads`: CPU threads per rank (None: each machine's cores shared out among its ranks)."""
+
+    n: int
+    address: str | None = None
+    resource: str | None = None
+    timeout_s: float = RENDEZVOUS_TIMEOUT_S
+    threads: int | None = None
+
+
+class RankFailed(RuntimeError):
+    """A rank of a data-parallel stage failed or lost its worker; a retry starts all ranks again."""
+
+
+@contextmanager
+def _client(ranks: Ranks) -> Iterator[Client]:
+    if ranks.address:
+        with Client(ranks.address) as client:
+            yield client
+        return
+    with LocalCluster(n_workers=ranks.n, threads_per_worker=1, processes=True, memory_limit=0,
+                      host="127.0.0.1", dashboard_address="127.0.0.1:0") as cluster, \
+            Client(cluster) as client:
+        yield client
+
+
+def _workers(client: Client, resource: str | None) -> list[str]:
+    """Addresses of the workers that can take a rank, in a stable order."""
+    info = client.scheduler_info(n_workers=-1)["workers"]
+    return sorted(w for w, i in info.items() if resource is None or i.get("resources", {}).get(resource, 0) >= 1)
+
+
+def _pick_workers(client: Client, ranks: Ranks) -> list[str]:
+    """N workers for the ranks, waiting up to the timeout for the cluster to have them."""
+    deadline = time.monotonic() + ranks.timeout_s
+    while len(found := _workers(client, ranks.resource)) < ranks.n:
+        if time.monotonic() > deadline:
+            which = f"declaring resource {ranks.resource}" if ranks.resource else "in all"
+            raise RankFailed(f"--train-workers {ranks.n} needs {ranks.n} Dask workers {which}; "
+                             f"the cluster had {len(found)} after {ranks.timeout_s:g} s")
+        time.sleep(0.5)
+    return found[:ranks.n]
+
+
+def _free_port() -> int:
+    from ulmfit_core.parallel import free_port
+
+    return free_port()
+
+
+def _stop_training() -> None:
+    STOP.set()
+
+
+def run_ranks(ranks: Ranks, fn, *args, **kwargs) -> list:
+    """`fn(*args, **kwargs)` as the N ranks of one training group; each rank's result, in rank
+    order. Bad input (a `DataError`), a diverging loss or a stop on request is raised as it is,
+    anything else as `RankFailed` naming the rank and its worker."""
+    from ulmfit_core.parallel import run_rank
+
+    with _client(ranks) as client:
+        workers = _pick_workers(client, ranks)
+        hosts = [urlparse(w).hostname for w in workers]
+        port = client.run(_free_port, workers=[workers[0]])[workers[0]]
+        log.info("training on %d ranks: %s (rendezvous at %s:%d)", ranks.n, ", ".join(workers),
+                 hosts[0], port)
+        tag = uuid.uuid4().hex[:8]
+        futures = [
+            client.submit(run_rank, fn, args, kwargs, r, ranks.n, hosts[0], port, ranks.timeout_s,
+                          hosts[:r].count(hosts[r]), hosts.count(hosts[r]), ranks.threads,
+                          key=f"ulmfit-rank-{r}-{tag}", workers=[w], allow_other_workers=False,
+                          pure=False, resources={ranks.resource: 1} if ranks.resource else None)
+            for r, w in enumerate(workers)]
+        try:
+            return _results(client, futures, workers)
+        finally:
+            client.cancel([f for f in futures if not f.done()], force=True)
+
+
+def _lost(client: Client, futures: list, workers: list[str]) -> list[int]:
+    alive = set(client.nthreads())  # scheduler_info can list no workers while they are busy
+    return [r for r, w in enumerate(workers) if w not in alive and futures[r].status != "finished"]
+
+
+def _results(client: Client, futures: list, workers: list[str]) -> list:
+    """Wait for every rank; at the first failure or lost worker, raise naming it."""
+    while True:
+        try:
+            wait([f for f in futures if not f.done()], timeout=1, return_when="FIRST_COMPLETED")
+        except TimeoutError:
+            pass
+        if all(f.status == "finished" for f in futures):
+            return [f.result() for f in futures]
+        if STOP.is_set():
+            client.run(_stop_training, workers=workers)
+            raise Stopped("stopped on request: every rank stops after its current batch")
+        failed = [r for r, f in enumerate(futures) if f.status == "error"]
+        lost = _lost(client, futures, workers)
+        if failed and not lost:  # a rank whose peer died fails first: let the scheduler see it
+            for _ in range(10):
+                time.sleep(0.5)
+                if lost := _lost(client, futures, workers):
+                    break
+        if lost:
+            r = lost[0]
+            raise RankFailed(f"rank {r} of {len(futures)} died with its worker {workers[r]} "
+                             "(the worker left the cluster)")
+        if failed:
+            r = failed[0]
+            exc = futures[r].exception()
+            if isinstance(exc, (*BAD_INPUT, Stopped)):
+                raise exc
+            raise RankFailed(f"rank {r} of {len(futures)} on worker {workers[r]} failed: "
+                             f"{type(exc).__name__}: {exc}") from exc
