@@ -13,18 +13,12 @@ largest probability difference.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-# This folder goes last on the path: its tokenize.py must not shadow the standard library's.
-HERE = Path(__file__).resolve().parent
-sys.path = [p for p in sys.path if Path(p or ".").resolve() != HERE] + [str(HERE)]
-
 import argparse
 import logging
 import tempfile
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -37,7 +31,7 @@ from ulmfit_core.data import load_raw_labelled
 from ulmfit_core.models import build_classifier, clas_config, save_model
 from ulmfit_core.predict import Classifier
 from ulmfit_core.rundir import RunDir, read_json
-from ulmfit_core.stages import _copy_text_assets
+from ulmfit_core.stages import copy_text_assets
 from ulmfit_core.train import use_all_cores
 
 
@@ -60,7 +54,7 @@ def main() -> None:
         _, texts, labels = load_raw_labelled(run.shards(run.raw), "test")
         torch.manual_seed(0)
         model = build_classifier(len(itos), 2, preset.model, preset.classifier)
-        _copy_text_assets(run, run.classifier)
+        copy_text_assets(run, run.classifier)
         save_model(run.classifier / "model.pth", "classifier", model.state_dict(), labels=["neg", "pos"],
                    model=vars(preset.model), classifier=preset.to_dict()["classifier"],
                    vocab_size=len(itos))

@@ -32,13 +32,6 @@ seq 80; on the CPU the `cpu` preset's, on a small sample so the run takes a few 
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-# This folder goes last on the path: its tokenize.py must not shadow the standard library's.
-HERE = Path(__file__).resolve().parent
-sys.path = [p for p in sys.path if Path(p or ".").resolve() != HERE] + [str(HERE)]
-
 import argparse
 import gc
 import logging
@@ -48,6 +41,7 @@ import tempfile
 import time
 from dataclasses import replace
 from functools import partial
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F

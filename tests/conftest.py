@@ -79,6 +79,19 @@ def write_tarball(path: Path, reviews: dict[str, list[tuple[str, bytes]]]) -> Pa
     return path
 
 
+def ulmfit(*args, timeout=900) -> subprocess.CompletedProcess:
+    """The `ulmfit` command, run as a user runs it, in a process of its own."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", "flows.cli", *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout, env=env)
+
+
+def error_line(result) -> str:
+    """The last line of a command that ended with exit status 2 (bad input)."""
+    assert result.returncode == 2, result.stderr[-3000:]
+    return result.stderr.strip().splitlines()[-1]
+
+
 @pytest.fixture(scope="session")
 def reviews() -> dict[str, list[tuple[str, bytes]]]:
     return real_reviews(PER_GROUP)

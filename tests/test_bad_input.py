@@ -18,7 +18,7 @@ from ulmfit_core.errors import DamagedFile, DataError
 from ulmfit_core.predict import Classifier, LanguageModel
 from ulmfit_core.rundir import RunDir, read_json
 
-from test_cli_flow import error_line, ulmfit
+from conftest import error_line, ulmfit
 
 # (options after `run --data SAMPLE --out OUT`, the error line after "ulmfit: error: ")
 RUN_OPTIONS = [
@@ -199,3 +199,23 @@ def test_a_damaged_checkpoint_is_refused_not_resumed(tmp_path):
     path.write_bytes(path.read_bytes()[:1000])
     with pytest.raises(DamagedFile, match=r"damaged checkpoint \(unreadable.*delete it to train this stage"):
         load_checkpoint(path, "fp")
+
+
+def test_a_classifier_preset_other_than_the_encoders_is_refused(tmp_path, trained):
+    run = RunDir(tmp_path / "run")
+    shutil.copytree(trained.root, run.root)
+    with pytest.raises(ValueError, match=r"the exported encoder has model .*, but preset 'cpu' builds "
+                                         r".*: use the LM's preset"):
+        stages.classifier_stage(run, get_preset("cpu"), 0)
+
+
+def test_an_ensemble_of_predictions_for_different_reviews_is_refused(tmp_path, trained):
+    run = RunDir(tmp_path / "run")
+    shutil.copytree(trained.root, run.root)
+    stages.evaluate_stage(run)
+    predictions = pq.read_table(run.classifier / stages.PREDICTIONS)
+    backward = run.direction(True)
+    backward.classifier.mkdir(parents=True)
+    pq.write_table(predictions.slice(1), backward.classifier / stages.PREDICTIONS)
+    with pytest.raises(ValueError, match="forward and backward test predictions cover different reviews"):
+        stages.ensemble_stage(run)

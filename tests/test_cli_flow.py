@@ -15,18 +15,8 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
+from conftest import error_line, ulmfit
 from ulmfit_core.rundir import read_json
-
-
-def ulmfit(*args, timeout=900):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, "-m", "flows.cli", *map(str, args)], capture_output=True,
-                          text=True, timeout=timeout, env=env)
-
-
-def error_line(result) -> str:
-    assert result.returncode == 2, result.stderr[-3000:]
-    return result.stderr.strip().splitlines()[-1]
 
 
 def test_bad_input_fails_fast_with_one_line(tmp_path, sample_tarball):

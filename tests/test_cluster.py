@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from test_cli_flow import ulmfit
-from ulmfit_core.shards import file_sha256
+from conftest import ulmfit
+from ulmfit_core.manifests import file_sha256
 
 pytestmark = pytest.mark.slow
 

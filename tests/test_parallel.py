@@ -20,7 +20,7 @@ from fastai.callback.core import Callback, CancelBatchException, CancelValidExce
 from fastai.text.models.awdlstm import WeightDropout
 
 from tasks.ranks import RankFailed, Ranks, run_ranks
-from test_cli_flow import ulmfit
+from conftest import ulmfit
 from ulmfit_core import stages
 from ulmfit_core.config import get_preset
 from ulmfit_core.models import load_model_file

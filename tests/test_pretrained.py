@@ -10,7 +10,6 @@ from dataclasses import replace
 import pytest
 import torch
 
-from test_shards import preprocess
 from ulmfit_core import stages
 from ulmfit_core.config import ModelConfig, get_preset
 from ulmfit_core.errors import DataError
@@ -22,7 +21,7 @@ from ulmfit_core.rundir import RunDir, read_json
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, sample_tarball) -> RunDir:
     run = RunDir(tmp_path_factory.mktemp("run"))
-    preprocess(run, sample_tarball, get_preset("tiny"))
+    stages.preprocess_in_process(run, str(sample_tarball), get_preset("tiny"), shard_docs=50)
     return run
 
 

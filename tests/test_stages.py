@@ -19,7 +19,7 @@ from ulmfit_core.models import load_model_file, pad_front
 from ulmfit_core.predict import Classifier, LanguageModel
 from ulmfit_core.report import write_report
 from ulmfit_core.rundir import RunDir, RunInUse, read_json, tracked_run
-from ulmfit_core.shards import file_sha256
+from ulmfit_core.manifests import file_sha256
 from ulmfit_core.train import classifier_dataloaders, lm_dataloaders, train_language_model
 from ulmfit_core.vocab import PAD_ID
 
@@ -86,7 +86,9 @@ def test_metrics_and_report(run):
     assert metrics["vocab"]["size"] > 8
     assert {"valid_loss", "accuracy", "perplexity"} <= set(metrics["lm"])
     assert metrics["test"]["n"] == 80 and metrics["device"] == "cpu"
-    assert all(isinstance(v, float) for k, v in metrics["seconds"].items() if k != "evaluate")
+    assert set(metrics["seconds"]) == {"preprocess", "lm forward", "classifier forward",
+                                       "evaluate forward", "total"}
+    assert all(isinstance(v, float) and v > 0 for v in metrics["seconds"].values())
     report = run.report.read_text()
     assert "Test accuracy" in report and "freeze_to(-2)" in report
     assert "NB-LR baseline on the same split" in report and "![training curves](curves.png)" in report

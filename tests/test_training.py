@@ -24,12 +24,12 @@ from ulmfit_core import stages
 from ulmfit_core.checkpoint import load_checkpoint, save_checkpoint
 from ulmfit_core.config import LMConfig, ModelConfig, Stage, get_preset
 from ulmfit_core.data import load_docs
-from ulmfit_core.errors import DataError
+from ulmfit_core.errors import DamagedFile, DataError
 from ulmfit_core.models import build_language_model
 from ulmfit_core.predict import Classifier, LanguageModel
 from ulmfit_core.report import write_report
 from ulmfit_core.rundir import RunDir, read_json
-from ulmfit_core.train import LOSS_CHECK_EVERY, Phase, fit_phases, lm_dataloaders
+from ulmfit_core.train import LOSS_CHECK_EVERY, Phase, fit_phases, lm_dataloaders, sample_tokens
 
 # A stage of the tiny preset with more epochs, run in a process of its own so it can be killed.
 STAGE_SCRIPT = """
@@ -129,7 +129,10 @@ def test_checkpoint_of_other_settings_is_not_resumed(tmp_path):
     assert state["epoch"] == 1 and state["history"][0]["valid_loss"] == 2.0
     assert isinstance(state["opt"]["hypers"][0]["lr"], float)
     path.write_bytes(b"not a checkpoint")
-    with pytest.raises(Exception):
+    with pytest.raises(DamagedFile, match=r"checkpoint\.pth: damaged checkpoint \(unreadable"):
+        load_checkpoint(path, "abc")
+    torch.save({"format": "ulmfit-checkpoint/1", "state": torch.zeros(3)}, path)  # readable, other format
+    with pytest.raises(DamagedFile, match=r"damaged checkpoint \(not a ulmfit-checkpoint/2 file\)"):
         load_checkpoint(path, "abc")
 
 
@@ -305,3 +308,18 @@ def test_out_of_gpu_memory_names_the_batch_size_and_keeps_the_checkpoint(
     monkeypatch.setattr(AWD_LSTM, "forward", forward)  # memory to spare: the rerun resumes
     metrics = train(run, preset, seed=5)
     assert metrics["resumed"]["epochs_done"] == 1
+
+
+def test_sample_tokens_keeps_whole_documents_up_to_the_budget(preprocessed):
+    """The cpu preset's LM trains on such a sample: seeded, whole documents, about the budget."""
+    docs = load_docs(RunDir(preprocessed).shards(RunDir(preprocessed).ids))
+    budget = docs.n_tokens // 3
+    sample = sample_tokens(docs, budget, seed=0)
+    assert sample.doc_ids == sample_tokens(docs, budget, seed=0).doc_ids
+    assert sample.doc_ids != sample_tokens(docs, budget, seed=1).doc_ids
+    assert budget <= sample.n_tokens < budget + max(len(d) for d in docs.ids)  # stops once reached
+    whole = dict(zip(docs.doc_ids, docs.ids))
+    assert all(np.array_equal(ids, whole[i]) for i, ids in zip(sample.doc_ids, sample.ids))
+    order = {i: n for n, i in enumerate(docs.doc_ids)}
+    assert [order[i] for i in sample.doc_ids] == sorted(order[i] for i in sample.doc_ids)  # corpus order
+    assert sample_tokens(docs, None, 0) is docs and sample_tokens(docs, docs.n_tokens, 0) is docs

@@ -14,8 +14,16 @@ from typing import Iterator, Sequence
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from .errors import DataError
+
+
+def read_shard(path: str | Path, columns: list[str] | None = None) -> pa.Table:
+    """One Parquet shard. `pq.read_table` would go through pyarrow.dataset, which loads pandas
+    into every worker that reads a shard."""
+    with pq.ParquetFile(path) as f:
+        return f.read(columns=columns)
 
 
 def seeded_unit(seed: int, doc_id: str, purpose: str) -> float:

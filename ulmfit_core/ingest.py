@@ -26,7 +26,7 @@ from .data import seeded_unit
 from .errors import DataError
 from .progress import Bar
 from .rundir import atomic_path
-from .shards import file_sha256
+from .manifests import file_sha256
 
 RAW_SCHEMA = pa.schema(
     [("id", pa.string()), ("split", pa.string()), ("label", pa.string()), ("text", pa.string())]

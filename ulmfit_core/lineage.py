@@ -1,7 +1,7 @@
 """lineage.json: every artifact of a run, its content hash, and what made it from what.
 
 Every stage leaves a manifest beside its outputs (output hashes, input hashes, settings; see
-`shards`). The lineage joins them: an input is linked to the artifact whose content hash it
+`manifests`). The lineage joins them: an input is linked to the artifact whose content hash it
 has, so for any classifier the chain back to its encoder, LM, vocab, id/token/raw shards and the
 source is explicit. The code version (package version, git commit) and library versions are
 recorded once for the run.
@@ -18,7 +18,7 @@ from pathlib import Path
 
 from . import __version__
 from .rundir import RunDir, read_json, write_json
-from .shards import file_sha256
+from .manifests import file_sha256
 
 LIBRARIES = ("torch", "fastai", "spacy", "sentencepiece", "pyarrow", "numpy", "prefect",
              "prefect-dask", "dask", "distributed")

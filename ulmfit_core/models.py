@@ -17,7 +17,7 @@ from torch import nn
 from .config import ClassifierConfig, ModelConfig
 from .errors import DamagedFile
 from .rundir import atomic_path
-from .shards import verify_outputs
+from .manifests import verify_outputs
 
 FORMAT = "ulmfit/1"
 

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 from .config import TokenizerConfig
 from .rules import SPECIAL_TOKENS, apply_rules, replace_space
 from .rundir import atomic_path
-from .shards import read_shard
+from .data import read_shard
 
 
 def _import_spacy():

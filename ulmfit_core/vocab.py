@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 
 from .rules import SPECIAL_TOKENS
 from .rundir import atomic_path, read_json, write_json
-from .shards import read_shard
+from .data import read_shard
 
 UNK_ID, PAD_ID = 0, 1
 FAKE = "xxfake"

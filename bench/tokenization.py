@@ -1,6 +1,6 @@
 """Word tokenization throughput: fastai's parallel_tokenize against this project, same texts, one run.
 
-    python bench/tokenize.py [--data PATH] [--docs 5000] [--workers 2]
+    python bench/tokenization.py [--data PATH] [--docs 5000] [--workers 2]
 
 fastai: `parallel_tokenize(texts, WordTokenizer(), rules=defaults.text_proc_rules, n_workers=N)`.
 Project: the same texts written as raw shards, tokenized into token shards by `tokenize_shard`
@@ -10,13 +10,6 @@ document's tokens are identical.
 """
 
 from __future__ import annotations
-
-import sys
-
-# This file's name shadows the standard library's `tokenize` for anything imported below when it
-# is run as a script; take its folder off the import path first.
-if sys.path and sys.path[0].rstrip("/").endswith("bench"):
-    sys.path.pop(0)
 
 import argparse
 import itertools

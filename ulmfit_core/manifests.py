@@ -1,9 +1,10 @@
-"""Verifiable shards: a manifest beside each output records what made it, so reruns can reuse it.
+"""Manifests: beside each stage's outputs, a record of what made them, so reruns can reuse them.
 
-`part-00000.parquet` gets `part-00000.json` holding the SHA-256 of every file the step wrote,
-the SHA-256 of every input it read, and the settings it ran with. A rerun reuses the outputs only
-if the inputs and settings are unchanged and every output still matches its hash; otherwise the
-step runs again. The manifest is written last, so an interrupted step never looks finished.
+`part-00000.parquet` gets `part-00000.json` (`vocab.json` gets `vocab.manifest.json`) holding
+the SHA-256 of every file the stage wrote, the SHA-256 of every input it read, and the settings
+it ran with. A rerun reuses the outputs only if the inputs and settings are unchanged and every
+output still matches its hash; otherwise the stage runs again (`made_once`). The manifest is
+written last, so an interrupted stage never looks finished.
 """
 
 from __future__ import annotations
@@ -12,9 +13,7 @@ import hashlib
 import json
 import logging
 from pathlib import Path
-
-import pyarrow as pa
-import pyarrow.parquet as pq
+from typing import Callable
 
 from .errors import DamagedFile
 from .rundir import read_json, write_json
@@ -30,11 +29,9 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def read_shard(path: str | Path, columns: list[str] | None = None) -> pa.Table:
-    """One Parquet shard. `pq.read_table` would go through pyarrow.dataset, which loads pandas
-    into every worker that reads a shard."""
-    with pq.ParquetFile(path) as f:
-        return f.read(columns=columns)
+def file_inputs(run, paths) -> dict[str, str]:
+    """{path relative to the run directory `run`: SHA-256} of the files a stage reads."""
+    return {run.rel(p): file_sha256(p) for p in paths}
 
 
 def manifest_path(shard: str | Path) -> Path:
@@ -83,3 +80,21 @@ def reusable(shard: str | Path, inputs: dict[str, str], settings: dict) -> dict 
             log.warning("%s fails its hash check; recomputing it", folder / name)
             return None
     return manifest["summary"]
+
+
+Made = tuple[dict, "list[str | Path] | None"]  # (summary, outputs): what a stage's work returns
+
+
+def made_once(anchor: str | Path, inputs: dict[str, str], settings: dict,
+              make: Callable[[], Made]) -> dict:
+    """Every stage's reuse protocol. The summary recorded beside `anchor` when its outputs were
+    made from the same `inputs` and `settings` and are intact ("reused": True); otherwise
+    `make()` runs and returns (summary, outputs), which the manifest records ("reused": False).
+    Outputs None record nothing (a rank other than 0 of a data-parallel training)."""
+    summary = reusable(anchor, inputs, settings)
+    if summary is not None:
+        return {**summary, "reused": True}
+    summary, outputs = make()
+    if outputs is not None:
+        write_manifest(anchor, outputs, inputs, settings, summary)
+    return {**summary, "reused": False}

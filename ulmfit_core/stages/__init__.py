@@ -1,0 +1,22 @@
+"""The pipeline's stages as functions of a run directory: `preprocessing` (ingest to id shards,
+what `tasks/preprocess.py` runs) and `modelling` (language model to baseline, what
+`tasks/train.py` runs).
+
+Each stage reads what earlier stages wrote under the run directory, writes its own outputs there
+(atomically), and returns a small JSON-able summary; every stage is reused when its inputs and
+settings are unchanged (`manifests.made_once`). The Prefect tasks call these and nothing else.
+Modules that load torch, fastai or spaCy are imported inside the stages that use them: the
+orchestrating process runs ingest and the Dask scheduler and should not carry a model stack.
+"""
+
+from .modelling import (CHECKPOINT, LABEL_SAMPLE, PREDICTIONS, baseline_stage, check_classifier_data,
+                        classifier_stage, copy_text_assets, ensemble_stage, evaluate_stage,
+                        export_stage, lm_stage, training_docs)
+from .preprocessing import (INGEST_MANIFEST, ingest_stage, numericalize_stage, preprocess_in_process,
+                            summarize_preprocess, tokenize_stage, tokenizer_stage, vocab_stage)
+
+__all__ = ["CHECKPOINT", "INGEST_MANIFEST", "LABEL_SAMPLE", "PREDICTIONS", "baseline_stage",
+           "check_classifier_data", "classifier_stage", "copy_text_assets", "ensemble_stage",
+           "evaluate_stage", "export_stage", "ingest_stage", "lm_stage", "numericalize_stage",
+           "preprocess_in_process", "summarize_preprocess", "tokenize_stage", "tokenizer_stage",
+           "training_docs", "vocab_stage"]

@@ -1,0 +1,291 @@
+"""The modelling stages as functions of a run directory: language model, encoder export,
+classifier, test evaluation, ensemble and NB-LR baseline; `tasks/train.py` wraps them.
+
+Each stage reads what earlier stages wrote under the run directory, writes its own outputs there
+(atomically) with a manifest (`manifests.made_once`: reused when unchanged; training also
+checkpoints every epoch), and returns a small JSON-able summary. torch and fastai are imported
+inside the stages, so that importing this module stays light.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from collections import Counter
+from pathlib import Path
+
+from .. import __version__
+from ..config import Preset
+from ..data import load_docs, load_raw_labelled
+from ..manifests import file_inputs, made_once
+from ..rundir import RunDir, atomic_path, read_json, write_json
+
+LABEL_SAMPLE = "train-labels.json"  # the reviews a classifier trained on few labels saw
+
+
+def copy_text_assets(run: RunDir, folder: Path) -> None:
+    """Make a model folder self-contained: its vocab and the tokenizer that feeds it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(run.require(run.vocab, "vocab"), folder / "vocab.json")
+    for name in ("tokenizer.json", "spm.model"):
+        if (run.tokenizer / name).exists():
+            shutil.copyfile(run.tokenizer / name, folder / name)
+
+
+CHECKPOINT = "checkpoint.pth"
+
+
+def fingerprint(inputs: dict, settings: dict) -> str:
+    return hashlib.sha256(json.dumps({"inputs": inputs, "settings": settings}, sort_keys=True,
+                                     default=str).encode()).hexdigest()
+
+
+def _training_settings(preset: Preset, part: str, seed: int, run: RunDir, **extra) -> dict:
+    config = preset.to_dict()
+    return {"model": config["model"], part: config[part], "fp16": preset.fp16,
+            "cpu_bf16": preset.cpu_bf16, "seed": seed, "backwards": run.backwards,
+            "ulmfit": __version__, **extra}
+
+
+def training_docs(run: RunDir, **kwargs):
+    """The documents of the id shards as this direction trains on them (reversed for backward)."""
+    docs = load_docs(run.shards(run.ids), **kwargs)
+    return docs.reversed() if run.backwards else docs
+
+
+def _model_outputs(folder: Path, *names: str) -> list[Path]:
+    return [folder / n for n in (*names, "vocab.json", "tokenizer.json", "spm.model")
+            if (folder / n).exists()]
+
+
+def check_classifier_data(run: RunDir, preset: Preset, seed: int,
+                          train_labels: int | None = None) -> dict:
+    """Refuse, before the language model trains, labelled data the classifier could not use."""
+    from ..data import classifier_split
+
+    docs = training_docs(run, splits=["train"], labelled=True)  # what the classifier will train on
+    labels, train, valid = classifier_split(docs, preset.classifier.valid_pct, seed, train_labels)
+    return {"labels": labels, "train_docs": len(train), "valid_docs": len(valid)}
+
+
+def lm_stage(run: RunDir, preset: Preset, seed: int, pretrained: str = "none",
+             progress=None) -> dict:
+    """Fine-tune the LM on all text; `pretrained` is "none", "wt103" or a weights folder/file.
+
+    A language model made from the same vocab, id shards and settings is reused. Otherwise each
+    epoch is checkpointed under lm/, and a rerun after a crash resumes from the last one.
+    """
+    from ..models import save_model
+    from ..parallel import rank
+    from ..pretrained import load_pretrained
+    from ..train import train_language_model
+    from ..vocab import Vocab
+
+    vocab_path = run.require(run.vocab, "vocab")
+    if run.backwards and pretrained == "wt103":
+        pretrained = "wt103-bwd"
+    inputs = file_inputs(run, [vocab_path, *run.shards(run.ids)])
+    settings = _training_settings(preset, "lm", seed, run, pretrained=pretrained)
+    checkpoint = run.lm / CHECKPOINT
+
+    def train():
+        vocab = Vocab.load(vocab_path)
+        start, source = None, None
+        if pretrained != "none":
+            start, source = load_pretrained(pretrained, vocab.itos, preset.model)
+        docs = training_docs(run)  # all text, labels unused
+        model, metrics = train_language_model(docs, len(vocab), preset, seed, pretrained=start,
+                                              checkpoint=checkpoint,
+                                              fingerprint=fingerprint(inputs, settings),
+                                              progress=progress)
+        metrics.update(pretrained=source, backwards=run.backwards)
+        if rank() != 0:  # rank 0 of a data-parallel training writes the model
+            return metrics, None
+        copy_text_assets(run, run.lm)
+        save_model(run.lm / "model.pth", "language_model", model.state_dict(),
+                   model=vars(preset.model), drop_mult=preset.lm.drop_mult, vocab_size=len(vocab),
+                   backwards=run.backwards)
+        write_json(run.lm / "metrics.json", metrics)
+        return metrics, _model_outputs(run.lm, "model.pth", "metrics.json")
+
+    result = made_once(run.lm / "model.pth", inputs, settings, train)
+    if rank() == 0:
+        checkpoint.unlink(missing_ok=True)  # only once the model's manifest is written
+    return result
+
+
+def export_stage(run: RunDir) -> dict:
+    """The encoder of the fine-tuned LM, with its vocab and model config, for the classifier."""
+    from ..models import load_model_file, save_model
+
+    lm_path = run.require(run.lm / "model.pth", "train-lm")
+    inputs = file_inputs(run, [lm_path])
+
+    def export():
+        payload = load_model_file(lm_path, "language_model")
+        prefix = "0."
+        encoder = {k[len(prefix):]: v for k, v in payload["state_dict"].items() if k.startswith(prefix)}
+        copy_text_assets(run, run.export)
+        path = save_model(run.export / "encoder.pth", "encoder", encoder, model=payload["model"],
+                          vocab_size=payload["vocab_size"], backwards=run.backwards)
+        write_json(run.export / "config.json", {"arch": "AWD_LSTM", "model": payload["model"],
+                                                "vocab_size": payload["vocab_size"],
+                                                "backwards": run.backwards})
+        return ({"path": run.rel(path), "parameters": int(sum(v.numel() for v in encoder.values()))},
+                _model_outputs(run.export, "encoder.pth", "config.json"))
+
+    return made_once(run.export / "encoder.pth", inputs, {}, export)
+
+
+def classifier_stage(run: RunDir, preset: Preset, seed: int, progress=None,
+                     train_labels: int | None = None) -> dict:
+    """Gradual unfreezing on the labelled train split (or a class-balanced sample of
+    `train_labels` of its reviews, whose ids go to train-labels.json); reused when the encoder,
+    id shards and settings are unchanged, else checkpointed (and resumed) per epoch."""
+    from ..models import load_model_file, save_model
+    from ..parallel import rank
+    from ..train import train_classifier
+
+    encoder_path = run.require(run.export / "encoder.pth", "encoder export")
+    inputs = file_inputs(run, [encoder_path, *run.shards(run.ids)])
+    settings = _training_settings(preset, "classifier", seed, run)
+    if train_labels is not None:
+        settings["train_labels"] = train_labels
+    checkpoint = run.classifier / CHECKPOINT
+
+    def train():
+        # Scores of an earlier classifier, and the sample it was trained on.
+        for stale in ("test.json", PREDICTIONS, "baseline.json", LABEL_SAMPLE):
+            (run.classifier / stale).unlink(missing_ok=True)
+        run.ensemble.unlink(missing_ok=True)
+        encoder = load_model_file(encoder_path, "encoder")
+        if encoder["model"] != vars(preset.model):
+            raise ValueError(f"the exported encoder has model {encoder['model']}, but preset "
+                             f"'{preset.name}' builds {vars(preset.model)}: use the LM's preset")
+        docs = training_docs(run, splits=["train"], labelled=True)
+        model, labels, metrics = train_classifier(docs, encoder["state_dict"], encoder["vocab_size"],
+                                                  preset, seed, checkpoint=checkpoint,
+                                                  fingerprint=fingerprint(inputs, settings),
+                                                  progress=progress, train_labels=train_labels)
+        metrics["backwards"] = run.backwards
+        sample = metrics.pop("sample", None)
+        if rank() != 0:
+            return metrics, None
+        if sample is not None:
+            write_json(run.classifier / LABEL_SAMPLE, {"n": train_labels, "seed": seed, **sample})
+        copy_text_assets(run, run.classifier)
+        save_model(run.classifier / "model.pth", "classifier", model.state_dict(), labels=labels,
+                   model=vars(preset.model), classifier=preset.to_dict()["classifier"],
+                   vocab_size=encoder["vocab_size"], backwards=run.backwards)
+        write_json(run.classifier / "metrics.json", metrics)
+        return metrics, _model_outputs(run.classifier, "model.pth", "metrics.json", LABEL_SAMPLE)
+
+    result = made_once(run.classifier / "model.pth", inputs, settings, train)
+    if rank() == 0:
+        checkpoint.unlink(missing_ok=True)
+    return result
+
+
+PREDICTIONS = "test-predictions.parquet"
+
+
+def evaluate_stage(run: RunDir, progress=None) -> dict:
+    """Accuracy on the labelled test split; per-review probabilities go to a Parquet file."""
+    from ..predict import Classifier, evaluate
+
+    t0 = time.time()
+    model_path = run.require(run.classifier / "model.pth", "train-classifier")
+    inputs = file_inputs(run, [model_path, *run.shards(run.ids)])
+
+    def score():
+        docs = load_docs(run.shards(run.ids), splits=["test"], labelled=True)
+        classifier = Classifier.load(run.classifier)  # reverses the ids itself if it reads backwards
+        unknown = sorted(set(docs.labels) - set(classifier.labels))
+        if unknown:
+            raise ValueError(f"test split has labels {unknown} that the classifier never saw")
+        outputs = [run.classifier / "test.json"]
+        if len(docs):
+            probs = classifier.predict_ids(docs.ids, progress=progress)
+            result = evaluate(probs, classifier.labels, docs.labels)
+            result["top_losses"] = _top_losses(run, docs, probs, classifier.labels)
+            outputs.append(write_predictions(run.classifier / PREDICTIONS, docs, probs, classifier.labels))
+        else:
+            result = {"n": 0, "accuracy": None, "labels": classifier.labels, "confusion": None}
+        result["label_counts"] = dict(Counter(docs.labels))
+        result["backwards"] = run.backwards
+        result["seconds"] = time.time() - t0
+        write_json(run.classifier / "test.json", result)
+        return result, outputs
+
+    return made_once(run.classifier / "test.json", inputs, {}, score)
+
+
+def write_predictions(path: Path, docs, probs, labels: list[str]) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table({"id": docs.doc_ids, "label": docs.labels,
+                      **{f"p_{y}": probs[:, i] for i, y in enumerate(labels)}})
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+    return path
+
+
+def ensemble_stage(run: RunDir) -> dict:
+    """The forward and backward classifiers' averaged probabilities on the test split."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from ..predict import evaluate
+
+    fwd, bwd = (pq.read_table(run.direction(b).require(run.direction(b).classifier / PREDICTIONS,
+                                                       "evaluate")) for b in (False, True))
+    if fwd.column("id").to_pylist() != bwd.column("id").to_pylist():
+        raise ValueError("forward and backward test predictions cover different reviews")
+    columns = [c for c in fwd.column_names if c.startswith("p_")]
+    labels = [c[2:] for c in columns]
+    probs = {name: np.stack([t.column(c).to_numpy() for c in columns], axis=1)
+             for name, t in (("forward", fwd), ("backward", bwd))}
+    probs["ensemble"] = (probs["forward"] + probs["backward"]) / 2
+    truth = fwd.column("label").to_pylist()
+    result = {name: evaluate(p, labels, truth) for name, p in probs.items()}
+    write_json(run.ensemble, result)
+    return result
+
+
+def _top_losses(run: RunDir, docs, probs, labels: list[str], k: int = 5) -> list[dict]:
+    """The k test reviews the classifier got most confidently wrong (or least right)."""
+    truth = [labels.index(y) for y in docs.labels]
+    p_true = probs[range(len(truth)), truth]
+    worst = [int(i) for i in p_true.argsort()[:k]]
+    ids, texts, _ = load_raw_labelled(run.shards(run.raw), "test")
+    text_of = dict(zip(ids, texts))
+    return [{"id": docs.doc_ids[i], "label": docs.labels[i], "predicted": labels[int(probs[i].argmax())],
+             "p_label": float(p_true[i]), "text": text_of.get(docs.doc_ids[i], "")[:400]}
+            for i in worst]
+
+
+def baseline_stage(run: RunDir) -> dict:
+    """The classical NB-LR baseline on the same train and test reviews as the classifier (its
+    sample, when it was trained on one); reused while those are unchanged."""
+    from ..baseline import nb_logistic_regression
+
+    raw = run.shards(run.raw)
+    sample = run.classifier / LABEL_SAMPLE
+    inputs = file_inputs(run, [*raw, *([sample] if sample.exists() else [])])
+
+    def fit():
+        train_ids, train_texts, train_labels = load_raw_labelled(raw, "train")
+        if sample.exists():
+            chosen = read_json(sample)
+            keep = set(chosen["train"]) | set(chosen["valid"])
+            picked = [i for i, doc_id in enumerate(train_ids) if doc_id in keep]
+            train_texts, train_labels = [train_texts[i] for i in picked], [train_labels[i] for i in picked]
+        _, test_texts, test_labels = load_raw_labelled(raw, "test")
+        result = nb_logistic_regression(train_texts, train_labels, test_texts, test_labels)
+        write_json(run.classifier / "baseline.json", result)
+        return result, [run.classifier / "baseline.json"]
+
+    return made_once(run.classifier / "baseline.json", inputs, {}, fit)

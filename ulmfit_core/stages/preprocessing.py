@@ -1,0 +1,205 @@
+"""The preprocessing stages as functions of a run directory: ingest, tokenizer, tokenize (per
+shard), vocab, numericalize (per shard), and the summary; `tasks/preprocess.py` wraps them.
+
+Each stage reads what earlier stages wrote under the run directory, writes its own outputs there
+(atomically) with a manifest (`manifests.made_once`: reused when unchanged), and returns a small
+JSON-able summary. This module never loads torch or fastai: Dask workers that tokenize import it.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from importlib.metadata import version
+from pathlib import Path
+
+from .. import __version__
+from ..config import Preset
+from ..data import iter_raw_texts, seeded_unit
+from ..ingest import ingest, resolve_source, source_digest
+from ..manifests import file_inputs, file_sha256, made_once
+from ..rundir import RunDir, read_json, write_json
+
+INGEST_MANIFEST = "_ingest.json"
+
+
+def ingest_stage(run: RunDir, data: str, limit: int | None, seed: int,
+                 shard_docs: int = 2000) -> dict:
+    """Read the source into raw shards; reused when the source's content and the settings are
+    those of the raw shards already there. They are written into a folder beside raw/ that
+    replaces it only once the whole source was read, so a failed ingest leaves the earlier run
+    as it was instead of raw shards of two sources side by side."""
+    t0 = time.time()
+    source = resolve_source(data)
+    inputs = {"source": source_digest(source)}
+    settings = {"limit": limit, "seed": seed, "shard_docs": shard_docs}
+
+    def read():
+        partial, old = run.root / ".raw.partial", run.root / ".raw.old"
+        for folder in (partial, old):
+            shutil.rmtree(folder, ignore_errors=True)
+        try:
+            result = ingest(source, partial, limit=limit, seed=seed, shard_docs=shard_docs)
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+        if run.raw.exists():
+            run.raw.rename(old)
+        partial.rename(run.raw)
+        shutil.rmtree(old, ignore_errors=True)
+        shards = [run.raw / Path(p).name for p in result.shards]
+        _prune_stale(run, {p.stem for p in shards})
+        summary = {"source": str(source), "limit": limit, "seed": seed,
+                   "shards": [run.rel(p) for p in shards],
+                   "docs": result.docs, "groups": result.groups, "skipped": result.skipped,
+                   "seconds": time.time() - t0}
+        write_json(run.raw / INGEST_MANIFEST, summary)
+        return summary, [run.raw / INGEST_MANIFEST, *shards]
+
+    return made_once(run.raw / INGEST_MANIFEST, inputs, settings, read)
+
+
+def _prune_stale(run: RunDir, stems: set[str]) -> None:
+    """Remove token and id shards (and their side files) left from raw shards that are gone."""
+    for folder in (run.tokens, run.ids):
+        for path in folder.glob("*-*.*") if folder.exists() else []:
+            if "part-" + path.stem.split("-")[-1] not in stems:
+                path.unlink()
+
+
+SUBWORD_SAMPLE_DOCS = 20_000
+
+
+def tokenizer_stage(run: RunDir, preset: Preset, seed: int) -> dict:
+    """Record the tokenizer; for subwords, train SentencePiece on a sample of the training text.
+
+    The sample is every train/unsup document whose seeded draw falls under the share that
+    gives about SUBWORD_SAMPLE_DOCS documents. A model made from the same raw shards and
+    settings is reused.
+    """
+    from ..subword import MODEL_FILE, train_subword_model
+
+    cfg, folder = preset.tokenizer, run.tokenizer
+    spec = folder / "tokenizer.json"
+    recorded = spec.exists() and read_json(spec) == vars(cfg)
+    if not recorded:
+        write_json(spec, vars(cfg))
+    model = folder / MODEL_FILE
+    if cfg.kind == "word":
+        for stale in (model, model.with_suffix(".json")):  # from an earlier subword run
+            stale.unlink(missing_ok=True)
+        return {"kind": "word", "reused": recorded}
+
+    manifest = read_json(run.raw / INGEST_MANIFEST)
+    shards = [run.path(p) for p in manifest["shards"]]
+    inputs = {p.name: file_sha256(p) for p in shards}
+    settings = {"tokenizer": vars(cfg), "seed": seed, "sample_docs": SUBWORD_SAMPLE_DOCS}
+
+    def train():
+        candidates = sum(n for group, n in manifest["groups"].items() if not group.startswith("test/"))
+        share = min(1.0, SUBWORD_SAMPLE_DOCS / max(candidates, 1))
+        docs = iter_raw_texts(shards, ["train", "unsup"])
+        texts = (text for doc_id, text in docs if seeded_unit(seed, doc_id, "subword-sample") < share)
+        t0 = time.time()
+        train_subword_model(texts, cfg.subword_vocab_size, folder, cfg.lang)
+        return {"kind": "subword", "vocab_size": cfg.subword_vocab_size,
+                "seconds": time.time() - t0}, [model]
+
+    return made_once(model, inputs, settings, train)
+
+
+def token_paths(run: RunDir, raw_shard: str | Path) -> tuple[Path, Path]:
+    """Where the token shard and the count table of a raw shard go."""
+    stem = Path(raw_shard).stem  # part-00000
+    return run.tokens / f"{stem}.parquet", run.tokens / f"counts-{stem[5:]}.parquet"
+
+
+def _tokenizer_settings(preset: Preset) -> dict:
+    return {"tokenizer": vars(preset.tokenizer), "fastai": version("fastai"),
+            "spacy": version("spacy"), "ulmfit": __version__}
+
+
+def tokenize_stage(run: RunDir, raw_shard: str, preset: Preset) -> dict:
+    """Tokenize one raw shard (a path relative to the run), or reuse its token shard if made from
+    the same input and settings."""
+    raw_shard = run.path(raw_shard)
+    out, counts = token_paths(run, raw_shard)
+    inputs, settings = {Path(raw_shard).name: file_sha256(raw_shard)}, _tokenizer_settings(preset)
+    if preset.tokenizer.kind == "subword":
+        inputs["spm.model"] = file_sha256(run.require(run.tokenizer / "spm.model", "tokenizer"))
+
+    def tokenize():
+        from ..tokenize import tokenize_shard
+
+        t0 = time.time()
+        result = tokenize_shard(raw_shard, out, counts, preset.tokenizer, run.tokenizer)
+        return {**result, "shard": run.rel(out), "counts": run.rel(counts),
+                "seconds": time.time() - t0}, [out, counts]
+
+    return made_once(out, inputs, settings, tokenize)
+
+
+def vocab_stage(run: RunDir, preset: Preset, count_paths: list[str]) -> dict:
+    """fastai's vocab from the per-shard counts, merged in shard order; reused if unchanged."""
+    from ..vocab import Vocab, merge_counts
+
+    count_paths = [run.path(p) for p in count_paths]
+    inputs, settings = file_inputs(run, count_paths), vars(preset.vocab)
+
+    def build():
+        counts = merge_counts(count_paths)
+        vocab = Vocab.from_counts(counts, preset.vocab.max_vocab, preset.vocab.min_freq)
+        vocab.save(run.vocab)
+        return {"size": len(vocab), "distinct_tokens": len(counts), "path": run.rel(run.vocab)}, [run.vocab]
+
+    return made_once(run.vocab, inputs, settings, build)
+
+
+def numericalize_stage(run: RunDir, token_shard: str) -> dict:
+    """Encode one token shard with the vocab, or reuse its id shard if both are unchanged."""
+    from ..vocab import Vocab, numericalize_shard
+
+    token_shard = run.path(token_shard)
+    out = run.ids / token_shard.name
+    vocab_path = run.require(run.vocab, "vocab")
+    inputs = {token_shard.name: file_sha256(token_shard), "vocab.json": file_sha256(vocab_path)}
+    return made_once(out, inputs, {}, lambda: (
+        {**numericalize_shard(token_shard, Vocab.load(vocab_path), out), "shard": run.rel(out)}, [out]))
+
+
+def summarize_preprocess(run: RunDir, tokenized: list[dict], numericalized: list[dict],
+                         vocab: dict, seconds: float) -> dict:
+    manifest = read_json(run.raw / INGEST_MANIFEST)
+    summary = {
+        "docs": sum(r["docs"] for r in tokenized),
+        "tokens": sum(r["tokens"] for r in tokenized),
+        "unknown_tokens": sum(r["unknown"] for r in numericalized),
+        "skipped": manifest["skipped"]["total"],
+        "skipped_by_reason": manifest["skipped"]["by_reason"],
+        "skipped_examples": manifest["skipped"]["examples"],
+        "groups": manifest["groups"],
+        "shards": len(tokenized),
+        "reused_shards": {"tokens": sum(r["reused"] for r in tokenized),
+                          "ids": sum(r["reused"] for r in numericalized)},
+        "source": manifest["source"],
+        "vocab_size": vocab["size"],
+        "distinct_tokens": vocab["distinct_tokens"],
+        "seconds": seconds,
+    }
+    write_json(run.preprocess_metrics, summary)
+    return summary
+
+
+def preprocess_in_process(run: RunDir, data: str, preset: Preset, limit: int | None = None,
+                          seed: int = 0, shard_docs: int = 2000) -> dict:
+    """The preprocess flow's stages one after another in this process, without Prefect or Dask
+    (notebooks, benchmarks, tests): raw shards, tokenizer, token shards, vocab, id shards and
+    preprocess.json. Returns its summary with each shard's `tokenized` and `numericalized`."""
+    t0 = time.time()
+    ingested = ingest_stage(run, data, limit, seed, shard_docs)
+    tokenizer_stage(run, preset, seed)
+    tokenized = [tokenize_stage(run, shard, preset) for shard in ingested["shards"]]
+    vocab = vocab_stage(run, preset, [t["counts"] for t in tokenized])
+    numericalized = [numericalize_stage(run, t["shard"]) for t in tokenized]
+    summary = summarize_preprocess(run, tokenized, numericalized, vocab, time.time() - t0)
+    return {**summary, "tokenized": tokenized, "numericalized": numericalized}
