@@ -322,7 +322,7 @@ def _lineage(args: argparse.Namespace) -> int:
     from ulmfit_core.rundir import RunDir
 
     root = Path(args.run)
-    if not (root / "raw" / "_ingest.json").exists():
+    if not RunDir(root).ingest_summary.exists():
         raise FileNotFoundError(f"{root}: not a run directory (no raw/_ingest.json)")
     lineage = build_lineage(RunDir(root.resolve()))
     print(json.dumps(lineage, indent=2) if args.json else render_lineage(lineage, args.artifact))

@@ -102,7 +102,7 @@ def train_lm_flow(out: str, preset: str = "tiny", seed: int = 0, pretrained: str
 
     def chain(backwards: bool):
         run = RunDir(out, backwards)
-        lm_file, encoder = run.rel(run.lm / "model.pth"), run.rel(run.export / "encoder.pth")
+        lm_file, encoder = run.rel(run.lm_model), run.rel(run.encoder)
         lm = materializing(train.train_lm, out, [lm_file], ["vocab.json", "ids"]).submit(
             out, settings, seed, pretrained, backwards, ranks)
         return lm, materializing(train.export_encoder, out, [encoder], [lm_file]).submit(
@@ -132,10 +132,10 @@ def train_classifier_flow(out: str, preset: str = "tiny", seed: int = 0, directi
 
     def chain(backwards: bool):
         run = RunDir(out, backwards)
-        encoder, model = run.rel(run.export / "encoder.pth"), run.rel(run.classifier / "model.pth")
+        encoder, model = run.rel(run.encoder), run.rel(run.classifier_model)
         clas = materializing(train.train_classifier, out, [model], [encoder, "ids"]).submit(
             out, settings, seed, backwards, train_labels, ranks)
-        test = run.rel(run.classifier / "test.json")
+        test = run.rel(run.test_scores)
         return clas, materializing(train.evaluate, out, [test], [model, "ids"]).submit(
             out, backwards, ranks, wait_for=[clas])
 
@@ -153,7 +153,7 @@ def train_classifier_flow(out: str, preset: str = "tiny", seed: int = 0, directi
                 "classifier/test.json", "classifier-bwd/test.json"])(out)["ensemble"]
             print(f"forward + backward ensemble: test accuracy {results['ensemble']['accuracy']:.4f}")
         first = RunDir(out, DIRECTIONS[direction][0])
-        base = materializing(train.baseline, out, [first.rel(first.classifier / "baseline.json")],
+        base = materializing(train.baseline, out, [first.rel(first.baseline)],
                              ["raw"])(out, first.backwards)
         print(f"NB-LR baseline on the same split: {base['accuracy']:.4f}")
     return results

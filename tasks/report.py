@@ -3,17 +3,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from ulmfit_core.report import write_report
 from ulmfit_core.rundir import RunDir
 
 from .common import materializing, task
-
-SUMMARY_FILES = ["metrics.json", "report.md", "lineage.json"]
-
 
 def _figures(metrics: dict) -> list[dict]:
     test, lm, base = metrics["test"], metrics["lm"], metrics.get("baseline") or {}
@@ -44,7 +39,9 @@ def report_task(out: str, params: dict, seed: int) -> dict:
 def report(out: str, params: dict, seed: int) -> dict:
     """Run the report task as the materializer of the summary files, downstream of the models
     and evaluations this run holds."""
-    root = Path(out)
-    reads = [p.relative_to(root).as_posix() for pattern in ("preprocess.json", "*/test.json", "lm*/model.pth")
-             for p in sorted(root.glob(pattern))]
-    return materializing(report_task, out, SUMMARY_FILES, reads)(out, params, seed)
+    run = RunDir(out)
+    directions = [run.direction(b) for b in (False, True)]
+    reads = [run.rel(p) for p in (run.preprocess_metrics, *(d.test_scores for d in directions),
+                                  *(d.lm_model for d in directions)) if p.exists()]
+    writes = [run.rel(p) for p in (run.metrics, run.report, run.lineage)]
+    return materializing(report_task, out, writes, reads)(out, params, seed)

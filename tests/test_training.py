@@ -28,7 +28,7 @@ from ulmfit_core.errors import DamagedFile, DataError
 from ulmfit_core.models import build_language_model
 from ulmfit_core.predict import Classifier, LanguageModel
 from ulmfit_core.report import write_report
-from ulmfit_core.rundir import RunDir, read_json
+from ulmfit_core.rundir import CHECKPOINT, RunDir, read_json
 from ulmfit_core.train import LOSS_CHECK_EVERY, Phase, fit_phases, lm_dataloaders, sample_tokens
 
 # A stage of the tiny preset with more epochs, run in a process of its own so it can be killed.
@@ -163,7 +163,7 @@ def test_backward_models_read_text_reversed(bidirectional):
     docs = load_docs(bidirectional.shards(bidirectional.ids), splits=["test"], labelled=True)
     classifier = Classifier.load(bwd.classifier)
     assert classifier.backwards
-    recorded = pq.read_table(bwd.classifier / stages.PREDICTIONS)
+    recorded = pq.read_table(bwd.predictions)
     assert recorded.column("id").to_pylist() == docs.doc_ids
     probs = classifier.predict_ids(docs.ids[:10])
     np.testing.assert_allclose(probs[:, 1], recorded.column("p_pos").to_numpy()[:10], atol=1e-5)
@@ -174,8 +174,8 @@ def test_backward_models_read_text_reversed(bidirectional):
 def test_ensemble_averages_both_directions(bidirectional):
     result = read_json(bidirectional.ensemble)
     assert set(result) == {"forward", "backward", "ensemble"}
-    fwd = pq.read_table(bidirectional.direction(False).classifier / stages.PREDICTIONS)
-    bwd = pq.read_table(bidirectional.direction(True).classifier / stages.PREDICTIONS)
+    fwd = pq.read_table(bidirectional.direction(False).predictions)
+    bwd = pq.read_table(bidirectional.direction(True).predictions)
     p = (fwd.column("p_pos").to_numpy() + bwd.column("p_pos").to_numpy()) / 2
     truth = np.array([y == "pos" for y in fwd.column("label").to_pylist()])
     assert result["ensemble"]["accuracy"] == pytest.approx(float(((p > 0.5) == truth).mean()))
@@ -282,7 +282,7 @@ def test_out_of_gpu_memory_names_the_batch_size_and_keeps_the_checkpoint(
     tiny = get_preset("tiny")
     preset = replace(tiny, lm=replace(tiny.lm, epochs=2), classifier=replace(
         tiny.classifier, stages=(Stage("freeze", -1, 1, 2e-2), Stage("unfreeze", None, 1, 2e-3))))
-    checkpoint = (run.lm if stage == "lm" else run.classifier) / stages.CHECKPOINT
+    checkpoint = (run.lm if stage == "lm" else run.classifier) / CHECKPOINT
     forward = AWD_LSTM.forward
 
     def forward_until_an_epoch_is_saved(self, *args, **kwargs):

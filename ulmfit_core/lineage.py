@@ -64,7 +64,7 @@ def library_versions() -> dict:
 
 
 def _raw_artifacts(run: RunDir) -> dict:
-    manifest_file = run.raw / "_ingest.json"
+    manifest_file = run.ingest_summary
     if not manifest_file.exists():
         return {}
     manifest = read_json(manifest_file)
@@ -100,10 +100,10 @@ def build_lineage(run: RunDir) -> dict:
     for path, inputs in raw_inputs.items():
         artifacts[path]["inputs"] = [{"path": by_hash.get(sha, name), "sha256": sha}
                                      for name, sha in inputs.items()]
-    for name, kind in (("metrics.json", "run metrics"), ("report.md", "report")):
-        if (run.root / name).exists():
+    for path, kind in ((run.metrics, "run metrics"), (run.report, "report")):
+        if path.exists():
             finals = [p for p, a in artifacts.items() if a["kind"] in ("evaluation", "language model")]
-            artifacts[name] = {"kind": kind, "sha256": file_sha256(run.root / name), "settings": {},
+            artifacts[run.rel(path)] = {"kind": kind, "sha256": file_sha256(path), "settings": {},
                                "inputs": [{"path": p, "sha256": artifacts[p]["sha256"]} for p in finals]}
     return {"run": str(run.root), "code": code_version(), "libraries": library_versions(),
             "artifacts": artifacts}
@@ -111,7 +111,7 @@ def build_lineage(run: RunDir) -> dict:
 
 def write_lineage(run: RunDir) -> dict:
     lineage = build_lineage(run)
-    write_json(run.root / "lineage.json", lineage)
+    write_json(run.lineage, lineage)
     return lineage
 
 

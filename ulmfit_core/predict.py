@@ -19,12 +19,11 @@ from .config import ClassifierConfig, ModelConfig, TokenizerConfig
 from .ingest import usable_text
 from .models import build_classifier, build_language_model, load_model_file, pad_front, pick_device
 from .progress import Bar
-from .rundir import read_json
+from .rundir import MODEL, TOKENIZER_SPEC, VOCAB, read_json
 from .subword import detokenize_pieces
 from .tokenize import text_tokenizer
 from .vocab import PAD_ID, UNK_ID, Vocab, FAKE
 
-CLASSIFIER_FILE, LM_FILE, VOCAB_FILE = "model.pth", "model.pth", "vocab.json"
 
 
 @torch.no_grad()
@@ -67,7 +66,7 @@ def evaluate(probs: np.ndarray, labels: Sequence[str], truth: Sequence[str]) -> 
 
 def load_tokenizer(folder: Path):
     """The tokenizer a model folder was trained with (word tokens when it says nothing)."""
-    spec = folder / "tokenizer.json"
+    spec = folder / TOKENIZER_SPEC
     config = TokenizerConfig(**read_json(spec)) if spec.exists() else TokenizerConfig()
     return config, text_tokenizer(config, folder)
 
@@ -75,17 +74,17 @@ def load_tokenizer(folder: Path):
 def _model_dir(path: str | Path, sub: str) -> Path:
     """Accept a run directory or the model folder inside it."""
     path = Path(path)
-    if (path / sub / VOCAB_FILE).exists():
+    if (path / sub / VOCAB).exists():
         return path / sub
-    if (path / VOCAB_FILE).exists():
+    if (path / VOCAB).exists():
         return path
-    raise FileNotFoundError(f"{path}: no {sub} model here (expected {path / sub / VOCAB_FILE})")
+    raise FileNotFoundError(f"{path}: no {sub} model here (expected {path / sub / VOCAB})")
 
 
 def _open(path: str | Path, sub: str, file: str, kind: str | None = None) -> tuple[Path, dict, Vocab]:
     """A model folder (given directly or as a run directory), its weights file and vocab."""
     folder = _model_dir(path, sub)
-    return folder, load_model_file(folder / file, kind or sub), Vocab.load(folder / VOCAB_FILE)
+    return folder, load_model_file(folder / file, kind or sub), Vocab.load(folder / VOCAB)
 
 
 def _ready(model: torch.nn.Module, payload: dict, device: torch.device) -> torch.nn.Module:
@@ -104,7 +103,7 @@ class Classifier:
 
     @classmethod
     def load(cls, path: str | Path, device: str | None = None) -> "Classifier":
-        folder, payload, vocab = _open(path, "classifier", CLASSIFIER_FILE)
+        folder, payload, vocab = _open(path, "classifier", MODEL)
         cfg = ClassifierConfig(**{k: v for k, v in payload["classifier"].items() if k != "stages"})
         model = build_classifier(len(vocab), len(payload["labels"]), ModelConfig(**payload["model"]), cfg)
         device = torch.device(device) if device else pick_device()
@@ -142,7 +141,7 @@ class LanguageModel:
 
     @classmethod
     def load(cls, path: str | Path, device: str | None = None) -> "LanguageModel":
-        folder, payload, vocab = _open(path, "lm", LM_FILE, "language_model")
+        folder, payload, vocab = _open(path, "lm", MODEL, "language_model")
         if payload.get("backwards"):
             raise ValueError(f"{folder}: a backward language model continues text to the left; "
                              "generate with the forward one")

@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 
 from .lineage import write_lineage
-from .rundir import RunDir, atomic_path, read_json, write_json, write_text
+from .rundir import METRICS, RunDir, atomic_path, read_json, write_json, write_text
 
 PROMPT = "I liked this movie because"
 
@@ -17,11 +17,11 @@ def _read(path: Path) -> dict | None:
 
 def _direction(run: RunDir) -> dict | None:
     """LM, classifier and test summaries of one direction, or None if it was not trained."""
-    lm = _read(run.lm / "metrics.json")
+    lm = _read(run.lm / METRICS)
     if lm is None:
         return None
-    clas = _read(run.classifier / "metrics.json") or {}
-    test = _read(run.classifier / "test.json") or {}
+    clas = _read(run.classifier / METRICS) or {}
+    test = _read(run.test_scores) or {}
     return {
         "lm": {k: lm.get(k) for k in ("valid_loss", "accuracy", "perplexity", "train_loss", "epochs",
                                       "train_tokens", "tokens_per_s", "history", "device", "gpu",
@@ -45,7 +45,7 @@ def collect_metrics(run: RunDir, params: dict) -> dict:
     pre = _read(run.preprocess_metrics) or {}
     fwd, bwd = _direction(run.direction(False)), _direction(run.direction(True))
     main = fwd or bwd or {"lm": {}, "classifier": {"stages": []}, "test": {}}
-    baseline = _read(run.direction(main is bwd).classifier / "baseline.json")
+    baseline = _read(run.direction(main is bwd).baseline)
     ensemble = _read(run.ensemble) if fwd and bwd else None
     seconds = {"preprocess": pre.get("seconds")}
     for name, d in (("forward", fwd), ("backward", bwd)):
@@ -272,13 +272,13 @@ def write_report(run: RunDir, params: dict, seed: int = 0) -> dict:
     metrics = collect_metrics(run, params)
     samples = []
     forward = run.direction(False)  # a backward LM writes right to left
-    if (forward.lm / "model.pth").exists():
+    if forward.lm_model.exists():
         from .predict import LanguageModel
 
         samples = LanguageModel.load(forward.lm).generate(PROMPT, n_words=40, temperature=0.75, n=2, seed=seed)
     metrics["samples"] = samples
     if metrics["lm"].get("history"):
-        plot_curves(metrics, run.root / "curves.png")
+        plot_curves(metrics, run.curves)
     write_json(run.metrics, metrics)
     write_text(run.report, render_report(metrics, samples, first_batches(run, params.get("preset"), seed)))
     write_lineage(run)

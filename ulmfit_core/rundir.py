@@ -40,6 +40,16 @@ from typing import Iterator
 from .errors import DataError, Stopped
 
 
+# The files of a model folder (lm/, export/, classifier/ and their -bwd twins, label-curve/n*/).
+MODEL, METRICS, CHECKPOINT = "model.pth", "metrics.json", "checkpoint.pth"
+ENCODER, ENCODER_CONFIG = "encoder.pth", "config.json"
+TEST_SCORES, PREDICTIONS, BASELINE = "test.json", "test-predictions.parquet", "baseline.json"
+LABEL_SAMPLE = "train-labels.json"  # the reviews a classifier trained on few labels saw
+# What makes a model folder self-contained: its vocab and the tokenizer that feeds it.
+VOCAB, TOKENIZER_SPEC, SUBWORD_MODEL = "vocab.json", "tokenizer.json", "spm.model"
+TEXT_ASSETS = (VOCAB, TOKENIZER_SPEC, SUBWORD_MODEL)
+
+
 @dataclass(frozen=True)
 class RunDir:
     """Paths of a run; with `backwards`, the model folders are those of the backward direction;
@@ -66,19 +76,29 @@ class RunDir:
         return self.root / (f"{name}-bwd" if self.backwards else name)
 
     raw = property(lambda self: self.root / "raw")
+    ingest_summary = property(lambda self: self.raw / "_ingest.json")
     tokenizer = property(lambda self: self.root / "tokenizer")
     tokens = property(lambda self: self.root / "tokens")
     ids = property(lambda self: self.root / "ids")
-    vocab = property(lambda self: self.root / "vocab.json")
+    vocab = property(lambda self: self.root / VOCAB)
     preprocess_metrics = property(lambda self: self.root / "preprocess.json")
     lm = property(lambda self: self._model_dir("lm"))
     export = property(lambda self: self._model_dir("export"))
     classifier = property(lambda self: self.root / self.classifier_dir if self.classifier_dir
                           else self._model_dir("classifier"))
+    lm_model = property(lambda self: self.lm / MODEL)
+    encoder = property(lambda self: self.export / ENCODER)
+    classifier_model = property(lambda self: self.classifier / MODEL)
+    test_scores = property(lambda self: self.classifier / TEST_SCORES)
+    predictions = property(lambda self: self.classifier / PREDICTIONS)
+    baseline = property(lambda self: self.classifier / BASELINE)
+    label_sample = property(lambda self: self.classifier / LABEL_SAMPLE)
     ensemble = property(lambda self: self.root / "ensemble.json")
     label_curve = property(lambda self: self.root / "label-curve.json")
-    metrics = property(lambda self: self.root / "metrics.json")
+    metrics = property(lambda self: self.root / METRICS)
     report = property(lambda self: self.root / "report.md")
+    curves = property(lambda self: self.root / "curves.png")
+    lineage = property(lambda self: self.root / "lineage.json")
     status = property(lambda self: self.root / "run.json")
     log = property(lambda self: self.root / "logs" / "ulmfit.log")
 

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from .rules import SPECIAL_TOKENS, apply_rules
+from .rundir import SUBWORD_MODEL
 
-MODEL_FILE = "spm.model"
 # fastai's character coverage: 0.99999 for European languages, 0.9998 otherwise.
 EU_LANGS = {"bg", "cs", "da", "de", "el", "en", "es", "et", "fi", "fr", "ga", "hr", "hu", "it", "lt",
             "lv", "mt", "nl", "pl", "pt", "ro", "sk", "sl", "sv"}
@@ -48,7 +48,7 @@ def train_subword_model(texts: Iterable[str], vocab_size: int, out_dir: Path,
     finally:
         corpus.unlink(missing_ok=True)
         Path(f"{prefix}.vocab").unlink(missing_ok=True)
-    return out_dir / MODEL_FILE
+    return out_dir / SUBWORD_MODEL
 
 
 class SubwordTokenizer:

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from .config import TokenizerConfig
 from .rules import SPECIAL_TOKENS, apply_rules, replace_space
-from .rundir import atomic_path
+from .rundir import SUBWORD_MODEL, atomic_path
 from .data import read_shard
 
 
@@ -350,7 +350,7 @@ def text_tokenizer(config: TokenizerConfig, folder: str | Path | None = None):
     model loaded to classify id arrays never imports spaCy."""
     if config.kind == "word":
         return functools.partial(_tokenize_with, functools.partial(word_tokenizer, config.lang))
-    model = Path(folder or ".") / "spm.model"
+    model = Path(folder or ".") / SUBWORD_MODEL
     if not model.exists():
         raise FileNotFoundError(f"{model} is missing: the subword model is trained during preprocess")
     return functools.partial(_tokenize_with, functools.partial(_subword_tokenizer, str(model)))

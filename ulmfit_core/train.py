@@ -480,7 +480,8 @@ def train_language_model(docs: Docs, vocab_size: int, preset: Preset, seed: int 
         "epochs": len(history), "history": history, "device": str(device), "precision": mode,
         **gpu_usage(device), "threads": threads, "resumed": resumed, **executed_on(),
         "ranks": parallel.gather_ranks({**executed_on(), "device": str(device)}),
-        # Tokens predicted per epoch (by all ranks together): bs rows of bl tokens (the stream cut to a multiple of bs).
+        # Tokens predicted per epoch by all ranks together: bs rows of bl tokens (the stream
+        # cut to a multiple of bs).
         "tokens_per_s": ran * dls.train.bs * dls.train.bl / seconds if ran else None,
         "seconds": seconds,
     }

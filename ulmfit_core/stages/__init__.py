@@ -9,14 +9,12 @@ Modules that load torch, fastai or spaCy are imported inside the stages that use
 orchestrating process runs ingest and the Dask scheduler and should not carry a model stack.
 """
 
-from .modelling import (CHECKPOINT, LABEL_SAMPLE, PREDICTIONS, baseline_stage, check_classifier_data,
-                        classifier_stage, copy_text_assets, ensemble_stage, evaluate_stage,
-                        export_stage, lm_stage, training_docs)
-from .preprocessing import (INGEST_MANIFEST, ingest_stage, numericalize_stage, preprocess_in_process,
-                            summarize_preprocess, tokenize_stage, tokenizer_stage, vocab_stage)
+from .modelling import (baseline_stage, check_classifier_data, classifier_stage, copy_text_assets,
+                        ensemble_stage, evaluate_stage, export_stage, lm_stage, training_docs)
+from .preprocessing import (ingest_stage, numericalize_stage, preprocess_in_process, summarize_preprocess,
+                            tokenize_stage, tokenizer_stage, vocab_stage)
 
-__all__ = ["CHECKPOINT", "INGEST_MANIFEST", "LABEL_SAMPLE", "PREDICTIONS", "baseline_stage",
-           "check_classifier_data", "classifier_stage", "copy_text_assets", "ensemble_stage",
-           "evaluate_stage", "export_stage", "ingest_stage", "lm_stage", "numericalize_stage",
-           "preprocess_in_process", "summarize_preprocess", "tokenize_stage", "tokenizer_stage",
-           "training_docs", "vocab_stage"]
+__all__ = ["baseline_stage", "check_classifier_data", "classifier_stage", "copy_text_assets",
+           "ensemble_stage", "evaluate_stage", "export_stage", "ingest_stage", "lm_stage",
+           "numericalize_stage", "preprocess_in_process", "summarize_preprocess", "tokenize_stage",
+           "tokenizer_stage", "training_docs", "vocab_stage"]

@@ -20,21 +20,16 @@ from .. import __version__
 from ..config import Preset
 from ..data import load_docs, load_raw_labelled
 from ..manifests import file_inputs, made_once
-from ..rundir import RunDir, atomic_path, read_json, write_json
-
-LABEL_SAMPLE = "train-labels.json"  # the reviews a classifier trained on few labels saw
-
+from ..rundir import (BASELINE, CHECKPOINT, ENCODER, ENCODER_CONFIG, LABEL_SAMPLE, METRICS, MODEL,
+                      PREDICTIONS, TEST_SCORES, TEXT_ASSETS, RunDir, atomic_path, read_json, write_json)
 
 def copy_text_assets(run: RunDir, folder: Path) -> None:
     """Make a model folder self-contained: its vocab and the tokenizer that feeds it."""
     folder.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(run.require(run.vocab, "vocab"), folder / "vocab.json")
-    for name in ("tokenizer.json", "spm.model"):
+    shutil.copyfile(run.require(run.vocab, "vocab"), folder / TEXT_ASSETS[0])
+    for name in TEXT_ASSETS[1:]:
         if (run.tokenizer / name).exists():
             shutil.copyfile(run.tokenizer / name, folder / name)
-
-
-CHECKPOINT = "checkpoint.pth"
 
 
 def fingerprint(inputs: dict, settings: dict) -> str:
@@ -56,7 +51,7 @@ def training_docs(run: RunDir, **kwargs):
 
 
 def _model_outputs(folder: Path, *names: str) -> list[Path]:
-    return [folder / n for n in (*names, "vocab.json", "tokenizer.json", "spm.model")
+    return [folder / n for n in (*names, *TEXT_ASSETS)
             if (folder / n).exists()]
 
 
@@ -104,13 +99,13 @@ def lm_stage(run: RunDir, preset: Preset, seed: int, pretrained: str = "none",
         if rank() != 0:  # rank 0 of a data-parallel training writes the model
             return metrics, None
         copy_text_assets(run, run.lm)
-        save_model(run.lm / "model.pth", "language_model", model.state_dict(),
+        save_model(run.lm_model, "language_model", model.state_dict(),
                    model=vars(preset.model), drop_mult=preset.lm.drop_mult, vocab_size=len(vocab),
                    backwards=run.backwards)
-        write_json(run.lm / "metrics.json", metrics)
-        return metrics, _model_outputs(run.lm, "model.pth", "metrics.json")
+        write_json(run.lm / METRICS, metrics)
+        return metrics, _model_outputs(run.lm, MODEL, METRICS)
 
-    result = made_once(run.lm / "model.pth", inputs, settings, train)
+    result = made_once(run.lm_model, inputs, settings, train)
     if rank() == 0:
         checkpoint.unlink(missing_ok=True)  # only once the model's manifest is written
     return result
@@ -120,7 +115,7 @@ def export_stage(run: RunDir) -> dict:
     """The encoder of the fine-tuned LM, with its vocab and model config, for the classifier."""
     from ..models import load_model_file, save_model
 
-    lm_path = run.require(run.lm / "model.pth", "train-lm")
+    lm_path = run.require(run.lm_model, "train-lm")
     inputs = file_inputs(run, [lm_path])
 
     def export():
@@ -128,15 +123,15 @@ def export_stage(run: RunDir) -> dict:
         prefix = "0."
         encoder = {k[len(prefix):]: v for k, v in payload["state_dict"].items() if k.startswith(prefix)}
         copy_text_assets(run, run.export)
-        path = save_model(run.export / "encoder.pth", "encoder", encoder, model=payload["model"],
+        path = save_model(run.encoder, "encoder", encoder, model=payload["model"],
                           vocab_size=payload["vocab_size"], backwards=run.backwards)
-        write_json(run.export / "config.json", {"arch": "AWD_LSTM", "model": payload["model"],
+        write_json(run.export / ENCODER_CONFIG, {"arch": "AWD_LSTM", "model": payload["model"],
                                                 "vocab_size": payload["vocab_size"],
                                                 "backwards": run.backwards})
         return ({"path": run.rel(path), "parameters": int(sum(v.numel() for v in encoder.values()))},
-                _model_outputs(run.export, "encoder.pth", "config.json"))
+                _model_outputs(run.export, ENCODER, ENCODER_CONFIG))
 
-    return made_once(run.export / "encoder.pth", inputs, {}, export)
+    return made_once(run.encoder, inputs, {}, export)
 
 
 def classifier_stage(run: RunDir, preset: Preset, seed: int, progress=None,
@@ -148,7 +143,7 @@ def classifier_stage(run: RunDir, preset: Preset, seed: int, progress=None,
     from ..parallel import rank
     from ..train import train_classifier
 
-    encoder_path = run.require(run.export / "encoder.pth", "encoder export")
+    encoder_path = run.require(run.encoder, "encoder export")
     inputs = file_inputs(run, [encoder_path, *run.shards(run.ids)])
     settings = _training_settings(preset, "classifier", seed, run)
     if train_labels is not None:
@@ -157,7 +152,7 @@ def classifier_stage(run: RunDir, preset: Preset, seed: int, progress=None,
 
     def train():
         # Scores of an earlier classifier, and the sample it was trained on.
-        for stale in ("test.json", PREDICTIONS, "baseline.json", LABEL_SAMPLE):
+        for stale in (TEST_SCORES, PREDICTIONS, BASELINE, LABEL_SAMPLE):
             (run.classifier / stale).unlink(missing_ok=True)
         run.ensemble.unlink(missing_ok=True)
         encoder = load_model_file(encoder_path, "encoder")
@@ -174,21 +169,18 @@ def classifier_stage(run: RunDir, preset: Preset, seed: int, progress=None,
         if rank() != 0:
             return metrics, None
         if sample is not None:
-            write_json(run.classifier / LABEL_SAMPLE, {"n": train_labels, "seed": seed, **sample})
+            write_json(run.label_sample, {"n": train_labels, "seed": seed, **sample})
         copy_text_assets(run, run.classifier)
-        save_model(run.classifier / "model.pth", "classifier", model.state_dict(), labels=labels,
+        save_model(run.classifier_model, "classifier", model.state_dict(), labels=labels,
                    model=vars(preset.model), classifier=preset.to_dict()["classifier"],
                    vocab_size=encoder["vocab_size"], backwards=run.backwards)
-        write_json(run.classifier / "metrics.json", metrics)
-        return metrics, _model_outputs(run.classifier, "model.pth", "metrics.json", LABEL_SAMPLE)
+        write_json(run.classifier / METRICS, metrics)
+        return metrics, _model_outputs(run.classifier, MODEL, METRICS, LABEL_SAMPLE)
 
-    result = made_once(run.classifier / "model.pth", inputs, settings, train)
+    result = made_once(run.classifier_model, inputs, settings, train)
     if rank() == 0:
         checkpoint.unlink(missing_ok=True)
     return result
-
-
-PREDICTIONS = "test-predictions.parquet"
 
 
 def evaluate_stage(run: RunDir, progress=None) -> dict:
@@ -196,7 +188,7 @@ def evaluate_stage(run: RunDir, progress=None) -> dict:
     from ..predict import Classifier, evaluate
 
     t0 = time.time()
-    model_path = run.require(run.classifier / "model.pth", "train-classifier")
+    model_path = run.require(run.classifier_model, "train-classifier")
     inputs = file_inputs(run, [model_path, *run.shards(run.ids)])
 
     def score():
@@ -205,21 +197,21 @@ def evaluate_stage(run: RunDir, progress=None) -> dict:
         unknown = sorted(set(docs.labels) - set(classifier.labels))
         if unknown:
             raise ValueError(f"test split has labels {unknown} that the classifier never saw")
-        outputs = [run.classifier / "test.json"]
+        outputs = [run.test_scores]
         if len(docs):
             probs = classifier.predict_ids(docs.ids, progress=progress)
             result = evaluate(probs, classifier.labels, docs.labels)
             result["top_losses"] = _top_losses(run, docs, probs, classifier.labels)
-            outputs.append(write_predictions(run.classifier / PREDICTIONS, docs, probs, classifier.labels))
+            outputs.append(write_predictions(run.predictions, docs, probs, classifier.labels))
         else:
             result = {"n": 0, "accuracy": None, "labels": classifier.labels, "confusion": None}
         result["label_counts"] = dict(Counter(docs.labels))
         result["backwards"] = run.backwards
         result["seconds"] = time.time() - t0
-        write_json(run.classifier / "test.json", result)
+        write_json(run.test_scores, result)
         return result, outputs
 
-    return made_once(run.classifier / "test.json", inputs, {}, score)
+    return made_once(run.test_scores, inputs, {}, score)
 
 
 def write_predictions(path: Path, docs, probs, labels: list[str]) -> Path:
@@ -240,7 +232,7 @@ def ensemble_stage(run: RunDir) -> dict:
 
     from ..predict import evaluate
 
-    fwd, bwd = (pq.read_table(run.direction(b).require(run.direction(b).classifier / PREDICTIONS,
+    fwd, bwd = (pq.read_table(run.direction(b).require(run.direction(b).predictions,
                                                        "evaluate")) for b in (False, True))
     if fwd.column("id").to_pylist() != bwd.column("id").to_pylist():
         raise ValueError("forward and backward test predictions cover different reviews")
@@ -273,7 +265,7 @@ def baseline_stage(run: RunDir) -> dict:
     from ..baseline import nb_logistic_regression
 
     raw = run.shards(run.raw)
-    sample = run.classifier / LABEL_SAMPLE
+    sample = run.label_sample
     inputs = file_inputs(run, [*raw, *([sample] if sample.exists() else [])])
 
     def fit():
@@ -285,7 +277,7 @@ def baseline_stage(run: RunDir) -> dict:
             train_texts, train_labels = [train_texts[i] for i in picked], [train_labels[i] for i in picked]
         _, test_texts, test_labels = load_raw_labelled(raw, "test")
         result = nb_logistic_regression(train_texts, train_labels, test_texts, test_labels)
-        write_json(run.classifier / "baseline.json", result)
-        return result, [run.classifier / "baseline.json"]
+        write_json(run.baseline, result)
+        return result, [run.baseline]
 
-    return made_once(run.classifier / "baseline.json", inputs, {}, fit)
+    return made_once(run.baseline, inputs, {}, fit)

@@ -18,10 +18,7 @@ from ..config import Preset
 from ..data import iter_raw_texts, seeded_unit
 from ..ingest import ingest, resolve_source, source_digest
 from ..manifests import file_inputs, file_sha256, made_once
-from ..rundir import RunDir, read_json, write_json
-
-INGEST_MANIFEST = "_ingest.json"
-
+from ..rundir import SUBWORD_MODEL, TOKENIZER_SPEC, VOCAB, RunDir, read_json, write_json
 
 def ingest_stage(run: RunDir, data: str, limit: int | None, seed: int,
                  shard_docs: int = 2000) -> dict:
@@ -53,10 +50,10 @@ def ingest_stage(run: RunDir, data: str, limit: int | None, seed: int,
                    "shards": [run.rel(p) for p in shards],
                    "docs": result.docs, "groups": result.groups, "skipped": result.skipped,
                    "seconds": time.time() - t0}
-        write_json(run.raw / INGEST_MANIFEST, summary)
-        return summary, [run.raw / INGEST_MANIFEST, *shards]
+        write_json(run.ingest_summary, summary)
+        return summary, [run.ingest_summary, *shards]
 
-    return made_once(run.raw / INGEST_MANIFEST, inputs, settings, read)
+    return made_once(run.ingest_summary, inputs, settings, read)
 
 
 def _prune_stale(run: RunDir, stems: set[str]) -> None:
@@ -77,20 +74,20 @@ def tokenizer_stage(run: RunDir, preset: Preset, seed: int) -> dict:
     gives about SUBWORD_SAMPLE_DOCS documents. A model made from the same raw shards and
     settings is reused.
     """
-    from ..subword import MODEL_FILE, train_subword_model
+    from ..subword import train_subword_model
 
     cfg, folder = preset.tokenizer, run.tokenizer
-    spec = folder / "tokenizer.json"
+    spec = folder / TOKENIZER_SPEC
     recorded = spec.exists() and read_json(spec) == vars(cfg)
     if not recorded:
         write_json(spec, vars(cfg))
-    model = folder / MODEL_FILE
+    model = folder / SUBWORD_MODEL
     if cfg.kind == "word":
         for stale in (model, model.with_suffix(".json")):  # from an earlier subword run
             stale.unlink(missing_ok=True)
         return {"kind": "word", "reused": recorded}
 
-    manifest = read_json(run.raw / INGEST_MANIFEST)
+    manifest = read_json(run.ingest_summary)
     shards = [run.path(p) for p in manifest["shards"]]
     inputs = {p.name: file_sha256(p) for p in shards}
     settings = {"tokenizer": vars(cfg), "seed": seed, "sample_docs": SUBWORD_SAMPLE_DOCS}
@@ -126,7 +123,7 @@ def tokenize_stage(run: RunDir, raw_shard: str, preset: Preset) -> dict:
     out, counts = token_paths(run, raw_shard)
     inputs, settings = {Path(raw_shard).name: file_sha256(raw_shard)}, _tokenizer_settings(preset)
     if preset.tokenizer.kind == "subword":
-        inputs["spm.model"] = file_sha256(run.require(run.tokenizer / "spm.model", "tokenizer"))
+        inputs[SUBWORD_MODEL] = file_sha256(run.require(run.tokenizer / SUBWORD_MODEL, "tokenizer"))
 
     def tokenize():
         from ..tokenize import tokenize_shard
@@ -162,14 +159,14 @@ def numericalize_stage(run: RunDir, token_shard: str) -> dict:
     token_shard = run.path(token_shard)
     out = run.ids / token_shard.name
     vocab_path = run.require(run.vocab, "vocab")
-    inputs = {token_shard.name: file_sha256(token_shard), "vocab.json": file_sha256(vocab_path)}
+    inputs = {token_shard.name: file_sha256(token_shard), VOCAB: file_sha256(vocab_path)}
     return made_once(out, inputs, {}, lambda: (
         {**numericalize_shard(token_shard, Vocab.load(vocab_path), out), "shard": run.rel(out)}, [out]))
 
 
 def summarize_preprocess(run: RunDir, tokenized: list[dict], numericalized: list[dict],
                          vocab: dict, seconds: float) -> dict:
-    manifest = read_json(run.raw / INGEST_MANIFEST)
+    manifest = read_json(run.ingest_summary)
     summary = {
         "docs": sum(r["docs"] for r in tokenized),
         "tokens": sum(r["tokens"] for r in tokenized),
