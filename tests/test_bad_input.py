@@ -27,6 +27,7 @@ RUN_OPTIONS = [
     (["--shard-docs", "0"], "--shard-docs must be an integer >= 1, got 0"),
     (["--workers", "0"], "--workers must be an integer >= 1, got 0"),
     (["--seed", "-1"], "--seed must be an integer >= 0, got -1"),
+    (["--train-workers", "0"], "--train-workers must be an integer >= 1, got 0"),
     (["--preset", "huge"], "unknown preset 'huge' (choose from tiny, cpu, gpu, paper)"),
     (["--tokenizer", "subword", "--vocab-size", "50"], "--vocab-size must be an integer >= 100, got 50"),
     (["--vocab-size", "500"], "--vocab-size sets the subword vocabulary: give it with --tokenizer subword"),

@@ -16,8 +16,11 @@ from ulmfit_core.errors import DamagedFile, DataError, Stopped
 
 @pytest.fixture(scope="module", autouse=True)
 def harness():
+    core = logging.getLogger("ulmfit")
+    handlers = list(core.handlers)
     with prefect_test_harness(server_startup_timeout=120):
         yield
+    core.handlers[:] = handlers  # tasks gave it Prefect's API handler; later tests run no flows
 
 
 FAILURES = {"bad input": DataError("x.csv: row 3: no text"), "damaged file": DamagedFile("model.pth"),
