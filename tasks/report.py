@@ -5,24 +5,10 @@ from __future__ import annotations
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from ulmfit_core.report import write_report
+from ulmfit_core.report import headline_figures, write_report
 from ulmfit_core.rundir import RunDir
 
 from .common import materializing, task
-
-def _figures(metrics: dict) -> list[dict]:
-    test, lm, base = metrics["test"], metrics["lm"], metrics.get("baseline") or {}
-    rows = [("test accuracy", test.get("accuracy")), ("test reviews", test.get("n")),
-            ("NB-LR baseline accuracy", base.get("accuracy")),
-            ("LM valid loss", lm.get("valid_loss")), ("LM accuracy", lm.get("accuracy")),
-            ("LM perplexity", lm.get("perplexity")), ("vocab size", metrics["vocab"]["size"]),
-            ("documents", metrics["preprocess"].get("docs")),
-            ("tokens", metrics["preprocess"].get("tokens")),
-            ("skipped documents", metrics["preprocess"].get("skipped"))]
-    if metrics.get("ensemble"):
-        rows.insert(0, ("ensemble test accuracy", metrics["ensemble"]["ensemble"]["accuracy"]))
-    rows += [(f"seconds: {k}", v) for k, v in metrics["seconds"].items()]
-    return [{"figure": k, "value": v} for k, v in rows if v is not None]
 
 
 @task(name="report")
@@ -31,7 +17,7 @@ def report_task(out: str, params: dict, seed: int) -> dict:
     metrics = write_report(run, params, seed)
     create_markdown_artifact(run.report.read_text(encoding="utf-8"), key="ulmfit-report",
                              description=f"ULMFiT run report for {out}")
-    create_table_artifact(_figures(metrics), key="ulmfit-metrics",
+    create_table_artifact(headline_figures(metrics), key="ulmfit-metrics",
                           description=f"Headline figures of the run in {out}")
     return metrics
 

@@ -23,11 +23,11 @@ from tasks.ranks import RankFailed, Ranks, run_ranks
 from conftest import ulmfit
 from ulmfit_core import stages
 from ulmfit_core.config import get_preset
-from ulmfit_core.models import load_model_file
 from ulmfit_core.parallel import RendezvousFailed, free_port, process_group, unwrap
 from ulmfit_core.rundir import RunDir, read_json
 from ulmfit_core.train import classifier_learner, lm_learner
 from ulmfit_core.vocab import Vocab
+from ulmfit_core.weights import load_model_file
 
 pytestmark = pytest.mark.slow
 

@@ -15,13 +15,14 @@ import torch
 from ulmfit_core import stages
 from ulmfit_core.config import LMConfig, get_preset
 from ulmfit_core.data import Docs, load_docs
-from ulmfit_core.models import load_model_file, pad_front
-from ulmfit_core.predict import Classifier, LanguageModel
-from ulmfit_core.report import write_report
-from ulmfit_core.rundir import RunDir, RunInUse, read_json, tracked_run
 from ulmfit_core.manifests import file_sha256
+from ulmfit_core.models import pad_front
+from ulmfit_core.predict import Classifier, LanguageModel
+from ulmfit_core.report import headline_figures, write_report
+from ulmfit_core.rundir import RunDir, RunInUse, read_json, tracked_run
 from ulmfit_core.train import classifier_dataloaders, lm_dataloaders, train_language_model
 from ulmfit_core.vocab import PAD_ID
+from ulmfit_core.weights import load_model_file
 
 SEED = 3
 
@@ -94,6 +95,9 @@ def test_metrics_and_report(run):
     assert "NB-LR baseline on the same split" in report and "![training curves](curves.png)" in report
     assert (run.root / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert metrics["baseline"]["n"] == 80 and 0 <= metrics["baseline"]["accuracy"] <= 1
+    figures = {row["figure"]: row["value"] for row in headline_figures(metrics)}  # the UI's table
+    assert figures["test accuracy"] == metrics["test"]["accuracy"] and figures["test reviews"] == 80
+    assert figures["NB-LR baseline accuracy"] == metrics["baseline"]["accuracy"]
     worst = metrics["test"]["top_losses"]
     assert len(worst) == 5
     assert [w["p_label"] for w in worst] == sorted(w["p_label"] for w in worst)

@@ -21,7 +21,6 @@ from fastai.text.learner import LMLearner
 from fastai.text.models.awdlstm import AWD_LSTM, awd_lstm_lm_split
 
 from ulmfit_core import stages
-from ulmfit_core.checkpoint import load_checkpoint, save_checkpoint
 from ulmfit_core.config import LMConfig, ModelConfig, Stage, get_preset
 from ulmfit_core.data import load_docs
 from ulmfit_core.errors import DamagedFile, DataError
@@ -30,6 +29,7 @@ from ulmfit_core.predict import Classifier, LanguageModel
 from ulmfit_core.report import write_report
 from ulmfit_core.rundir import CHECKPOINT, RunDir, read_json
 from ulmfit_core.train import LOSS_CHECK_EVERY, Phase, fit_phases, lm_dataloaders, sample_tokens
+from ulmfit_core.weights import load_checkpoint, save_checkpoint
 
 # A stage of the tiny preset with more epochs, run in a process of its own so it can be killed.
 STAGE_SCRIPT = """

@@ -24,9 +24,9 @@ import pyarrow.parquet as pq
 
 from .data import seeded_unit
 from .errors import DataError
+from .manifests import file_sha256
 from .progress import Bar
 from .rundir import atomic_path
-from .manifests import file_sha256
 
 RAW_SCHEMA = pa.schema(
     [("id", pa.string()), ("split", pa.string()), ("label", pa.string()), ("text", pa.string())]

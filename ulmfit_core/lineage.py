@@ -17,8 +17,8 @@ from collections import defaultdict
 from pathlib import Path
 
 from . import __version__
-from .rundir import RunDir, read_json, write_json
 from .manifests import file_sha256
+from .rundir import RunDir, read_json, write_json
 
 LIBRARIES = ("torch", "fastai", "spacy", "sentencepiece", "pyarrow", "numpy", "prefect",
              "prefect-dask", "dask", "distributed")

@@ -15,11 +15,7 @@ from fastai.text.models.core import SentenceEncoder, get_language_model, get_tex
 from torch import nn
 
 from .config import ClassifierConfig, ModelConfig
-from .errors import DamagedFile
-from .rundir import atomic_path
-from .manifests import verify_outputs
 
-FORMAT = "ulmfit/1"
 
 
 def pick_device() -> torch.device:
@@ -131,30 +127,3 @@ def encoder_of(model: torch.nn.Module) -> torch.nn.Module:
     """The AWD_LSTM inside a language model or a classifier."""
     encoder = model[0]
     return getattr(encoder, "module", encoder)
-
-
-def save_model(path: str | Path, kind: str, state_dict: dict, **meta) -> Path:
-    """Write `state_dict` with its metadata (config, labels, ...) as one weights-only file."""
-    payload = {"format": FORMAT, "kind": kind, **meta,
-               "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()}}
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-    return Path(path)
-
-
-def load_model_file(path: str | Path, kind: str) -> dict:
-    """Read a file written by `save_model`, refusing anything but plain data, after checking the
-    files of its folder against the hashes their manifest recorded."""
-    verify_outputs(path)
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise
-    except Exception as exc:  # truncated, overwritten, or not a torch file at all
-        raise DamagedFile(f"{path}: unreadable model file ({type(exc).__name__}): restore it or "
-                          "rerun the stage that writes it") from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a {FORMAT} model file")
-    if payload.get("kind") != kind:
-        raise ValueError(f"{path}: holds a {payload.get('kind')!r}, expected a {kind!r}")
-    return payload

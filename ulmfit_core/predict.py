@@ -17,12 +17,13 @@ from fastai.text.learner import decode_spec_tokens
 
 from .config import ClassifierConfig, ModelConfig, TokenizerConfig
 from .ingest import usable_text
-from .models import build_classifier, build_language_model, load_model_file, pad_front, pick_device
+from .models import build_classifier, build_language_model, pad_front, pick_device
 from .progress import Bar
 from .rundir import MODEL, TOKENIZER_SPEC, VOCAB, read_json
 from .subword import detokenize_pieces
 from .tokenize import text_tokenizer
 from .vocab import PAD_ID, UNK_ID, Vocab, FAKE
+from .weights import load_model_file
 
 
 

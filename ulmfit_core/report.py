@@ -268,15 +268,37 @@ def first_batches(run: RunDir, preset: str | None, seed: int) -> dict[str, str]:
     return shown
 
 
-def write_report(run: RunDir, params: dict, seed: int = 0) -> dict:
-    metrics = collect_metrics(run, params)
-    samples = []
-    forward = run.direction(False)  # a backward LM writes right to left
-    if forward.lm_model.exists():
-        from .predict import LanguageModel
+def headline_figures(metrics: dict) -> list[dict]:
+    """The run's headline figures as rows {figure, value}: what a glance at a run should show
+    (the Prefect UI's table artifact)."""
+    test, lm, base = metrics["test"], metrics["lm"], metrics.get("baseline") or {}
+    rows = [("test accuracy", test.get("accuracy")), ("test reviews", test.get("n")),
+            ("NB-LR baseline accuracy", base.get("accuracy")),
+            ("LM valid loss", lm.get("valid_loss")), ("LM accuracy", lm.get("accuracy")),
+            ("LM perplexity", lm.get("perplexity")), ("vocab size", metrics["vocab"]["size"]),
+            ("documents", metrics["preprocess"].get("docs")),
+            ("tokens", metrics["preprocess"].get("tokens")),
+            ("skipped documents", metrics["preprocess"].get("skipped"))]
+    if metrics.get("ensemble"):
+        rows.insert(0, ("ensemble test accuracy", metrics["ensemble"]["ensemble"]["accuracy"]))
+    rows += [(f"seconds: {k}", v) for k, v in metrics["seconds"].items()]
+    return [{"figure": k, "value": v} for k, v in rows if v is not None]
 
-        samples = LanguageModel.load(forward.lm).generate(PROMPT, n_words=40, temperature=0.75, n=2, seed=seed)
-    metrics["samples"] = samples
+
+def generated_samples(run: RunDir, seed: int) -> list[str]:
+    """Two continuations of PROMPT by the forward LM (a backward LM writes right to left)."""
+    forward = run.direction(False)
+    if not forward.lm_model.exists():
+        return []
+    from .predict import LanguageModel
+
+    return LanguageModel.load(forward.lm).generate(PROMPT, n_words=40, temperature=0.75, n=2, seed=seed)
+
+
+def write_report(run: RunDir, params: dict, seed: int = 0) -> dict:
+    """metrics.json, curves.png, report.md and lineage.json of the run as it stands."""
+    metrics = collect_metrics(run, params)
+    metrics["samples"] = samples = generated_samples(run, seed)
     if metrics["lm"].get("history"):
         plot_curves(metrics, run.curves)
     write_json(run.metrics, metrics)

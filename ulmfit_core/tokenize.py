@@ -20,9 +20,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .config import TokenizerConfig
+from .data import read_shard
 from .rules import SPECIAL_TOKENS, apply_rules, replace_space
 from .rundir import SUBWORD_MODEL, atomic_path
-from .data import read_shard
 
 
 def _import_spacy():

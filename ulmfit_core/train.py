@@ -30,15 +30,15 @@ from fastai.text.learner import LMLearner, TextLearner
 from fastai.text.models.awdlstm import awd_lstm_clas_split, awd_lstm_lm_split
 from fastai.torch_core import set_seed
 
-from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from . import parallel
 from .config import LR_DIV, ClassifierConfig, LMConfig, Preset
 from .data import Docs, classifier_split, seeded_unit
 from .errors import STOP, DataError, Stopped
 from .lmdata import DeviceLMDataLoader
-from . import parallel
 from .models import build_classifier, build_language_model, encoder_of, pad_front, pick_device
 from .progress import Bar
 from .vocab import PAD_ID
+from .weights import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 
 log = logging.getLogger("ulmfit")
 

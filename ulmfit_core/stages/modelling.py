@@ -72,7 +72,7 @@ def lm_stage(run: RunDir, preset: Preset, seed: int, pretrained: str = "none",
     A language model made from the same vocab, id shards and settings is reused. Otherwise each
     epoch is checkpointed under lm/, and a rerun after a crash resumes from the last one.
     """
-    from ..models import save_model
+    from ..weights import save_model
     from ..parallel import rank
     from ..pretrained import load_pretrained
     from ..train import train_language_model
@@ -113,7 +113,7 @@ def lm_stage(run: RunDir, preset: Preset, seed: int, pretrained: str = "none",
 
 def export_stage(run: RunDir) -> dict:
     """The encoder of the fine-tuned LM, with its vocab and model config, for the classifier."""
-    from ..models import load_model_file, save_model
+    from ..weights import load_model_file, save_model
 
     lm_path = run.require(run.lm_model, "train-lm")
     inputs = file_inputs(run, [lm_path])
@@ -139,7 +139,7 @@ def classifier_stage(run: RunDir, preset: Preset, seed: int, progress=None,
     """Gradual unfreezing on the labelled train split (or a class-balanced sample of
     `train_labels` of its reviews, whose ids go to train-labels.json); reused when the encoder,
     id shards and settings are unchanged, else checkpointed (and resumed) per epoch."""
-    from ..models import load_model_file, save_model
+    from ..weights import load_model_file, save_model
     from ..parallel import rank
     from ..train import train_classifier
 

@@ -1,6 +1,10 @@
-"""Per-epoch training checkpoints that a restarted task resumes from.
+"""Everything that saves and loads weights: model files and per-epoch training checkpoints.
 
-A checkpoint holds the model, the optimizer, every random number generator that training draws
+Model files (`model.pth`, `encoder.pth`) hold a state dict with its metadata (kind, model
+config, labels, vocab size), load with `weights_only=True` and are checked against the SHA-256
+their manifest recorded before use.
+
+A checkpoint, which a restarted task resumes from, holds the model, the optimizer, every random number generator that training draws
 from (Python's, NumPy's, torch's and the data loaders' own) and the position in the schedule
 (phase and epoch), so training resumed from it takes the same steps an uninterrupted run would.
 It is written atomically with its own SHA-256 inside (a damaged file is refused, not resumed),
@@ -19,8 +23,10 @@ import numpy as np
 import torch
 
 from .errors import DamagedFile
+from .manifests import verify_outputs
 from .rundir import atomic_path
 
+MODEL_FORMAT = "ulmfit/1"
 FORMAT = "ulmfit-checkpoint/2"
 
 
@@ -117,3 +123,30 @@ def load_checkpoint(path: Path | None, fingerprint: str) -> dict | None:
         return None
     return {"fingerprint": fingerprint, **torch.load(io.BytesIO(body), map_location="cpu",
                                                      weights_only=True)}
+
+
+def save_model(path: str | Path, kind: str, state_dict: dict, **meta) -> Path:
+    """Write `state_dict` with its metadata (config, labels, ...) as one weights-only file."""
+    payload = {"format": MODEL_FORMAT, "kind": kind, **meta,
+               "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()}}
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    return Path(path)
+
+
+def load_model_file(path: str | Path, kind: str) -> dict:
+    """Read a file written by `save_model`, refusing anything but plain data, after checking the
+    files of its folder against the hashes their manifest recorded."""
+    verify_outputs(path)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # truncated, overwritten, or not a torch file at all
+        raise DamagedFile(f"{path}: unreadable model file ({type(exc).__name__}): restore it or "
+                          "rerun the stage that writes it") from None
+    if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
+        raise ValueError(f"{path}: not a {MODEL_FORMAT} model file")
+    if payload.get("kind") != kind:
+        raise ValueError(f"{path}: holds a {payload.get('kind')!r}, expected a {kind!r}")
+    return payload
