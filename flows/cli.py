@@ -6,6 +6,7 @@ Bad input ends the command with exit status 2 and one line saying what is wrong.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import sys
@@ -193,6 +194,9 @@ def _run_flow(params: RunParams, command: str) -> int:
     takes = inspect.signature(job.fn).parameters
     _interrupt_on_sigterm()
     bars_with_logs()
+    # The clusters a run starts here log every worker's arrival and departure at INFO: keep
+    # their warnings only, on the terminal and in the run's log.
+    logging.getLogger("distributed").setLevel(logging.WARNING)
     try:
         with tracebacks_to_file(RunDir(params.out).log), prefect_api():
             job(**{k: v for k, v in params.to_dict().items() if k in takes})

@@ -54,7 +54,10 @@ def _client(ranks: Ranks) -> Iterator[Client]:
     with LocalCluster(n_workers=ranks.n, threads_per_worker=1, processes=True, memory_limit=0,
                       host="127.0.0.1", dashboard_address="127.0.0.1:0") as cluster, \
             Client(cluster) as client:
-        yield client
+        try:
+            yield client
+        finally:  # workers leave before the scheduler stops, not in the middle of a heartbeat
+            client.retire_workers(close_workers=True)
 
 
 def _workers(client: Client, resource: str | None) -> list[str]:

@@ -97,12 +97,14 @@ def run_rank(fn, args: tuple, kwargs: dict, rank: int, world: int, host: str, po
 
     logger = logging.getLogger("ulmfit")
     if not logger.handlers and not logging.getLogger().handlers:
-        logging.basicConfig(format=f"%(asctime)s rank {rank} %(message)s")
+        logging.basicConfig(format="%(asctime)s %(name)s: %(message)s")
     logger.setLevel(logging.INFO)
     STOP.clear()  # a stop requested of an earlier group on this worker
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     threads = threads or max(1, cores // on_host)
     with process_group(rank, world, host, port, timeout_s, local_index, threads):
+        if rank:  # rank 0 tells how training goes; the others only warn
+            logger.setLevel(logging.WARNING)
         return fn(*args, **kwargs)
 
 
