@@ -15,6 +15,8 @@ short last batch, so the batches are fastai's exactly, and a checkpoint's saved 
 
 from __future__ import annotations
 
+import random
+
 import torch
 from fastai.text.data import LMDataLoader, LMTensorText
 
@@ -31,6 +33,23 @@ class DeviceLMDataLoader(LMDataLoader):
         self.doc_lens = torch.tensor(list(self.lens.coll), dtype=torch.long)
         self.doc_starts = self.doc_lens.cumsum(0) - self.doc_lens
         self.tokens_device = None  # where `tokens` is: moved to the loader's device once
+        self.order_random: random.Random | None = None  # see `draw_order_from_here`
+
+    def draw_order_from_here(self) -> None:
+        """Shuffle the documents with a generator of its own, from the state Python's has now.
+        fastai shuffles with Python's global generator when an epoch starts, and in a Dask
+        worker the event loop's thread draws from that one too (timer jitter): the order would
+        depend on timing, and data-parallel ranks would disagree on it. The draws are those
+        fastai would make, as long as nothing else draws in between in this thread."""
+        self.order_random = random.Random()
+        self.order_random.setstate(random.getstate())
+
+    def shuffle_fn(self, idxs):
+        if self.order_random is None:
+            return super().shuffle_fn(idxs)
+        self.order_random.shuffle(self.items.idxs)  # what ReindexCollection.shuffle does
+        self.make_chunks()
+        return idxs
 
     def rows(self) -> torch.Tensor:
         """The documents in their current order as a (bs, bl + 1) view on the device: row r is

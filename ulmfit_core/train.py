@@ -374,11 +374,13 @@ def lm_dataloaders(train: Docs, valid: Docs, cfg: LMConfig, device: torch.device
     valid_bs = max(1, min(cfg.bs, (valid.n_tokens - 1) // (cfg.seq_len + 1)))
     if valid.n_tokens < 2:
         raise DataError("language model: the validation split is empty; use more documents")
-    return DataLoaders(
+    dls = DataLoaders(
         DeviceLMDataLoader(_as_tensors(train), bs=cfg.bs, seq_len=cfg.seq_len, shuffle=True),
         DeviceLMDataLoader(_as_tensors(valid), bs=valid_bs, seq_len=cfg.seq_len),
         device=device,
     )
+    dls.train.draw_order_from_here()
+    return dls
 
 
 def lm_data(docs: Docs, preset: Preset, seed: int, device: torch.device):

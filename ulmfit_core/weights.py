@@ -67,6 +67,8 @@ def rng_state(loaders: dict) -> dict:
     }
     for key, dl in loaders.items():
         entry = {"rng": _python_rng(dl.rng.getstate())}
+        if getattr(dl, "order_random", None) is not None:  # DeviceLMDataLoader's own shuffle
+            entry["order_rng"] = _python_rng(dl.order_random.getstate())
         order = getattr(getattr(dl, "items", None), "idxs", None)  # LMDataLoader's document order
         if order is not None:
             entry["order"] = torch.tensor(list(order), dtype=torch.int64)
@@ -87,6 +89,8 @@ def set_rng_state(state: dict, loaders: dict) -> None:
     for key, dl in loaders.items():
         entry = state["loaders"][key]
         dl.rng.setstate(_python_rng_state(entry["rng"]))
+        if getattr(dl, "order_random", None) is not None:
+            dl.order_random.setstate(_python_rng_state(entry.get("order_rng", state["python"])))
         if "order" in entry:
             dl.items.idxs[:] = entry["order"].tolist()  # in place: the lengths share this list
             dl.make_chunks()
