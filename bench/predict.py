@@ -56,7 +56,7 @@ def main() -> None:
         torch.manual_seed(0)
         model = build_classifier(len(itos), 2, preset.model, preset.classifier)
         copy_text_assets(run, run.classifier)
-        save_model(run.classifier / "model.pth", "classifier", model.state_dict(), labels=["neg", "pos"],
+        save_model(run.classifier.model, "classifier", model.state_dict(), labels=["neg", "pos"],
                    model=vars(preset.model), classifier=preset.to_dict()["classifier"],
                    vocab_size=len(itos))
         ours = Classifier.load(run.classifier, device="cpu")

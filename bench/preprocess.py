@@ -12,7 +12,6 @@ memory staying flat as the corpus grows shows in one run.
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import tempfile
@@ -20,6 +19,8 @@ import time
 from pathlib import Path
 
 import psutil
+
+from ulmfit_core.rundir import RunDir, read_json
 
 
 def tree_rss(proc: psutil.Process, peaks: dict) -> int:
@@ -50,7 +51,7 @@ def run(data: str, limit: int | None, workers: int | None, out: Path) -> dict:
     stderr = proc.stderr.read()
     if proc.returncode:
         sys.exit(f"preprocess failed ({proc.returncode}):\n{stderr[-3000:]}")
-    pre = json.loads((out / "preprocess.json").read_text())
+    pre = read_json(RunDir(out).preprocess_metrics)
     print(f"documents: {pre['docs']}  tokens: {pre['tokens']}  shards: {pre['shards']}  "
           f"vocab: {pre['vocab_size']}  skipped: {pre['skipped']}")
     print(f"wall: {wall:.1f} s (stages {pre['seconds']:.1f} s)  {pre['docs'] / wall:.0f} docs/s end to end")

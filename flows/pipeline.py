@@ -1,26 +1,28 @@
 """The ULMFiT pipeline as Prefect flows.
 
     preprocess      ingest → tokenize shards on Dask → vocab → numericalize shards on Dask
-    train-lm        fine-tune the AWD-LSTM language model(s) → export the encoder(s)
-    train-classifier  staged classifier(s) on the encoder(s) → evaluate on the test split
-                    (→ forward + backward ensemble) → NB-LR baseline
+    train-lm        for each direction: fine-tune the AWD-LSTM language model → export its encoder
+    train-classifier  for each direction: staged classifier on the encoder → evaluate on the test
+                    split; then the forward + backward ensemble and the NB-LR baseline
     ulmfit          all three, then the report
+
+Each task declares beside its definition (tasks/) the files of the run directory it writes and
+reads; `for_run` makes them its Prefect assets for this run, so the UI draws the lineage graph.
+Where training runs (this process, GPU workers side by side, data-parallel ranks) is
+`flows.runtime.Training`'s to decide.
 """
 
 from __future__ import annotations
 
 import time
-from contextlib import nullcontext
 from functools import partial
 
-import dask
 from prefect import flow, unmapped
 from prefect.futures import as_completed
 
 from tasks import preprocess as prep
 from tasks import train
-from tasks.common import materializing, progress_artifact
-from tasks.ranks import Ranks
+from tasks.common import for_run, progress_artifact
 from tasks.report import report
 from ulmfit_core.config import EXPECTED, get_preset
 from ulmfit_core.ingest import resolve_source
@@ -28,7 +30,7 @@ from ulmfit_core.params import DIRECTIONS, RunParams, curve_points
 from ulmfit_core.progress import Bar
 from ulmfit_core.rundir import RunDir, tracked_run
 
-from flows.runtime import dask_task_runner, training_runner
+from flows.runtime import Training, dask_task_runner
 
 
 def _as_done(futures, stage: str, done_what: str) -> list:
@@ -47,71 +49,39 @@ def preprocess_flow(out: str, data: str = "imdb", preset: str = "tiny", limit: i
                     seed: int = 0, shard_docs: int = 2000, tokenizer: str | None = None,
                     vocab_size: int | None = None) -> dict:
     """Raw shards → (subword model) → token shards (in parallel) → vocab → id shards (in parallel)."""
-    settings = get_preset(preset, tokenizer, vocab_size)
-    t0 = time.time()
-    ingested = materializing(prep.ingest, out, ["raw"], [str(resolve_source(data))])(
-        out, data, limit, seed, shard_docs)
+    settings, run, t0 = get_preset(preset, tokenizer, vocab_size), RunDir(out), time.time()
+    ingested = for_run(prep.ingest, run, resolve_source(data))(out, data, limit, seed, shard_docs)
     print(f"ingested {ingested['docs']} documents into {len(ingested['shards'])} shards "
           f"(skipped {ingested['skipped']['total']})")
-    materializing(prep.train_tokenizer, out, ["tokenizer"], ["raw"]).submit(out, settings, seed).result()
-    tokenized = _as_done(materializing(prep.tokenize_shard, out, ["tokens"], ["raw", "tokenizer"]).map(
+    for_run(prep.train_tokenizer, run).submit(out, settings, seed).result()
+    tokenized = _as_done(for_run(prep.tokenize_shard, run).map(
         unmapped(out), ingested["shards"], unmapped(settings)), "tokenization", "shards tokenized")
-    vocab = materializing(prep.build_vocab, out, ["vocab.json"], ["tokens"]).submit(
-        out, settings, [r["counts"] for r in tokenized]).result()
+    vocab = for_run(prep.build_vocab, run).submit(out, settings, [r["counts"] for r in tokenized]).result()
     print(f"vocab: {vocab['size']} entries from {vocab['distinct_tokens']} distinct tokens")
-    token_shards = [r["shard"] for r in tokenized]
-    numericalize = materializing(prep.numericalize_shard, out, ["ids"], ["tokens", "vocab.json"])
-    numericalized = _as_done(numericalize.map(unmapped(out), token_shards), "numericalization",
-                             "shards numericalized")
+    numericalized = _as_done(for_run(prep.numericalize_shard, run).map(
+        unmapped(out), [r["shard"] for r in tokenized]), "numericalization", "shards numericalized")
     return prep.summarize(out, tokenized, numericalized, vocab, time.time() - t0)
-
-
-def _routed(train_resource: str | None):
-    """Send the tasks submitted inside to Dask workers that have `train_resource` (e.g. GPU=1)."""
-    return dask.annotate(resources={train_resource: 1}) if train_resource else nullcontext()
-
-
-def _train(keys, train_resource: str | None, submit_chain, ranks: Ranks | None = None) -> list:
-    """Submit one chain of training tasks per key (a direction, a number of labels); on a shared
-    cluster the chains run side by side on the workers with the resource, here one after the
-    other (they would fight over the same cores). Data-parallel chains (`ranks`) run one after
-    the other from here, each stage spread over the workers by its task."""
-    chains = []
-    for key in keys:
-        with _routed(train_resource if ranks is None else None):
-            chains.append(submit_chain(key))
-        if train_resource is None or ranks is not None:
-            chains[-1][-1].wait()
-    return [[f.result() for f in chain] for chain in chains]
-
-
-def _ranks(train_workers: int, dask_address: str | None, train_resource: str | None) -> Ranks | None:
-    """How training spreads: None for one process (here, or one worker with the resource)."""
-    return Ranks(train_workers, dask_address, train_resource) if train_workers > 1 else None
 
 
 @flow(name="ulmfit-train-lm", log_prints=True)
 def train_lm_flow(out: str, preset: str = "tiny", seed: int = 0, pretrained: str = "none",
                   direction: str = "forward", train_resource: str | None = None,
                   train_workers: int = 1, dask_address: str | None = None) -> dict:
-    """Fine-tune the language model(s) on all the text (from pretrained weights when given), then
-    export the encoder(s). `direction`: forward, backward or bidirectional (both);
+    """For each direction: fine-tune the language model on all the text (from pretrained weights
+    when given), then export its encoder. `direction`: forward, backward or bidirectional (both);
     `train_workers`: data-parallel ranks per training."""
     settings = get_preset(preset)
-    ranks = _ranks(train_workers, dask_address, train_resource)
-
-    def chain(backwards: bool):
+    training = Training(dask_address, train_resource, train_workers)
+    lms = {}
+    for backwards in DIRECTIONS[direction]:
         run = RunDir(out, backwards)
-        lm_file, encoder = run.rel(run.lm_model), run.rel(run.encoder)
-        lm = materializing(train.train_lm, out, [lm_file], ["vocab.json", "ids"]).submit(
-            out, settings, seed, pretrained, backwards, ranks)
-        return lm, materializing(train.export_encoder, out, [encoder], [lm_file]).submit(
-            out, backwards, wait_for=[lm])
-
+        with training.chain() as chain:
+            lms[backwards] = chain(for_run(train.train_lm, run).submit(
+                out, settings, seed, pretrained, backwards, training.ranks))
+            chain(for_run(train.export_encoder, run).submit(out, backwards, wait_for=[lms[backwards]]))
     results = {}
-    directions = DIRECTIONS[direction]
-    for backwards, (metrics, _) in zip(directions, _train(directions, train_resource, chain, ranks)):
-        name = train.direction_name(backwards)
+    for backwards, lm in lms.items():
+        name, metrics = train.direction_name(backwards), lm.result()
         print(f"{name} language model: valid loss {metrics['valid_loss']:.4f}, accuracy "
               f"{metrics['accuracy']:.4f}, perplexity {metrics['perplexity']:.2f} "
               f"(host {metrics['host']}, {metrics['device']}, {metrics['precision']})")
@@ -123,39 +93,35 @@ def train_lm_flow(out: str, preset: str = "tiny", seed: int = 0, pretrained: str
 def train_classifier_flow(out: str, preset: str = "tiny", seed: int = 0, direction: str = "forward",
                           train_resource: str | None = None, train_labels: int | None = None,
                           train_workers: int = 1, dask_address: str | None = None) -> dict:
-    """Gradual unfreezing on the labelled train split (or a balanced sample of `train_labels`
-    of its reviews), then accuracy on the test split, beside the classical NB-LR baseline
-    trained on the same reviews (and, for both directions, the ensemble of their averaged
-    probabilities)."""
+    """For each direction: gradual unfreezing on the labelled train split (or a balanced sample of
+    `train_labels` of its reviews), then accuracy on the test split; then, for both directions,
+    the ensemble of their averaged probabilities, and the classical NB-LR baseline trained on
+    the same reviews."""
     settings = get_preset(preset)
-    ranks = _ranks(train_workers, dask_address, train_resource)
-
-    def chain(backwards: bool):
+    training = Training(dask_address, train_resource, train_workers)
+    trained, tested = {}, {}
+    for backwards in DIRECTIONS[direction]:
         run = RunDir(out, backwards)
-        encoder, model = run.rel(run.encoder), run.rel(run.classifier_model)
-        clas = materializing(train.train_classifier, out, [model], [encoder, "ids"]).submit(
-            out, settings, seed, backwards, train_labels, ranks)
-        test = run.rel(run.test_scores)
-        return clas, materializing(train.evaluate, out, [test], [model, "ids"]).submit(
-            out, backwards, ranks, wait_for=[clas])
-
+        with training.chain() as chain:
+            trained[backwards] = chain(for_run(train.train_classifier, run).submit(
+                out, settings, seed, backwards, train_labels, training.ranks))
+            tested[backwards] = chain(for_run(train.evaluate, run).submit(
+                out, backwards, training.ranks, wait_for=[trained[backwards]]))
     results = {}
-    directions = DIRECTIONS[direction]
-    for backwards, (metrics, test) in zip(directions, _train(directions, train_resource, chain, ranks)):
-        name = train.direction_name(backwards)
+    for backwards, test in tested.items():
+        name, metrics, test = train.direction_name(backwards), trained[backwards].result(), test.result()
         results[name] = test
         if test["accuracy"] is not None:
             print(f"{name} classifier: test accuracy {test['accuracy']:.4f} on {test['n']} reviews "
                   f"(trained on host {metrics['host']}, {metrics['device']}, {metrics['precision']})")
-    if any(r["accuracy"] is not None for r in results.values()):
-        if direction == "bidirectional":
-            results["ensemble"] = materializing(train.ensemble, out, ["ensemble.json"], [
-                "classifier/test.json", "classifier-bwd/test.json"])(out)["ensemble"]
-            print(f"forward + backward ensemble: test accuracy {results['ensemble']['accuracy']:.4f}")
-        first = RunDir(out, DIRECTIONS[direction][0])
-        base = materializing(train.baseline, out, [first.rel(first.baseline)],
-                             ["raw"])(out, first.backwards)
-        print(f"NB-LR baseline on the same split: {base['accuracy']:.4f}")
+    if all(r["accuracy"] is None for r in results.values()):
+        return results  # no labelled test split to compare on
+    run = RunDir(out, DIRECTIONS[direction][0])
+    if direction == "bidirectional":
+        results["ensemble"] = for_run(train.ensemble, run)(out)["ensemble"]
+        print(f"forward + backward ensemble: test accuracy {results['ensemble']['accuracy']:.4f}")
+    base = for_run(train.baseline, run)(out, run.backwards)
+    print(f"NB-LR baseline on the same split: {base['accuracy']:.4f}")
     return results
 
 
@@ -170,7 +136,7 @@ def _job(command: str, given: dict, work) -> dict:
         record["tokenizer"] = params.settings().tokenizer.kind
     with tracked_run(RunDir(params.out), record, params.reset):
         result = work()
-        metrics = report(params.out, record, params.seed)
+        metrics = for_run(report, RunDir(params.out))(params.out, record, params.seed)
     print(f"report: {RunDir(params.out).report}")
     return result if result is not None else metrics
 
@@ -197,8 +163,8 @@ def train_lm_job(out: str, preset: str = "tiny", seed: int = 0, pretrained: str 
     of its own."""
     given = dict(locals())
     return _job("train-lm", given, partial(
-        train_lm_flow.with_options(task_runner=training_runner(dask_address, train_resource,
-                                                               train_workers)),
+        train_lm_flow.with_options(
+            task_runner=Training(dask_address, train_resource, train_workers).task_runner()),
         out, preset, seed, pretrained, direction, train_resource, train_workers, dask_address))
 
 
@@ -211,8 +177,8 @@ def train_classifier_job(out: str, preset: str = "tiny", seed: int = 0, directio
     its own."""
     given = dict(locals())
     return _job("train-classifier", given, partial(
-        train_classifier_flow.with_options(task_runner=training_runner(dask_address, train_resource,
-                                                                       train_workers)),
+        train_classifier_flow.with_options(
+            task_runner=Training(dask_address, train_resource, train_workers).task_runner()),
         out, preset, seed, direction, train_resource, train_labels, train_workers, dask_address))
 
 
@@ -221,10 +187,13 @@ def label_curve_flow(out: str, labels: list[str], preset: str = "tiny", seed: in
                      train_resource: str | None = None) -> dict:
     """One classifier per number of labelled reviews on the run's encoder (each a task, reused
     when done before), scored on the test split beside NB-LR on the same reviews."""
-    settings = get_preset(preset)
-    chains = _train(curve_points(labels), train_resource,
-                    lambda n: [train.label_curve_point.submit(out, settings, seed, n)])
-    curve = train.write_label_curve(out, [point for (point,) in chains])
+    settings, training, run = get_preset(preset), Training(resource=train_resource), RunDir(out)
+    points = []
+    for n in curve_points(labels):
+        with training.chain() as chain:
+            points.append(chain(for_run(train.label_curve_point, run.label_curve_point(n)).submit(
+                out, settings, seed, n)))
+    curve = for_run(train.write_label_curve, run)(out, [point.result() for point in points])
     for point in curve["points"]:
         print(f"{point['labels']} labelled reviews: ULMFiT {point['ulmfit']:.4f}, NB-LR "
               f"{point['nblr']:.4f} on {point['test_reviews']} test reviews")
@@ -238,7 +207,7 @@ def label_curve_job(out: str, labels: list[str], preset: str = "tiny", seed: int
     """The label curve on a run directory with its encoder, as a run of its own."""
     given = dict(locals())
     return _job("label-curve", given, partial(
-        label_curve_flow.with_options(task_runner=training_runner(dask_address, train_resource)),
+        label_curve_flow.with_options(task_runner=Training(dask_address, train_resource).task_runner()),
         out, labels, preset, seed, train_resource))
 
 
@@ -258,7 +227,7 @@ def ulmfit_flow(out: str, data: str = "imdb", preset: str = "tiny", limit: int |
 
     def work() -> None:
         print(f"preset {preset}: {EXPECTED[preset]}")
-        trainer = training_runner(dask_address, train_resource, train_workers)
+        trainer = Training(dask_address, train_resource, train_workers).task_runner()
         preprocess_flow.with_options(task_runner=dask_task_runner(dask_address, workers))(
             out, data, preset, limit, seed, shard_docs, tokenizer, vocab_size)
         labelled = prep.check_classifier_data(out, get_preset(preset, tokenizer, vocab_size), seed,

@@ -1,16 +1,21 @@
-"""Where the flows run: the Prefect API they report to and the Dask cluster they use."""
+"""Where the flows run: the Prefect API they report to, the Dask cluster they use, and where
+their training goes."""
 
 from __future__ import annotations
 
 import logging
 import os
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
+import dask
+from prefect.futures import PrefectFuture, wait
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect_dask import DaskTaskRunner
 
+from tasks.ranks import Ranks
 from ulmfit_core.errors import STOP
 from ulmfit_core.progress import use_console
 
@@ -51,14 +56,50 @@ class TrainingThreads(ThreadPoolTaskRunner):
         super().__exit__(exc_type, exc_value, traceback)
 
 
-def training_runner(address: str | None, train_resource: str | None, train_workers: int = 1):
-    """Training tasks run in this process (on its GPU if it has one) unless they are routed to
-    the workers of a Dask cluster that declare `train_resource` (`RunParams` makes sure such
-    a run names the cluster's `address`). Data-parallel training (`train_workers` > 1) is
-    directed from this process, which sends the ranks to the workers itself."""
-    if train_resource is None or train_workers > 1:
-        return TrainingThreads(max_workers=2)
-    return DaskTaskRunner(address=address)
+@dataclass(frozen=True)
+class Training:
+    """Where a flow's training tasks run.
+
+    - By default, in the flow's process (on its GPU if it has one).
+    - With `resource`, on the workers of the Dask cluster at `address` that declare it
+      (`RunParams` makes sure such a run names the cluster).
+    - With `workers` > 1, each training spreads over that many workers as data-parallel ranks
+      (`tasks.ranks`), which the flow's process sends out and watches.
+
+    A chain of training tasks (one direction, one number of labels) waits for the one before it,
+    except on the workers with the resource: there chains run side by side. Here they would fight
+    over the same cores, and the ranks of a training take the workers themselves.
+    """
+
+    address: str | None = None
+    resource: str | None = None
+    workers: int = 1
+
+    @property
+    def side_by_side(self) -> bool:
+        return self.resource is not None and self.workers == 1
+
+    @property
+    def ranks(self) -> Ranks | None:
+        return Ranks(self.workers, self.address, self.resource) if self.workers > 1 else None
+
+    def task_runner(self):
+        return DaskTaskRunner(address=self.address) if self.side_by_side else TrainingThreads(max_workers=2)
+
+    @contextmanager
+    def chain(self) -> Iterator[Callable[[PrefectFuture], PrefectFuture]]:
+        """Submit a chain of training tasks: `with training.chain() as chain: chain(task.submit(…))`,
+        placed on the workers with the resource, and waited for unless chains run side by side."""
+        futures: list[PrefectFuture] = []
+
+        def add(future: PrefectFuture) -> PrefectFuture:
+            futures.append(future)
+            return future
+
+        with dask.annotate(resources={self.resource: 1}) if self.side_by_side else nullcontext():
+            yield add
+        if not self.side_by_side:
+            wait(futures)
 
 
 def _console_handlers() -> list:

@@ -7,6 +7,7 @@ import functools
 import logging
 import os
 from pathlib import Path
+from typing import Callable, Iterable
 
 import prefect
 from prefect import Task
@@ -15,6 +16,7 @@ from prefect.assets import Asset
 from prefect.tasks import MaterializingTask
 
 from ulmfit_core.errors import BAD_INPUT, Stopped
+from ulmfit_core.rundir import RunDir
 
 
 def set_up_process() -> None:
@@ -40,16 +42,26 @@ def set_up_process() -> None:
         pa.set_memory_pool(pa.system_memory_pool())
 
 
-def task(**options):
+# The files of a run directory a task writes or reads, as a function of the RunDir (its
+# direction's model folders included): what the task declares beside its definition.
+Files = Callable[[RunDir], Iterable[Path]]
+
+
+def task(writes: Files | None = None, reads: Files | None = None, **options):
     """`prefect.task` for this project: the function runs after `set_up_process()`, in whichever
-    process runs it."""
+    process runs it. A task that `writes` files of a run directory, from those it `reads`,
+    materializes them as Prefect assets once `for_run` names the run."""
     def decorate(fn):
         @functools.wraps(fn)
         def set_up_then_run(*args, **kwargs):
             set_up_process()
             return fn(*args, **kwargs)
 
-        return prefect.task(**options)(set_up_then_run)
+        if writes is None:
+            return prefect.task(**options)(set_up_then_run)
+        made = MaterializingTask(fn=set_up_then_run, assets=[], **options)
+        made.files = (writes, reads or (lambda run: []))
+        return made
 
     return decorate
 
@@ -64,25 +76,24 @@ def retry_transient(task, task_run, state) -> bool:
     return True
 
 
-def asset_key(out: str, path: str) -> str:
-    """The Prefect asset key of a run artifact: a file:// URI (`path` relative to `out`)."""
-    return "file://" + str(Path(out, path).resolve())
-
-
-def materializing(task: Task, out: str, writes: list[str], reads: list[str] = ()) -> Task:
-    """`task` as one that materializes the artifacts `writes` from `reads` (paths in the run
-    directory `out`, or absolute), so the Prefect UI draws the run's lineage graph. A path that
-    cannot be an asset key (spaces, '%', ...) leaves the task as it is, with a warning."""
+def for_run(task: MaterializingTask, run: RunDir, *also_reads: str | Path) -> Task:
+    """`task` materializing the files of `run` it declares it writes, downstream of those it
+    reads (and `also_reads`, outside the run), so that the Prefect UI draws the run's lineage
+    graph. A path that cannot be an asset key (spaces, '%', ...) leaves the task as it is, with
+    a warning."""
+    writes, reads = task.files
     try:
-        assets = [Asset(key=asset_key(out, w)) for w in writes]
-        deps = [Asset(key=asset_key(out, r)) for r in reads]
+        assets = [_asset(p) for p in writes(run)]
+        deps = [_asset(p) for p in (*reads(run), *also_reads)]
     except ValueError as exc:
-        logging.getLogger("ulmfit").warning("no Prefect assets for %s: %s", out, exc)
+        logging.getLogger("ulmfit").warning("no Prefect assets for %s: %s", run.root, exc)
         return task
-    return MaterializingTask(fn=task.fn, assets=assets, asset_deps=deps, name=task.name,
-                             task_run_name=task.task_run_name, retries=task.retries,
-                             retry_delay_seconds=task.retry_delay_seconds,
-                             retry_condition_fn=task.retry_condition_fn)
+    return task.with_options(assets=assets, asset_deps=deps)
+
+
+def _asset(path: str | Path) -> Asset:
+    """A run artifact as a Prefect asset, keyed by its file:// URI."""
+    return Asset(key="file://" + str(Path(path).resolve()))
 
 
 def progress_artifact(what: str):

@@ -1,4 +1,5 @@
-"""Preprocessing tasks: ingest, tokenize a shard, build the vocab, numericalize a shard."""
+"""Preprocessing tasks: ingest, tokenize a shard, build the vocab, numericalize a shard; each
+declares the files of the run directory it writes and reads (`for_run`)."""
 
 from __future__ import annotations
 
@@ -11,27 +12,30 @@ from .common import retry_transient, task
 IO_RETRIES = dict(retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_transient)
 
 
-@task(name="ingest", **IO_RETRIES)
+@task(name="ingest", writes=lambda run: [run.raw], **IO_RETRIES)
 def ingest(out: str, data: str, limit: int | None, seed: int, shard_docs: int) -> dict:
     return stages.ingest_stage(RunDir(out), data, limit, seed, shard_docs)
 
 
-@task(name="train-tokenizer", **IO_RETRIES)
+@task(name="train-tokenizer", writes=lambda run: [run.tokenizer], reads=lambda run: [run.raw],
+      **IO_RETRIES)
 def train_tokenizer(out: str, preset: Preset, seed: int) -> dict:
     return stages.tokenizer_stage(RunDir(out), preset, seed)
 
 
-@task(name="tokenize-shard", task_run_name="tokenize {raw_shard}", **IO_RETRIES)
+@task(name="tokenize-shard", task_run_name="tokenize {raw_shard}", writes=lambda run: [run.tokens],
+      reads=lambda run: [run.raw, run.tokenizer], **IO_RETRIES)
 def tokenize_shard(out: str, raw_shard: str, preset: Preset) -> dict:
     return stages.tokenize_stage(RunDir(out), raw_shard, preset)
 
 
-@task(name="build-vocab", **IO_RETRIES)
+@task(name="build-vocab", writes=lambda run: [run.vocab], reads=lambda run: [run.tokens], **IO_RETRIES)
 def build_vocab(out: str, preset: Preset, count_paths: list[str]) -> dict:
     return stages.vocab_stage(RunDir(out), preset, count_paths)
 
 
-@task(name="numericalize-shard", task_run_name="numericalize {token_shard}", **IO_RETRIES)
+@task(name="numericalize-shard", task_run_name="numericalize {token_shard}", writes=lambda run: [run.ids],
+      reads=lambda run: [run.tokens, run.vocab], **IO_RETRIES)
 def numericalize_shard(out: str, token_shard: str) -> dict:
     return stages.numericalize_stage(RunDir(out), token_shard)
 

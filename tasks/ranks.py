@@ -7,25 +7,30 @@ several GPUs, one GPU each). Rank 0's worker hosts the rendezvous, on a port fou
 A rank that fails, or whose worker leaves the cluster, ends the stage with an error naming the
 rank and the worker; the other ranks are cancelled, and the task's retry starts all ranks again
 from the checkpoint rank 0 wrote after the last finished epoch.
+
+The ranks' log lines (rank 0's, and the others' warnings) and rank 0's progress travel back as
+Dask events, and the task that directs the ranks logs and reports them: they reach the terminal,
+the run's log file and the Prefect UI like those of a training in the flow's own process.
 """
 
 from __future__ import annotations
 
 import logging
+import queue
 import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Iterator
 from urllib.parse import urlparse
 
-from distributed import Client, LocalCluster, wait
+from distributed import Client, LocalCluster, get_worker, wait
 
 from ulmfit_core.errors import BAD_INPUT, STOP, Stopped
+from ulmfit_core.rendezvous import RENDEZVOUS_TIMEOUT_S, free_port
 
 log = logging.getLogger("ulmfit")
-
-RENDEZVOUS_TIMEOUT_S = 120  # ulmfit_core.parallel's default (not imported here: it loads torch)
 
 
 @dataclass(frozen=True)
@@ -78,39 +83,81 @@ def _pick_workers(client: Client, ranks: Ranks) -> list[str]:
     return found[:ranks.n]
 
 
-def _free_port() -> int:
-    from ulmfit_core.parallel import free_port
-
-    return free_port()
-
-
 def _stop_training() -> None:
     STOP.set()
 
 
-def run_ranks(ranks: Ranks, fn, *args, **kwargs) -> list:
-    """`fn(*args, **kwargs)` as the N ranks of one training group; each rank's result, in rank
-    order. Bad input (a `DataError`), a diverging loss or a stop on request is raised as it is,
-    anything else as `RankFailed` naming the rank and its worker."""
+class _ToDirector(logging.Handler):
+    """On a rank's worker: its log records, as Dask events for the client directing the ranks."""
+
+    def __init__(self, topic: str, rank: int) -> None:
+        super().__init__()
+        self.worker, self.topic, self.rank = get_worker(), topic, rank
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.worker.log_event(self.topic, {"rank": self.rank, "level": record.levelno,
+                                           "message": record.getMessage()})
+
+
+def _rank(topic: str, progress: bool, fn, args: tuple, kwargs: dict, rank: int, *group):
+    """What a worker runs: `parallel.run_rank`, its log lines (and, with `progress`, rank 0's
+    progress) sent to the directing client under `topic`."""
     from ulmfit_core.parallel import run_rank
 
+    to_director = _ToDirector(topic, rank)
+    if progress and rank == 0:
+        def progress_event(fraction: float, message: str) -> None:
+            to_director.worker.log_event(topic, {"progress": fraction, "message": message})
+
+        kwargs = {**kwargs, "progress": progress_event}
+    return run_rank(fn, args, kwargs, rank, *group, log_to=to_director)
+
+
+def run_ranks(ranks: Ranks, fn, *args, progress=None, **kwargs) -> list:
+    """`fn(*args, **kwargs)` as the N ranks of one training group; each rank's result, in rank
+    order. With `progress` (a hook (fraction, message)), rank 0 gets a `progress` argument whose
+    calls arrive here. Bad input (a `DataError`), a diverging loss or a stop on request is
+    raised as it is, anything else as `RankFailed` naming the rank and its worker."""
     with _client(ranks) as client:
         workers = _pick_workers(client, ranks)
         hosts = [urlparse(w).hostname for w in workers]
-        port = client.run(_free_port, workers=[workers[0]])[workers[0]]
+        port = client.run(free_port, workers=[workers[0]])[workers[0]]
         log.info("training on %d ranks: %s (rendezvous at %s:%d)", ranks.n, ", ".join(workers),
                  hosts[0], port)
         tag = uuid.uuid4().hex[:8]
+        topic, events = f"ulmfit-ranks-{tag}", queue.SimpleQueue()
+        client.subscribe_topic(topic, lambda event: events.put(event[1]))
         futures = [
-            client.submit(run_rank, fn, args, kwargs, r, ranks.n, hosts[0], port, ranks.timeout_s,
-                          hosts[:r].count(hosts[r]), hosts.count(hosts[r]), ranks.threads,
-                          key=f"ulmfit-rank-{r}-{tag}", workers=[w], allow_other_workers=False,
-                          pure=False, resources={ranks.resource: 1} if ranks.resource else None)
+            client.submit(_rank, topic, progress is not None, fn, args, kwargs, r, ranks.n, hosts[0],
+                          port, ranks.timeout_s, hosts[:r].count(hosts[r]), hosts.count(hosts[r]),
+                          ranks.threads, key=f"ulmfit-rank-{r}-{tag}", workers=[w],
+                          allow_other_workers=False, pure=False,
+                          resources={ranks.resource: 1} if ranks.resource else None)
             for r, w in enumerate(workers)]
+        relay = partial(_relay, events, progress)
         try:
-            return _results(client, futures, workers)
+            return _results(client, futures, workers, relay)
         finally:
             client.cancel([f for f in futures if not f.done()], force=True)
+            relay()
+            client.unsubscribe_topic(topic)
+
+
+def _relay(events: queue.SimpleQueue, progress) -> None:
+    """Log here the ranks' lines that arrived (another rank's named with its number), and
+    report rank 0's progress."""
+    while True:
+        try:
+            event = events.get_nowait()
+        except queue.Empty:
+            return
+        if "progress" in event:
+            if progress is not None:
+                progress(event["progress"], event["message"])
+        else:
+            rank, message = event["rank"], event["message"]
+            named = rank == 0 or message.startswith(f"rank {rank} ")
+            log.log(event["level"], message if named else f"rank {rank}: {message}")
 
 
 def _lost(client: Client, futures: list, workers: list[str]) -> list[int]:
@@ -118,13 +165,15 @@ def _lost(client: Client, futures: list, workers: list[str]) -> list[int]:
     return [r for r, w in enumerate(workers) if w not in alive and futures[r].status != "finished"]
 
 
-def _results(client: Client, futures: list, workers: list[str]) -> list:
-    """Wait for every rank; at the first failure or lost worker, raise naming it."""
+def _results(client: Client, futures: list, workers: list[str], relay) -> list:
+    """Wait for every rank, relaying what they say; at the first failure or lost worker, raise
+    naming it."""
     while True:
         try:
             wait([f for f in futures if not f.done()], timeout=1, return_when="FIRST_COMPLETED")
         except TimeoutError:
             pass
+        relay()
         if all(f.status == "finished" for f in futures):
             return [f.result() for f in futures]
         if STOP.is_set():

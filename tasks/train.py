@@ -89,10 +89,11 @@ def _trained(ranks: Ranks | None, stage, *args, progress=None) -> dict:
     if ranks is None:
         with training_slot():
             return stage(*args, progress)
-    return run_ranks(ranks, stage, *args)[0]
+    return run_ranks(ranks, stage, *args, progress=progress)[0]
 
 
-@task(name="train-language-model", task_run_name=_named("train {} language model"), **TRAIN_RETRIES)
+@task(name="train-language-model", task_run_name=_named("train {} language model"),
+      writes=lambda run: [run.lm.model], reads=lambda run: [run.vocab, run.ids], **TRAIN_RETRIES)
 def train_lm(out: str, preset: Preset, seed: int, pretrained: str, backwards: bool = False,
              ranks: Ranks | None = None) -> dict:
     progress = progress_artifact(f"{direction_name(backwards)} language model")
@@ -100,12 +101,15 @@ def train_lm(out: str, preset: Preset, seed: int, pretrained: str, backwards: bo
                     progress=progress)
 
 
-@task(name="export-encoder", task_run_name=_named("export {} encoder"))
+@task(name="export-encoder", task_run_name=_named("export {} encoder"),
+      writes=lambda run: [run.export.encoder], reads=lambda run: [run.lm.model])
 def export_encoder(out: str, backwards: bool = False) -> dict:
     return stages.export_stage(RunDir(out, backwards))
 
 
-@task(name="train-classifier", task_run_name=_named("train {} classifier"), **TRAIN_RETRIES)
+@task(name="train-classifier", task_run_name=_named("train {} classifier"),
+      writes=lambda run: [run.classifier.model], reads=lambda run: [run.export.encoder, run.ids],
+      **TRAIN_RETRIES)
 def train_classifier(out: str, preset: Preset, seed: int, backwards: bool = False,
                      train_labels: int | None = None, ranks: Ranks | None = None) -> dict:
     progress = progress_artifact(f"{direction_name(backwards)} classifier")
@@ -113,21 +117,24 @@ def train_classifier(out: str, preset: Preset, seed: int, backwards: bool = Fals
                     RunDir(out, backwards), preset, seed, progress=progress)
 
 
-@task(name="evaluate", task_run_name=_named("evaluate {} classifier"))
+@task(name="evaluate", task_run_name=_named("evaluate {} classifier"),
+      writes=lambda run: [run.classifier.test_scores], reads=lambda run: [run.classifier.model, run.ids])
 def evaluate(out: str, backwards: bool = False, ranks: Ranks | None = None) -> dict:
     """On the test split: here, or on one worker of the cluster the ranks trained on."""
-    if ranks is not None and ranks.address:
-        return run_ranks(replace(ranks, n=1), stages.evaluate_stage, RunDir(out, backwards))[0]
     progress = progress_artifact(f"{direction_name(backwards)} evaluation")
+    if ranks is not None and ranks.address:
+        return run_ranks(replace(ranks, n=1), stages.evaluate_stage, RunDir(out, backwards),
+                         progress=progress)[0]
     return stages.evaluate_stage(RunDir(out, backwards), progress)
 
 
-@task(name="ensemble")
+@task(name="ensemble", writes=lambda run: [run.ensemble],
+      reads=lambda run: [run.direction(b).classifier.test_scores for b in (False, True)])
 def ensemble(out: str) -> dict:
     return stages.ensemble_stage(RunDir(out))
 
 
-@task(name="baseline")
+@task(name="baseline", writes=lambda run: [run.classifier.baseline], reads=lambda run: [run.raw])
 def baseline(out: str, backwards: bool = False) -> dict:
     return stages.baseline_stage(RunDir(out, backwards))
 
@@ -139,14 +146,16 @@ def _point_name() -> str:
     return f"classifier on {'all' if n is None else n} labels"
 
 
-@task(name="label-curve-point", task_run_name=_point_name, **TRAIN_RETRIES)
+@task(name="label-curve-point", task_run_name=_point_name,
+      writes=lambda run: [run.classifier.model, run.classifier.test_scores, run.classifier.baseline],
+      reads=lambda run: [run.export.encoder, run.ids, run.raw], **TRAIN_RETRIES)
 def label_curve_point(out: str, preset: Preset, seed: int, n: int | None) -> dict:
     progress = progress_artifact(f"label curve: {'all' if n is None else n} labels")
     with training_slot():
         return labelcurve.curve_point(RunDir(out), preset, seed, n, progress)
 
 
-@task(name="write-label-curve")
+@task(name="write-label-curve", writes=lambda run: [run.label_curve, run.label_curve_plot])
 def write_label_curve(out: str, points: list[dict]) -> dict:
     curve = labelcurve.write_curve(RunDir(out), points)
     create_table_artifact(curve["points"], key="ulmfit-label-curve",

@@ -214,9 +214,9 @@ def test_an_ensemble_of_predictions_for_different_reviews_is_refused(tmp_path, t
     run = RunDir(tmp_path / "run")
     shutil.copytree(trained.root, run.root)
     stages.evaluate_stage(run)
-    predictions = pq.read_table(run.predictions)
+    predictions = pq.read_table(run.classifier.predictions)
     backward = run.direction(True)
-    backward.classifier.mkdir(parents=True)
-    pq.write_table(predictions.slice(1), backward.predictions)
+    backward.classifier.path.mkdir(parents=True)
+    pq.write_table(predictions.slice(1), backward.classifier.predictions)
     with pytest.raises(ValueError, match="forward and backward test predictions cover different reviews"):
         stages.ensemble_stage(run)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -16,16 +15,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from ulmfit_core.rendezvous import free_port
+
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _until(check, timeout: float, what: str):
@@ -40,7 +35,7 @@ def _until(check, timeout: float, what: str):
 
 class Server:
     def __init__(self, home: Path) -> None:
-        port = _free_port()
+        port = free_port()
         self.ui = f"http://127.0.0.1:{port}"
         self.api = f"{self.ui}/api"
         self.env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_API_URL": self.api,

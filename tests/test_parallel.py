@@ -23,7 +23,8 @@ from tasks.ranks import RankFailed, Ranks, run_ranks
 from conftest import ulmfit
 from ulmfit_core import stages
 from ulmfit_core.config import get_preset
-from ulmfit_core.parallel import RendezvousFailed, free_port, process_group, unwrap
+from ulmfit_core.parallel import RendezvousFailed, process_group, unwrap
+from ulmfit_core.rendezvous import free_port
 from ulmfit_core.rundir import RunDir, read_json
 from ulmfit_core.train import classifier_learner, lm_learner
 from ulmfit_core.vocab import Vocab
@@ -121,10 +122,15 @@ def test_lm_and_classifier_train_on_two_ranks_through_the_command(dask_cluster, 
     shutil.copytree(preprocessed, out)
     common = ["--out", out, "--dask-address", cluster.address, "--train-resource", "GPU",
               "--train-workers", 2]
-    for command in ("train-lm", "train-classifier"):
+    # The ranks' lines come back to the command (and so to the Prefect UI): rank 0's epochs,
+    # rank 1's arrival in the group, and nothing else of rank 1's (it only warns).
+    for command, last_epoch in (("train-lm", "lm: fit epoch 3/3 done"),
+                                ("train-classifier", "classifier: unfreeze epoch 2/2 done")):
         result = ulmfit(command, *common)
         assert result.returncode == 0, result.stderr[-3000:]
-        assert "training on 2 ranks" in result.stderr
+        assert "training on 2 ranks" in result.stderr and last_epoch in result.stderr
+        assert "rank 1 of 2 joined the group" in result.stderr and "rank 1:" not in result.stderr
+        assert last_epoch in (out / "logs" / "ulmfit.log").read_text()
     worker_pids = {w.pid for w in cluster.workers}
     for folder in ("lm", "classifier"):
         metrics = read_json(out / folder / "metrics.json")

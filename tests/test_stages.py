@@ -254,6 +254,7 @@ def test_lineage_links_every_artifact_to_its_inputs(run):
     assert inputs("vocab.json") == {f"tokens/{p.name}" for p in run.tokens.glob("counts-*.parquet")}
     assert inputs("ids/part-00000.parquet") == {"tokens/part-00000.parquet", "vocab.json"}
     assert inputs("tokens/part-00000.parquet") == {"raw/part-00000.parquet"}
+    assert inputs("classifier/baseline.json") == {f"raw/{p.name}" for p in run.shards(run.raw)}
     assert art["raw/part-00000.parquet"]["source"]["path"].endswith(".tar.gz")
     assert art["lm/model.pth"]["settings"]["seed"] == SEED
     for path, entry in art.items():  # every recorded hash is the file's
@@ -267,7 +268,7 @@ def test_lineage_links_every_artifact_to_its_inputs(run):
     assert any("export/encoder.pth" in line for line in lines)
     assert any(f"ids/ {len(ids)} × id shard" in line for line in lines)
     assert any("[source]" in line for line in lines)
-    assert lines[2].strip().startswith(f"settings: model.emb_sz=96, model.n_hid=192")
+    assert lines[2].strip().startswith("settings: model.emb_sz=96, model.n_hid=192")
     assert f"seed={SEED}" in lines[2] and "classifier.bs=32" in lines[2]
 
 

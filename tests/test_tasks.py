@@ -1,17 +1,27 @@
-"""Task logic under Prefect's test harness (a temporary server in this process): which failures
-are retried, and the tasks' asset declarations; no subprocess, no cluster."""
+"""Tasks and flows under Prefect's test harness (a temporary server in this process): which
+failures are retried, the tasks' asset declarations, the preprocess flow on threads, and how
+training chains are paced; no subprocess, no cluster."""
 
 from __future__ import annotations
 
 import logging
+import time
 
 import pytest
 from prefect import flow
+from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.tasks import MaterializingTask
 from prefect.testing.utilities import prefect_test_harness
+from prefect_dask import DaskTaskRunner
 
-from tasks.common import materializing, retry_transient, task
+from flows.pipeline import preprocess_flow
+from flows.runtime import Training, TrainingThreads
+from tasks import preprocess as prep
+from tasks import train
+from tasks.common import for_run, retry_transient, task
+from tasks.ranks import Ranks
 from ulmfit_core.errors import DamagedFile, DataError, Stopped
+from ulmfit_core.rundir import RunDir
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -47,27 +57,61 @@ def test_only_transient_failures_are_retried(failure, attempts):
     assert failed and type(error) is type(FAILURES[failure]) and len(calls) == attempts
 
 
-def test_a_task_declares_what_it_reads_and_writes_as_assets(tmp_path):
-    @task(name="train-language-model", retries=1, retry_delay_seconds=5, retry_condition_fn=retry_transient)
-    def train(out: str) -> str:
-        return out
-
-    lm = materializing(train, str(tmp_path), ["lm/model.pth"], ["vocab.json", "ids"])
+def test_a_task_declares_the_files_it_reads_and_writes_as_assets_of_a_run(tmp_path):
+    run = RunDir(tmp_path / "run", backwards=True)
+    lm = for_run(train.train_lm, run)
     assert isinstance(lm, MaterializingTask)
-    assert [a.key for a in lm.assets] == [f"file://{tmp_path}/lm/model.pth"]
-    assert [a.key for a in lm.asset_deps] == [f"file://{tmp_path}/vocab.json", f"file://{tmp_path}/ids"]
-    assert (lm.name, lm.retries, lm.retry_delay_seconds, lm.retry_condition_fn) == (
-        "train-language-model", 1, 5, retry_transient)
-    assert lm.fn(str(tmp_path)) == str(tmp_path)  # the same function underneath
+    assert [a.key for a in lm.assets] == [f"file://{run.root}/lm-bwd/model.pth"]
+    assert [a.key for a in lm.asset_deps] == [f"file://{run.root}/vocab.json", f"file://{run.root}/ids"]
+    assert (lm.name, lm.task_run_name, lm.retries, lm.retry_delay_seconds, lm.retry_condition_fn) == (
+        "train-language-model", train.train_lm.task_run_name, 1, 5, retry_transient)
+    assert lm.fn is train.train_lm.fn  # the same function underneath
+    ingest = for_run(prep.ingest, RunDir(tmp_path / "run"), tmp_path / "corpus.csv")
+    assert [a.key for a in ingest.asset_deps] == [f"file://{tmp_path}/corpus.csv"]
+    assert ingest.retries == 2 and ingest.retry_delay_seconds == [2, 10]
 
 
 def test_a_run_directory_that_cannot_be_an_asset_key_keeps_the_task(tmp_path, caplog):
-    @task(name="vocab")
-    def vocab(out: str) -> str:
-        return out
-
     odd = tmp_path / "runs with space"
     with caplog.at_level(logging.WARNING, logger="ulmfit"):
-        assert materializing(vocab, str(odd), ["vocab.json"]) is vocab
+        assert for_run(prep.build_vocab, RunDir(odd)) is prep.build_vocab
     assert f"no Prefect assets for {odd}" in caplog.text
-    assert vocab.fn("x") == "x"
+
+
+def test_the_preprocess_flow_writes_what_the_stage_functions_write(tmp_path, sample_tarball, preprocessed):
+    """The flow on threads (no cluster) makes the shards and vocab of the stage functions called
+    one after another, byte for byte; run again, it reuses every shard."""
+    preprocess = preprocess_flow.with_options(task_runner=ThreadPoolTaskRunner(max_workers=2))
+    first = preprocess(str(tmp_path / "run"), str(sample_tarball), shard_docs=60)
+    again = preprocess(str(tmp_path / "run"), str(sample_tarball), shard_docs=60)
+    assert first["shards"] == 4 and first["reused_shards"] == {"tokens": 0, "ids": 0}
+    assert again["reused_shards"] == {"tokens": 4, "ids": 4}
+    run, made = RunDir(tmp_path / "run"), RunDir(preprocessed)
+    for folder in ("raw", "tokens", "ids"):
+        ours, theirs = run.shards(run.root / folder), made.shards(made.root / folder)
+        assert [p.name for p in ours] == [p.name for p in theirs] and len(ours) == 4
+        assert all(a.read_bytes() == b.read_bytes() for a, b in zip(ours, theirs)), folder
+    assert run.vocab.read_bytes() == made.vocab.read_bytes()
+
+
+def test_training_chains_wait_in_turn_unless_they_run_side_by_side_on_workers():
+    @task()
+    def step(i: int) -> int:
+        time.sleep(0.3)
+        return i
+
+    @flow(task_runner=ThreadPoolTaskRunner(max_workers=2))
+    def chains() -> list[bool]:
+        finished = []
+        for i in range(2):
+            with Training().chain() as chain:
+                submitted = chain(step.submit(i))
+            finished.append(submitted.state.is_final())
+        return finished
+
+    assert chains() == [True, True]
+    gpus = Training("tcp://scheduler:8786", "GPU")
+    assert gpus.side_by_side and isinstance(gpus.task_runner(), DaskTaskRunner) and gpus.ranks is None
+    ranks = Training("tcp://scheduler:8786", "GPU", workers=2)
+    assert not ranks.side_by_side and isinstance(ranks.task_runner(), TrainingThreads)
+    assert ranks.ranks == Ranks(2, "tcp://scheduler:8786", "GPU")

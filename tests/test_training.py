@@ -28,7 +28,8 @@ from ulmfit_core.models import build_language_model
 from ulmfit_core.predict import Classifier, LanguageModel
 from ulmfit_core.report import write_report
 from ulmfit_core.rundir import CHECKPOINT, RunDir, read_json
-from ulmfit_core.train import LOSS_CHECK_EVERY, Phase, fit_phases, lm_dataloaders, sample_tokens
+from ulmfit_core.train import (LOSS_CHECK_EVERY, ResumePoint, Schedule, fit_schedule, lm_dataloaders,
+                               sample_tokens)
 from ulmfit_core.weights import load_checkpoint, save_checkpoint
 
 # A stage of the tiny preset with more epochs, run in a process of its own so it can be killed.
@@ -163,7 +164,7 @@ def test_backward_models_read_text_reversed(bidirectional):
     docs = load_docs(bidirectional.shards(bidirectional.ids), splits=["test"], labelled=True)
     classifier = Classifier.load(bwd.classifier)
     assert classifier.backwards
-    recorded = pq.read_table(bwd.predictions)
+    recorded = pq.read_table(bwd.classifier.predictions)
     assert recorded.column("id").to_pylist() == docs.doc_ids
     probs = classifier.predict_ids(docs.ids[:10])
     np.testing.assert_allclose(probs[:, 1], recorded.column("p_pos").to_numpy()[:10], atol=1e-5)
@@ -174,8 +175,8 @@ def test_backward_models_read_text_reversed(bidirectional):
 def test_ensemble_averages_both_directions(bidirectional):
     result = read_json(bidirectional.ensemble)
     assert set(result) == {"forward", "backward", "ensemble"}
-    fwd = pq.read_table(bidirectional.direction(False).predictions)
-    bwd = pq.read_table(bidirectional.direction(True).predictions)
+    fwd = pq.read_table(bidirectional.direction(False).classifier.predictions)
+    bwd = pq.read_table(bidirectional.direction(True).classifier.predictions)
     p = (fwd.column("p_pos").to_numpy() + bwd.column("p_pos").to_numpy()) / 2
     truth = np.array([y == "pos" for y in fwd.column("label").to_pylist()])
     assert result["ensemble"]["accuracy"] == pytest.approx(float(((p > 0.5) == truth).mean()))
@@ -253,6 +254,26 @@ def tiny_lm(preprocessed):
     return learner
 
 
+def test_a_schedule_moves_stage_by_stage_with_its_rates():
+    """The resume point after each epoch, and the learning rates of each stage: discriminative
+    ones spread over the layer groups (ULMFiT's lr / 2.6 per group) except when only the top
+    group trains; the LM never spreads them."""
+    classifier = (Stage("freeze", -1, 2, 2e-2), Stage("unfreeze", None, 1, 1e-3))
+    schedule = Schedule(classifier, ResumePoint())
+    points = []
+    for _ in range(3):
+        schedule.epoch_done()
+        points.append(schedule.point)
+    assert points == [ResumePoint(0, 1), ResumePoint(1, 0), ResumePoint(2, 0)]
+    assert classifier[0].rates(discriminative=True) == 2e-2
+    assert classifier[1].rates(discriminative=True) == slice(1e-3 / 2.6**4, 1e-3)
+    assert classifier[1].rates(discriminative=False) == 1e-3
+    lm = get_preset("tiny").lm
+    assert [(s.freeze_to, s.epochs, s.lr) for s in lm.schedule(pretrained=False)] == [(None, 3, 1e-2)]
+    assert [(s.freeze_to, s.epochs, s.lr) for s in lm.schedule(pretrained=True)] == [
+        (-1, 1, 1e-2), (None, 3, 1e-3)]
+
+
 @pytest.mark.parametrize("epoch,batch", [(1, 6), (0, -1)])
 def test_non_finite_loss_names_its_epoch_and_batch(tiny_lm, tmp_path, epoch, batch):
     """The loss is read on the host only every few batches, yet the error names the exact batch,
@@ -265,7 +286,7 @@ def test_non_finite_loss_names_its_epoch_and_batch(tiny_lm, tmp_path, epoch, bat
     learn.add_cb(breaker)
     checkpoint = tmp_path / "checkpoint.pth"
     with pytest.raises(FloatingPointError) as error:
-        fit_phases(learn, [Phase("fit", None, 2, 1e-3)], "lm", checkpoint, "fp")
+        fit_schedule(learn, [Stage("fit", None, 2, 1e-3)], "lm", checkpoint, "fp")
     assert f"non-finite loss (nan) at epoch {epoch + 1}, batch {batch + 1}:" in str(error.value)
     late = breaker.finished - epoch * n_batches - (batch + 1)  # batches run after the broken one
     assert 0 <= late < LOSS_CHECK_EVERY  # found at the next check (or the epoch's end)

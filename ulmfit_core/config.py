@@ -42,6 +42,23 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class Stage:
+    """One one-cycle fit of a training schedule: the top `freeze_to` layer groups train (None:
+    all of them) for `epochs` epochs at `lr`."""
+
+    name: str
+    freeze_to: int | None
+    epochs: int
+    lr: float
+
+    def rates(self, discriminative: bool) -> float | slice:
+        """The learning rate of each layer group. With discriminative rates (the classifier,
+        ULMFiT §3.2), a stage that trains more than the top group spreads them from
+        lr / LR_DIV at the bottom group to lr at the top; otherwise every group trains at lr."""
+        return slice(self.lr / LR_DIV, self.lr) if discriminative and self.freeze_to != -1 else self.lr
+
+
+@dataclass(frozen=True)
 class LMConfig:
     bs: int = 128
     seq_len: int = 80
@@ -53,24 +70,20 @@ class LMConfig:
     # Train on a seeded sample of documents of about this many tokens (None: all the text).
     sample_tokens: int | None = None
 
-
-@dataclass(frozen=True)
-class Stage:
-    """One cycle of gradual unfreezing: train the top `freeze_to` layer groups (None: all)."""
-
-    name: str
-    freeze_to: int | None
-    epochs: int
-    lr: float
-
-    @property
-    def discriminative(self) -> bool:
-        """The first stage trains only the head; later ones spread rates over the groups."""
-        return self.freeze_to != -1
+    def schedule(self, pretrained: bool) -> tuple[Stage, ...]:
+        """From scratch, one cycle over the whole model. From pretrained weights, fastai's two:
+        the last layer group (embeddings and decoder) for one epoch, then all of them at a
+        tenth of the rate."""
+        if not pretrained:
+            return (Stage("fit", None, self.epochs, self.lr),)
+        return Stage("frozen", -1, 1, self.lr), Stage("unfrozen", None, self.epochs, self.lr / 10)
 
 
 @dataclass(frozen=True)
 class ClassifierConfig:
+    """The classifier's batches and its gradual unfreezing: `stages`, trained with
+    discriminative rates."""
+
     bs: int = 64
     seq_len: int = 72  # backprop-through-time chunk of the sentence encoder
     max_len: int = 72 * 20  # only the last max_len tokens of a review get gradients (fastai)

@@ -17,18 +17,10 @@ from .errors import DataError
 from .report import save_png
 from .rundir import RunDir, write_json
 
-PLOT_FILE = "label-curve.png"
-
-
-def point_dir(run: RunDir, n: int | None) -> RunDir:
-    """The run directory view whose classifier folder holds the point for `n` labels."""
-    return run if n is None else run.with_classifier(f"label-curve/n{n}")
-
-
 def curve_point(run: RunDir, preset: Preset, seed: int, n: int | None, progress=None) -> dict:
     """Train (or reuse) the classifier on `n` labelled reviews, score it on the test split, and
     NB-LR on the same reviews."""
-    at = point_dir(run, n)
+    at = run.label_curve_point(n)
     clas = stages.classifier_stage(at, preset, seed, progress, train_labels=n)
     test = stages.evaluate_stage(at)
     if test["accuracy"] is None:
@@ -42,8 +34,8 @@ def curve_point(run: RunDir, preset: Preset, seed: int, n: int | None, progress=
 
 def write_curve(run: RunDir, points: list[dict]) -> dict:
     """label-curve.json and its plot (test accuracy against labelled reviews, log x axis)."""
-    curve = {"points": sorted(points, key=lambda p: p["labels"]), "plot": PLOT_FILE}
-    plot_curve(curve["points"], run.root / PLOT_FILE)
+    curve = {"points": sorted(points, key=lambda p: p["labels"]), "plot": run.rel(run.label_curve_plot)}
+    plot_curve(curve["points"], run.label_curve_plot)
     write_json(run.label_curve, curve)
     return curve
 

@@ -15,25 +15,28 @@ import platform
 import subprocess
 from collections import defaultdict
 from pathlib import Path
+from typing import Iterator
 
 from . import __version__
-from .manifests import file_sha256
-from .rundir import RunDir, read_json, write_json
+from .manifests import file_sha256, manifest_path
+from .rundir import SUBWORD_MODEL, RunDir, read_json, write_json
 
 LIBRARIES = ("torch", "fastai", "spacy", "sentencepiece", "pyarrow", "numpy", "prefect",
              "prefect-dask", "dask", "distributed")
 
-# manifest glob (relative to the run) → kind of the artifacts it describes
-MANIFESTS = {
-    "tokenizer/spm.json": "subword model",
-    "tokens/part-*.json": "token shard",
-    "vocab.manifest.json": "vocab",
-    "ids/part-*.json": "id shard",
-    "lm*/model.json": "language model",
-    "export*/encoder.json": "encoder",
-    "classifier*/model.json": "classifier",
-    "classifier*/test.manifest.json": "evaluation",
-}
+
+def _made(run: RunDir) -> Iterator[tuple[str, list[Path]]]:
+    """Each kind of artifact a stage makes, with the files its manifests lie beside."""
+    directions = (run.direction(False), run.direction(True))
+    yield "subword model", [run.tokenizer / SUBWORD_MODEL]
+    yield "token shard", run.shards(run.tokens)
+    yield "vocab", [run.vocab]
+    yield "id shard", run.shards(run.ids)
+    yield "language model", [d.lm.model for d in directions]
+    yield "encoder", [d.export.encoder for d in directions]
+    yield "classifier", [d.classifier.model for d in directions]
+    yield "evaluation", [d.classifier.test_scores for d in directions]
+    yield "NB-LR baseline", [d.classifier.baseline for d in directions]
 
 
 def code_version() -> dict:
@@ -84,8 +87,8 @@ def build_lineage(run: RunDir) -> dict:
     """Every artifact under `run` with its hash, settings and inputs (linked by content hash)."""
     artifacts = _raw_artifacts(run)
     raw_inputs = {}
-    for pattern, kind in MANIFESTS.items():
-        for manifest_file in sorted(run.root.glob(pattern)):
+    for kind, anchors in _made(run):
+        for manifest_file in filter(Path.exists, map(manifest_path, anchors)):
             manifest = read_json(manifest_file)
             folder = manifest_file.parent.relative_to(run.root)
             for name, sha in manifest["outputs"].items():

@@ -1,13 +1,7 @@
-"""Build fastai's AWD-LSTM language model and classifier, and save/load them safely.
-
-A saved model is one `.pth` file holding plain data only (tensors, numbers, strings, lists,
-dicts), so it loads with `torch.load(..., weights_only=True)` and no pickled code runs. Its
-vocabulary is a JSON file beside it.
-"""
+"""The networks: fastai's AWD-LSTM language model and classifier, as this project builds them
+(saving and loading them is `weights`'s)."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import torch
 from fastai.text.models.awdlstm import AWD_LSTM, awd_lstm_clas_config, awd_lstm_lm_config

@@ -32,10 +32,9 @@ import torch.distributed as dist
 from fastai.callback.core import Callback, CancelBatchException
 from torch.nn.parallel import DistributedDataParallel
 
-log = logging.getLogger("ulmfit")
+from .rendezvous import RENDEZVOUS_TIMEOUT_S
 
-# How long ranks wait for each other: to form the group, and at any one exchange of gradients.
-RENDEZVOUS_TIMEOUT_S = 120
+log = logging.getLogger("ulmfit")
 
 
 class RendezvousFailed(RuntimeError):
@@ -50,13 +49,6 @@ def rank() -> int:
 def world() -> int:
     """How many ranks train together (1 when this process trains alone)."""
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def free_port() -> int:
-    """A TCP port free on this machine now, for a rank 0 started here to listen on."""
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
 
 
 @contextmanager
@@ -89,23 +81,29 @@ def process_group(rank: int, world: int, host: str, port: int,
 
 def run_rank(fn, args: tuple, kwargs: dict, rank: int, world: int, host: str, port: int,
              timeout_s: float = RENDEZVOUS_TIMEOUT_S, local_index: int = 0, on_host: int = 1,
-             threads: int | None = None):
+             threads: int | None = None, log_to: logging.Handler | None = None):
     """`fn(*args, **kwargs)` as rank `rank` of a group of `world`: what each worker runs.
     `local_index` of the `on_host` ranks on this machine: its GPU; its CPU threads are
-    `threads`, or its share of the machine's cores."""
+    `threads`, or its share of the machine's cores. The rank's log lines go to `log_to` (to
+    the process that directs the ranks), else to this process's stderr."""
     from .errors import STOP
 
     logger = logging.getLogger("ulmfit")
-    if not logger.handlers and not logging.getLogger().handlers:
+    if log_to is not None:
+        logger.addHandler(log_to)
+    elif not logger.handlers and not logging.getLogger().handlers:
         logging.basicConfig(format="%(asctime)s %(name)s: %(message)s")
     logger.setLevel(logging.INFO)
     STOP.clear()  # a stop requested of an earlier group on this worker
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     threads = threads or max(1, cores // on_host)
-    with process_group(rank, world, host, port, timeout_s, local_index, threads):
-        if rank:  # rank 0 tells how training goes; the others only warn
-            logger.setLevel(logging.WARNING)
-        return fn(*args, **kwargs)
+    try:
+        with process_group(rank, world, host, port, timeout_s, local_index, threads):
+            if rank:  # rank 0 tells how training goes; the others only warn
+                logger.setLevel(logging.WARNING)
+            return fn(*args, **kwargs)
+    finally:
+        logger.removeHandler(log_to)
 
 
 class _GroupSum(torch.autograd.Function):

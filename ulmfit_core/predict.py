@@ -19,7 +19,7 @@ from .config import ClassifierConfig, ModelConfig, TokenizerConfig
 from .ingest import usable_text
 from .models import build_classifier, build_language_model, pad_front, pick_device
 from .progress import Bar
-from .rundir import MODEL, TOKENIZER_SPEC, VOCAB, read_json
+from .rundir import TOKENIZER_SPEC, ModelDir, read_json
 from .subword import detokenize_pieces
 from .tokenize import text_tokenizer
 from .vocab import PAD_ID, UNK_ID, Vocab, FAKE
@@ -72,20 +72,18 @@ def load_tokenizer(folder: Path):
     return config, text_tokenizer(config, folder)
 
 
-def _model_dir(path: str | Path, sub: str) -> Path:
+def _model_dir(path: str | Path, sub: str) -> ModelDir:
     """Accept a run directory or the model folder inside it."""
-    path = Path(path)
-    if (path / sub / VOCAB).exists():
-        return path / sub
-    if (path / VOCAB).exists():
-        return path
-    raise FileNotFoundError(f"{path}: no {sub} model here (expected {path / sub / VOCAB})")
+    for folder in (ModelDir(Path(path) / sub), ModelDir(Path(path))):
+        if folder.vocab.exists():
+            return folder
+    raise FileNotFoundError(f"{path}: no {sub} model here (expected {ModelDir(Path(path) / sub).vocab})")
 
 
-def _open(path: str | Path, sub: str, file: str, kind: str | None = None) -> tuple[Path, dict, Vocab]:
-    """A model folder (given directly or as a run directory), its weights file and vocab."""
+def _open(path: str | Path, sub: str, kind: str | None = None) -> tuple[ModelDir, dict, Vocab]:
+    """A model folder (given directly or as a run directory), its weights and vocab."""
     folder = _model_dir(path, sub)
-    return folder, load_model_file(folder / file, kind or sub), Vocab.load(folder / VOCAB)
+    return folder, load_model_file(folder.model, kind or sub), Vocab.load(folder.vocab)
 
 
 def _ready(model: torch.nn.Module, payload: dict, device: torch.device) -> torch.nn.Module:
@@ -104,7 +102,7 @@ class Classifier:
 
     @classmethod
     def load(cls, path: str | Path, device: str | None = None) -> "Classifier":
-        folder, payload, vocab = _open(path, "classifier", MODEL)
+        folder, payload, vocab = _open(path, "classifier")
         cfg = ClassifierConfig(**{k: v for k, v in payload["classifier"].items() if k != "stages"})
         model = build_classifier(len(vocab), len(payload["labels"]), ModelConfig(**payload["model"]), cfg)
         device = torch.device(device) if device else pick_device()
@@ -142,7 +140,7 @@ class LanguageModel:
 
     @classmethod
     def load(cls, path: str | Path, device: str | None = None) -> "LanguageModel":
-        folder, payload, vocab = _open(path, "lm", MODEL, "language_model")
+        folder, payload, vocab = _open(path, "lm", "language_model")
         if payload.get("backwards"):
             raise ValueError(f"{folder}: a backward language model continues text to the left; "
                              "generate with the forward one")

@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 
 from .lineage import write_lineage
-from .rundir import METRICS, RunDir, atomic_path, read_json, write_json, write_text
+from .rundir import RunDir, atomic_path, read_json, write_json, write_text
 
 PROMPT = "I liked this movie because"
 
@@ -17,11 +17,11 @@ def _read(path: Path) -> dict | None:
 
 def _direction(run: RunDir) -> dict | None:
     """LM, classifier and test summaries of one direction, or None if it was not trained."""
-    lm = _read(run.lm / METRICS)
+    lm = _read(run.lm.metrics)
     if lm is None:
         return None
-    clas = _read(run.classifier / METRICS) or {}
-    test = _read(run.test_scores) or {}
+    clas = _read(run.classifier.metrics) or {}
+    test = _read(run.classifier.test_scores) or {}
     return {
         "lm": {k: lm.get(k) for k in ("valid_loss", "accuracy", "perplexity", "train_loss", "epochs",
                                       "train_tokens", "tokens_per_s", "history", "device", "gpu",
@@ -45,7 +45,7 @@ def collect_metrics(run: RunDir, params: dict) -> dict:
     pre = _read(run.preprocess_metrics) or {}
     fwd, bwd = _direction(run.direction(False)), _direction(run.direction(True))
     main = fwd or bwd or {"lm": {}, "classifier": {"stages": []}, "test": {}}
-    baseline = _read(run.direction(main is bwd).baseline)
+    baseline = _read(run.direction(main is bwd).classifier.baseline)
     ensemble = _read(run.ensemble) if fwd and bwd else None
     seconds = {"preprocess": pre.get("seconds")}
     for name, d in (("forward", fwd), ("backward", bwd)):
@@ -120,43 +120,42 @@ def plot_curves(metrics: dict, path: Path) -> Path:
     return save_png(fig, path)
 
 
-def _training_rows(metrics: dict) -> list[str]:
-    """One table row per training stage: where it ran, in which precision, how fast."""
-    directions = [("", metrics)]
-    if metrics.get("backward"):
-        directions.append((" (backward)", metrics["backward"]))
-    rows = []
-    for suffix, d in directions:
-        for name, m in (("language model", d["lm"]), ("classifier", d["classifier"])):
-            rows.append(f"| {name}{suffix} | {_fmt(m.get('device'))} | {_fmt(m.get('gpu'))} | "
-                        f"{_fmt(m.get('precision'))} | {_fmt(m.get('tokens_per_s'), ',.0f')} | "
-                        f"{_fmt(m.get('peak_gpu_memory_mb'), ',.0f')} | "
-                        f"{_fmt(m.get('seconds'), '.0f')} |")
-    return rows
-
-
 def render_report(metrics: dict, samples: list[str], batches: dict[str, str] | None = None) -> str:
+    """report.md: the headline, then a section each, those of the models once an LM is trained."""
+    trained = bool(metrics["lm"].get("history"))
+    sections = [_headline(metrics, trained), _data(metrics)]
+    if trained:
+        sections += [_language_model(metrics["lm"]), _classifier(metrics["classifier"]),
+                     _training(metrics), _test_set(metrics), _label_curve(metrics.get("label_curve"))]
+    sections.append(_batches(batches))
+    if trained:
+        sections.append(_samples(samples))
+    sections.append(_times(metrics))
+    return "\n".join(line for section in sections for line in section)
+
+
+def _headline(metrics: dict, trained: bool) -> list[str]:
     run, pre, lm, test = metrics["run"], metrics["preprocess"], metrics["lm"], metrics["test"]
-    vocab_size = metrics["vocab"]["size"]
-    acc, base = test.get("accuracy"), metrics.get("baseline") or {}
-    ensemble = metrics.get("ensemble")
-    trained = bool(lm.get("history"))
+    ensemble, base = metrics.get("ensemble"), metrics.get("baseline") or {}
     if not trained:
         headline = (f"**Preprocessed, no model trained yet:** {pre.get('docs')} documents, "
-                    f"{pre.get('tokens')} tokens, vocab {vocab_size} · preset `{run.get('preset')}`")
+                    f"{pre.get('tokens')} tokens, vocab {metrics['vocab']['size']} · preset "
+                    f"`{run.get('preset')}`")
     else:
         headline = (f"**Test accuracy: {_pct(ensemble['ensemble']['accuracy'])}** (forward + backward) "
-                    if ensemble else f"**Test accuracy: {_pct(acc)}** ({metrics.get('direction')}) ")
+                    if ensemble else f"**Test accuracy: {_pct(test.get('accuracy'))}** "
+                                     f"({metrics.get('direction')}) ")
         headline += (f"on {test.get('n')} reviews · NB-LR baseline on the same split: "
                      f"{_pct(base.get('accuracy'))} · LM perplexity {_fmt(lm.get('perplexity'), '.1f')} "
                      f"· preset `{run.get('preset')}` on `{metrics.get('device')}` "
                      f"({metrics.get('precision')})")
-    lines = [
-        "# ULMFiT run report",
-        "",
-        headline,
-        "",
-        *(["![training curves](curves.png)", ""] if trained else []),
+    return ["# ULMFiT run report", "", headline, "",
+            *(["![training curves](curves.png)", ""] if trained else [])]
+
+
+def _data(metrics: dict) -> list[str]:
+    run, pre, vocab_size = metrics["run"], metrics["preprocess"], metrics["vocab"]["size"]
+    return [
         "## Data",
         f"- source: `{pre.get('source')}` (limit per split/label: {run.get('limit') or 'none'}, "
         f"seed {run.get('seed')})",
@@ -170,9 +169,10 @@ def render_report(metrics: dict, samples: list[str], batches: dict[str, str] | N
         *[f"| {group} | {n} |" for group, n in (pre.get("groups") or {}).items()],
         "",
     ]
-    if not trained:
-        return "\n".join(lines + _batch_lines(batches) + _time_lines(metrics))
-    lines += [
+
+
+def _language_model(lm: dict) -> list[str]:
+    return [
         "## Language model",
         f"valid loss {_fmt(lm.get('valid_loss'))}, accuracy {_fmt(lm.get('accuracy'))}, "
         f"perplexity {_fmt(lm.get('perplexity'), '.2f')} after {lm.get('epochs')} epoch(s) on "
@@ -183,23 +183,45 @@ def render_report(metrics: dict, samples: list[str], batches: dict[str, str] | N
         *[f"| {h['epoch']} | {_fmt(h.get('train_loss'))} | {_fmt(h.get('valid_loss'))} | "
           f"{_fmt(h.get('accuracy'))} | {_fmt(h.get('perplexity'), '.2f')} |" for h in lm.get("history") or []],
         "",
+    ]
+
+
+def _classifier(clas: dict) -> list[str]:
+    sample = ([f"Trained on a balanced sample of {clas['train_labels']} labelled reviews "
+               f"({clas['train_docs']} train, {clas['valid_docs']} valid; `--train-labels`).", ""]
+              if clas.get("train_labels") else [])
+    return [
         "## Classifier (gradual unfreezing)",
-        *([f"Trained on a balanced sample of {metrics['classifier']['train_labels']} labelled "
-           f"reviews ({metrics['classifier']['train_docs']} train, "
-           f"{metrics['classifier']['valid_docs']} valid; `--train-labels`).", ""]
-          if metrics["classifier"].get("train_labels") else []),
+        *sample,
         "| stage | epochs | lr | valid loss | valid accuracy | seconds |",
         "|---|---|---|---|---|---|",
         *[f"| {s['name']} | {s['epochs']} | {s['lr']:g} | {_fmt(s['valid_loss'])} | "
-          f"{_fmt(s['accuracy'])} | {s['seconds']:.0f} |" for s in metrics["classifier"]["stages"]],
+          f"{_fmt(s['accuracy'])} | {s['seconds']:.0f} |" for s in clas["stages"]],
         "",
-        "## Training",
-        "| stage | device | GPU | precision | tokens/s | peak GPU memory (MB) | seconds |",
-        "|---|---|---|---|---|---|---|",
-        *_training_rows(metrics),
-        "",
-        "## Test set",
     ]
+
+
+def _training(metrics: dict) -> list[str]:
+    """One table row per training stage: where it ran, in which precision, how fast."""
+    directions = [("", metrics)]
+    if metrics.get("backward"):
+        directions.append((" (backward)", metrics["backward"]))
+    rows = []
+    for suffix, d in directions:
+        for name, m in (("language model", d["lm"]), ("classifier", d["classifier"])):
+            rows.append(f"| {name}{suffix} | {_fmt(m.get('device'))} | {_fmt(m.get('gpu'))} | "
+                        f"{_fmt(m.get('precision'))} | {_fmt(m.get('tokens_per_s'), ',.0f')} | "
+                        f"{_fmt(m.get('peak_gpu_memory_mb'), ',.0f')} | "
+                        f"{_fmt(m.get('seconds'), '.0f')} |")
+    return ["## Training",
+            "| stage | device | GPU | precision | tokens/s | peak GPU memory (MB) | seconds |",
+            "|---|---|---|---|---|---|---|", *rows, ""]
+
+
+def _test_set(metrics: dict) -> list[str]:
+    """The ensemble beside its parts, the confusion matrix, the reviews got most wrong."""
+    test, ensemble, base = metrics["test"], metrics.get("ensemble"), metrics.get("baseline") or {}
+    lines = ["## Test set"]
     if ensemble:
         lines += ["| model | test accuracy |", "|---|---|",
                   *[f"| {name} | {_pct(r['accuracy'])} |" for name, r in ensemble.items()],
@@ -218,14 +240,10 @@ def render_report(metrics: dict, samples: list[str], batches: dict[str, str] | N
                   "| id | label | predicted | p(label) | text |", "|---|---|---|---|---|",
                   *[f"| {t['id']} | {t['label']} | {t['predicted']} | {t['p_label']:.3f} | "
                     f"{_cell(t['text'])} |" for t in test["top_losses"]]]
-    lines += [""] + _curve_lines(metrics.get("label_curve")) + _batch_lines(batches)
-    if samples:
-        lines += [f"## Generated text (\"{PROMPT}\", temperature 0.75)", ""]
-        lines += [f"> {s}" for s in samples] + [""]
-    return "\n".join(lines + _time_lines(metrics))
+    return lines + [""]
 
 
-def _curve_lines(curve: dict | None) -> list[str]:
+def _label_curve(curve: dict | None) -> list[str]:
     if not curve:
         return []
     return ["## What labels buy (`ulmfit label-curve`)", "", f"![label curve]({curve['plot']})", "",
@@ -234,7 +252,7 @@ def _curve_lines(curve: dict | None) -> list[str]:
               for p in curve["points"]], ""]
 
 
-def _batch_lines(batches: dict[str, str] | None) -> list[str]:
+def _batches(batches: dict[str, str] | None) -> list[str]:
     if not batches:
         return []
     lines = ["## What the models see (the first training batch, `ulmfit show-batch`)", ""]
@@ -245,7 +263,13 @@ def _batch_lines(batches: dict[str, str] | None) -> list[str]:
     return lines
 
 
-def _time_lines(metrics: dict) -> list[str]:
+def _samples(samples: list[str]) -> list[str]:
+    if not samples:
+        return []
+    return [f"## Generated text (\"{PROMPT}\", temperature 0.75)", "", *[f"> {s}" for s in samples], ""]
+
+
+def _times(metrics: dict) -> list[str]:
     return ["## Time (seconds)", "| stage | seconds |", "|---|---|",
             *[f"| {k} | {_fmt(v, '.1f')} |" for k, v in metrics["seconds"].items()], ""]
 
@@ -288,7 +312,7 @@ def headline_figures(metrics: dict) -> list[dict]:
 def generated_samples(run: RunDir, seed: int) -> list[str]:
     """Two continuations of PROMPT by the forward LM (a backward LM writes right to left)."""
     forward = run.direction(False)
-    if not forward.lm_model.exists():
+    if not forward.lm.model.exists():
         return []
     from .predict import LanguageModel
 

@@ -51,6 +51,39 @@ TEXT_ASSETS = (VOCAB, TOKENIZER_SPEC, SUBWORD_MODEL)
 
 
 @dataclass(frozen=True)
+class ModelDir:
+    """A model folder (lm/, export/, classifier/, their -bwd twins, label-curve/n*/) and its files.
+    It is a path (`os.PathLike`, and `folder / name`) wherever a folder is asked for."""
+
+    path: Path
+
+    model = property(lambda self: self.path / MODEL)
+    metrics = property(lambda self: self.path / METRICS)
+    checkpoint = property(lambda self: self.path / CHECKPOINT)
+    encoder = property(lambda self: self.path / ENCODER)
+    encoder_config = property(lambda self: self.path / ENCODER_CONFIG)
+    test_scores = property(lambda self: self.path / TEST_SCORES)
+    predictions = property(lambda self: self.path / PREDICTIONS)
+    baseline = property(lambda self: self.path / BASELINE)
+    label_sample = property(lambda self: self.path / LABEL_SAMPLE)
+    vocab = property(lambda self: self.path / VOCAB)
+
+    def existing(self, *files: Path) -> list[Path]:
+        """Those of `files` and of the folder's text assets (vocab, tokenizer) that exist: what
+        a stage that wrote them records in its manifest."""
+        return [f for f in (*files, *(self.path / n for n in TEXT_ASSETS)) if f.exists()]
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    def __fspath__(self) -> str:
+        return os.fspath(self.path)
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+
+@dataclass(frozen=True)
 class RunDir:
     """Paths of a run; with `backwards`, the model folders are those of the backward direction;
     with `classifier_dir` (a folder in the run), the classifier is that one (a point of the
@@ -72,8 +105,13 @@ class RunDir:
     def with_classifier(self, folder: str) -> "RunDir":
         return RunDir(self.root, self.backwards, folder)
 
-    def _model_dir(self, name: str) -> Path:
-        return self.root / (f"{name}-bwd" if self.backwards else name)
+    def label_curve_point(self, n: int | None) -> "RunDir":
+        """The run whose classifier folder holds the label curve's point for `n` labelled
+        reviews (`ulmfit label-curve`): label-curve/n<N>/, or classifier/ for all of them."""
+        return self if n is None else self.with_classifier(f"label-curve/n{n}")
+
+    def _model_dir(self, name: str) -> ModelDir:
+        return ModelDir(self.root / (f"{name}-bwd" if self.backwards else name))
 
     raw = property(lambda self: self.root / "raw")
     ingest_summary = property(lambda self: self.raw / "_ingest.json")
@@ -84,17 +122,11 @@ class RunDir:
     preprocess_metrics = property(lambda self: self.root / "preprocess.json")
     lm = property(lambda self: self._model_dir("lm"))
     export = property(lambda self: self._model_dir("export"))
-    classifier = property(lambda self: self.root / self.classifier_dir if self.classifier_dir
+    classifier = property(lambda self: ModelDir(self.root / self.classifier_dir) if self.classifier_dir
                           else self._model_dir("classifier"))
-    lm_model = property(lambda self: self.lm / MODEL)
-    encoder = property(lambda self: self.export / ENCODER)
-    classifier_model = property(lambda self: self.classifier / MODEL)
-    test_scores = property(lambda self: self.classifier / TEST_SCORES)
-    predictions = property(lambda self: self.classifier / PREDICTIONS)
-    baseline = property(lambda self: self.classifier / BASELINE)
-    label_sample = property(lambda self: self.classifier / LABEL_SAMPLE)
     ensemble = property(lambda self: self.root / "ensemble.json")
     label_curve = property(lambda self: self.root / "label-curve.json")
+    label_curve_plot = property(lambda self: self.root / "label-curve.png")
     metrics = property(lambda self: self.root / METRICS)
     report = property(lambda self: self.root / "report.md")
     curves = property(lambda self: self.root / "curves.png")

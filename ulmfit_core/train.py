@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -31,7 +31,7 @@ from fastai.text.models.awdlstm import awd_lstm_clas_split, awd_lstm_lm_split
 from fastai.torch_core import set_seed
 
 from . import parallel
-from .config import LR_DIV, ClassifierConfig, LMConfig, Preset
+from .config import ClassifierConfig, LMConfig, Preset, Stage
 from .data import Docs, classifier_split, seeded_unit
 from .errors import STOP, DataError, Stopped
 from .lmdata import DeviceLMDataLoader
@@ -78,21 +78,21 @@ class ProgressLog(Callback):
 
     order = 70  # after the Recorder has logged the epoch
 
-    def __init__(self, stage: str, every_s: float = 30.0, progress: Progress | None = None,
-                 check_every: int = LOSS_CHECK_EVERY) -> None:
-        self.stage, self.every_s, self.progress, self.check_every = stage, every_s, progress, check_every
-        self.first = 0  # epochs of this fit already done before a resume
-        self.phase = ""
+    def __init__(self, stage: str, schedule: "Schedule", every_s: float = 30.0,
+                 progress: Progress | None = None, check_every: int = LOSS_CHECK_EVERY) -> None:
+        self.stage, self.schedule, self.every_s = stage, schedule, every_s
+        self.progress, self.check_every = progress, check_every
         self.bar: Bar | None = None  # on a terminal: this epoch's batches, loss and ETA
 
     def before_fit(self) -> None:
         self.t0 = self.last = time.time()
-        self.total = (self.n_epoch - self.first) * len(self.dls.train)
+        self.total = (self.n_epoch - self.schedule.point.epoch) * len(self.dls.train)
         self.done = 0
 
     def before_train(self) -> None:
         self.losses, self.checked = None, 0  # this epoch's losses; batches found finite
-        self.bar = Bar(f"{self.stage} {self.phase} epoch {self.epoch + 1}/{self.n_epoch}", len(self.dl))
+        self.bar = Bar(f"{self.stage} {self.schedule.stage.name} epoch {self.epoch + 1}/{self.n_epoch}",
+                       len(self.dl))
 
     def after_loss(self) -> None:
         if not self.training:
@@ -159,27 +159,30 @@ class DeviceSmoothLoss(AvgSmoothLoss):
 
 
 class EpochEnd(Callback):
-    """After each epoch: record its metrics, log them, write the checkpoint, tell the caller."""
+    """After each epoch: record its metrics, move the schedule on, write the checkpoint of the
+    point reached, log, tell the caller."""
 
     order = 80  # after the Recorder
 
-    def __init__(self, stage: str, history: list[dict], checkpoint: Callable[[], None],
-                 progress: Progress | None) -> None:
-        self.stage, self.history, self.checkpoint, self.progress = stage, history, checkpoint, progress
-        self.phase, self.first = "", 0
+    def __init__(self, stage: str, schedule: "Schedule", history: list[dict],
+                 checkpoint: Callable[["ResumePoint"], None], progress: Progress | None) -> None:
+        self.stage, self.schedule, self.history = stage, schedule, history
+        self.checkpoint, self.progress = checkpoint, progress
 
     def before_epoch(self) -> None:
         self.t_epoch = time.time()
 
     def after_epoch(self) -> None:
-        if self.epoch < self.first:  # skipped: done before the checkpoint this fit resumed from
+        if self.epoch < self.schedule.point.epoch:  # skipped: done before the point resumed from
             return
+        name = self.schedule.stage.name
         names = self.recorder.metric_names[1:-1]
         values = dict(zip(names, map(float, self.learn.final_record)))
-        self.history.append({"epoch": len(self.history) + 1, "phase": self.phase, **values,
+        self.history.append({"epoch": len(self.history) + 1, "phase": name, **values,
                              "seconds": time.time() - self.t_epoch})
-        self.checkpoint()
-        message = (f"{self.stage}: {self.phase} epoch {self.epoch + 1}/{self.n_epoch} done ("
+        self.schedule.epoch_done()
+        self.checkpoint(self.schedule.point)
+        message = (f"{self.stage}: {name} epoch {self.epoch + 1}/{self.n_epoch} done ("
                    + ", ".join(f"{n} {v:.4f}" for n, v in values.items()) + ")")
         log.info(message)
         if self.progress:
@@ -187,65 +190,80 @@ class EpochEnd(Callback):
 
 
 @dataclass(frozen=True)
-class Phase:
-    """One one-cycle fit: which layer groups train (freeze_to; None: all), epochs, rate(s)."""
+class ResumePoint:
+    """Where a schedule stands: `epoch` epochs of its stage number `stage` are done. A checkpoint
+    records the point after its epoch, and training resumed from it starts there."""
 
-    name: str
-    freeze_to: int | None
-    epochs: int
-    lr: float | slice
+    stage: int = 0
+    epoch: int = 0
+
+    @classmethod
+    def of(cls, checkpoint: dict | None) -> "ResumePoint":
+        return cls() if checkpoint is None else cls(checkpoint["phase"], checkpoint["epoch"])
 
 
-def fit_phases(learn, phases: list[Phase], stage: str, checkpoint: Path | None, fingerprint: str,
-               progress: Progress | None = None) -> tuple[list[dict], dict | None]:
-    """Run `phases` one after another, checkpointing after every epoch; returns (history, resumed).
+class Schedule:
+    """The stages of a training (`config.Stage`) and the point reached, which the callbacks
+    read (the stage running, the epochs of it done before a resume) and move on."""
+
+    def __init__(self, stages: Sequence[Stage], point: ResumePoint) -> None:
+        self.stages, self.point = tuple(stages), point
+
+    @property
+    def stage(self) -> Stage:
+        return self.stages[self.point.stage]
+
+    def epoch_done(self) -> None:
+        """One more epoch of the current stage; the next stage's start after its last."""
+        stage, epoch = self.point.stage, self.point.epoch + 1
+        self.point = ResumePoint(stage + 1, 0) if epoch == self.stage.epochs else ResumePoint(stage, epoch)
+
+
+def fit_schedule(learn, stages: Sequence[Stage], stage: str, checkpoint: Path | None,
+                 fingerprint: str, progress: Progress | None = None,
+                 discriminative: bool = False) -> tuple[list[dict], dict | None]:
+    """Fit `stages` one after another (a one-cycle fit each, with discriminative rates if
+    asked: `Stage.rates`), checkpointing after every epoch; returns (history, resumed).
 
     When `checkpoint` holds the state of an earlier attempt with the same fingerprint, training
-    continues after its last finished epoch, with the optimizer, schedule position and random
-    generators as they were, instead of starting over.
+    continues from its resume point, with the optimizer and random generators as they were, so
+    it takes the steps an uninterrupted run would have taken.
     """
     loaders = {"train": learn.dls.train, "valid": learn.dls.valid}
     state = load_checkpoint(checkpoint, fingerprint)
+    start = ResumePoint.of(state)
+    schedule = Schedule(stages, start)
     history: list[dict] = [] if state is None else list(state["history"])
-    start = (0, 0) if state is None else (state["phase"], state["epoch"])
     resumed = None
     if state is not None:
         learn.model.load_state_dict(state["model"])
-        resumed = {"phase": phases[start[0]].name if start[0] < len(phases) else None,
-                   "epoch": start[1], "epochs_done": len(history)}
+        resumed = {"phase": schedule.stage.name if start.stage < len(stages) else None,
+                   "epoch": start.epoch, "epochs_done": len(history)}
         log.info("%s: resuming from %s after %d finished epoch(s)", stage, checkpoint, len(history))
-    position = {"phase": 0}
 
-    def save() -> None:
-        if checkpoint is None or parallel.rank() != 0:
-            return
-        phase, epoch = position["phase"], learn.epoch + 1
-        if epoch == phases[phase].epochs:
-            phase, epoch = phase + 1, 0
-        save_checkpoint(checkpoint, fingerprint, phase=phase, epoch=epoch, history=history,
-                        model=parallel.unwrap(learn.model).state_dict(), opt=learn.opt.state_dict(),
-                        rng=rng_state(loaders))
+    def save(point: ResumePoint) -> None:
+        if checkpoint is not None and parallel.rank() == 0:
+            save_checkpoint(checkpoint, fingerprint, phase=point.stage, epoch=point.epoch,
+                            history=history, model=parallel.unwrap(learn.model).state_dict(),
+                            opt=learn.opt.state_dict(), rng=rng_state(loaders))
 
-    progress_log = ProgressLog(stage, progress=progress)
-    epoch_end = EpochEnd(stage, history, save, progress)
-    for index, phase in enumerate(phases):
-        if index < start[0]:
-            continue
-        first = start[1] if index == start[0] else 0
-        if phase.freeze_to is None:
+    progress_log = ProgressLog(stage, schedule, progress=progress)
+    epoch_end = EpochEnd(stage, schedule, history, save, progress)
+    for index in range(start.stage, len(stages)):
+        schedule.point = start if index == start.stage else ResumePoint(index, 0)
+        fit, first = schedule.stage, schedule.point.epoch
+        if fit.freeze_to is None:
             learn.unfreeze()
         else:
-            learn.freeze_to(phase.freeze_to)
-        if state is not None and index == start[0]:
-            if first > 0:  # mid-phase; a new phase starts with a cleared optimizer (freeze_to)
+            learn.freeze_to(fit.freeze_to)
+        if state is not None and index == start.stage:
+            if first > 0:  # mid-stage; a new stage starts with a cleared optimizer (freeze_to)
                 learn.opt.load_state_dict(state["opt"])
             set_rng_state(state["rng"], loaders)
-        position["phase"] = index
-        progress_log.first = epoch_end.first = first
-        progress_log.phase = epoch_end.phase = phase.name
         try:
             with learn.no_bar(), learn.no_logging():
-                learn.fit_one_cycle(phase.epochs, phase.lr, start_epoch=first, cbs=[progress_log, epoch_end])
+                learn.fit_one_cycle(fit.epochs, fit.rates(discriminative), start_epoch=first,
+                                    cbs=[progress_log, epoch_end])
         finally:
             progress_log.close_bar()  # also when the fit stops with an error or on request
             for cb in learn.cbs:  # an error inside a batch leaves its autocast entered, and on
@@ -464,13 +482,10 @@ def train_language_model(docs: Docs, vocab_size: int, preset: Preset, seed: int 
     dls = learn.dls
     log.info("lm: %d train / %d valid documents (%d / %d tokens), %d batches per epoch on %s (%s)",
              len(train), len(valid), train.n_tokens, valid.n_tokens, len(dls.train), device, mode)
-    if pretrained is None:
-        phases = [Phase("fit", None, cfg.epochs, cfg.lr)]
-    else:
-        phases = [Phase("frozen", -1, 1, cfg.lr), Phase("unfrozen", None, cfg.epochs, cfg.lr / 10)]
     t0 = time.time()
     with explain_out_of_memory("lm", preset, cfg.bs, device, checkpoint, fingerprint):
-        history, resumed = fit_phases(learn, phases, "lm", checkpoint, fingerprint, progress)
+        history, resumed = fit_schedule(learn, cfg.schedule(pretrained is not None), "lm",
+                                        checkpoint, fingerprint, progress)
     seconds = time.time() - t0
     ran = len(history) - (resumed["epochs_done"] if resumed else 0)
     last = history[-1]
@@ -540,11 +555,10 @@ def train_classifier(docs: Docs, encoder_state: dict, vocab_size: int, preset: P
         docs, encoder_state, vocab_size, preset, seed, device, train_labels)
     log.info("classifier: %d train / %d valid reviews, labels %s, on %s (%s)",
              len(train), len(valid), labels, device, mode)
-    phases = [Phase(s.name, s.freeze_to, s.epochs,
-                    slice(s.lr / LR_DIV, s.lr) if s.discriminative else s.lr) for s in cfg.stages]
     t0 = time.time()
     with explain_out_of_memory("classifier", preset, cfg.bs, device, checkpoint, fingerprint):
-        history, resumed = fit_phases(learn, phases, "classifier", checkpoint, fingerprint, progress)
+        history, resumed = fit_schedule(learn, cfg.stages, "classifier", checkpoint, fingerprint,
+                                        progress, discriminative=True)
     seconds = time.time() - t0
     ran = len(history) - (resumed["epochs_done"] if resumed else 0)
     stages = []

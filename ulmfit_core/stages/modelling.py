@@ -20,13 +20,13 @@ from .. import __version__
 from ..config import Preset
 from ..data import load_docs, load_raw_labelled
 from ..manifests import file_inputs, made_once
-from ..rundir import (BASELINE, CHECKPOINT, ENCODER, ENCODER_CONFIG, LABEL_SAMPLE, METRICS, MODEL,
-                      PREDICTIONS, TEST_SCORES, TEXT_ASSETS, RunDir, atomic_path, read_json, write_json)
+from ..rundir import TEXT_ASSETS, ModelDir, RunDir, atomic_path, read_json, write_json
 
-def copy_text_assets(run: RunDir, folder: Path) -> None:
+
+def copy_text_assets(run: RunDir, folder: ModelDir) -> None:
     """Make a model folder self-contained: its vocab and the tokenizer that feeds it."""
-    folder.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(run.require(run.vocab, "vocab"), folder / TEXT_ASSETS[0])
+    folder.path.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(run.require(run.vocab, "vocab"), folder.vocab)
     for name in TEXT_ASSETS[1:]:
         if (run.tokenizer / name).exists():
             shutil.copyfile(run.tokenizer / name, folder / name)
@@ -48,11 +48,6 @@ def training_docs(run: RunDir, **kwargs):
     """The documents of the id shards as this direction trains on them (reversed for backward)."""
     docs = load_docs(run.shards(run.ids), **kwargs)
     return docs.reversed() if run.backwards else docs
-
-
-def _model_outputs(folder: Path, *names: str) -> list[Path]:
-    return [folder / n for n in (*names, *TEXT_ASSETS)
-            if (folder / n).exists()]
 
 
 def check_classifier_data(run: RunDir, preset: Preset, seed: int,
@@ -83,7 +78,7 @@ def lm_stage(run: RunDir, preset: Preset, seed: int, pretrained: str = "none",
         pretrained = "wt103-bwd"
     inputs = file_inputs(run, [vocab_path, *run.shards(run.ids)])
     settings = _training_settings(preset, "lm", seed, run, pretrained=pretrained)
-    checkpoint = run.lm / CHECKPOINT
+    folder = run.lm
 
     def train():
         vocab = Vocab.load(vocab_path)
@@ -92,22 +87,22 @@ def lm_stage(run: RunDir, preset: Preset, seed: int, pretrained: str = "none",
             start, source = load_pretrained(pretrained, vocab.itos, preset.model)
         docs = training_docs(run)  # all text, labels unused
         model, metrics = train_language_model(docs, len(vocab), preset, seed, pretrained=start,
-                                              checkpoint=checkpoint,
+                                              checkpoint=folder.checkpoint,
                                               fingerprint=fingerprint(inputs, settings),
                                               progress=progress)
         metrics.update(pretrained=source, backwards=run.backwards)
         if rank() != 0:  # rank 0 of a data-parallel training writes the model
             return metrics, None
-        copy_text_assets(run, run.lm)
-        save_model(run.lm_model, "language_model", model.state_dict(),
+        copy_text_assets(run, folder)
+        save_model(folder.model, "language_model", model.state_dict(),
                    model=vars(preset.model), drop_mult=preset.lm.drop_mult, vocab_size=len(vocab),
                    backwards=run.backwards)
-        write_json(run.lm / METRICS, metrics)
-        return metrics, _model_outputs(run.lm, MODEL, METRICS)
+        write_json(folder.metrics, metrics)
+        return metrics, folder.existing(folder.model, folder.metrics)
 
-    result = made_once(run.lm_model, inputs, settings, train)
+    result = made_once(folder.model, inputs, settings, train)
     if rank() == 0:
-        checkpoint.unlink(missing_ok=True)  # only once the model's manifest is written
+        folder.checkpoint.unlink(missing_ok=True)  # only once the model's manifest is written
     return result
 
 
@@ -115,23 +110,24 @@ def export_stage(run: RunDir) -> dict:
     """The encoder of the fine-tuned LM, with its vocab and model config, for the classifier."""
     from ..weights import load_model_file, save_model
 
-    lm_path = run.require(run.lm_model, "train-lm")
+    lm_path = run.require(run.lm.model, "train-lm")
     inputs = file_inputs(run, [lm_path])
+    folder = run.export
 
     def export():
         payload = load_model_file(lm_path, "language_model")
         prefix = "0."
         encoder = {k[len(prefix):]: v for k, v in payload["state_dict"].items() if k.startswith(prefix)}
-        copy_text_assets(run, run.export)
-        path = save_model(run.encoder, "encoder", encoder, model=payload["model"],
+        copy_text_assets(run, folder)
+        path = save_model(folder.encoder, "encoder", encoder, model=payload["model"],
                           vocab_size=payload["vocab_size"], backwards=run.backwards)
-        write_json(run.export / ENCODER_CONFIG, {"arch": "AWD_LSTM", "model": payload["model"],
-                                                "vocab_size": payload["vocab_size"],
-                                                "backwards": run.backwards})
+        write_json(folder.encoder_config, {"arch": "AWD_LSTM", "model": payload["model"],
+                                           "vocab_size": payload["vocab_size"],
+                                           "backwards": run.backwards})
         return ({"path": run.rel(path), "parameters": int(sum(v.numel() for v in encoder.values()))},
-                _model_outputs(run.export, ENCODER, ENCODER_CONFIG))
+                folder.existing(folder.encoder, folder.encoder_config))
 
-    return made_once(run.encoder, inputs, {}, export)
+    return made_once(folder.encoder, inputs, {}, export)
 
 
 def classifier_stage(run: RunDir, preset: Preset, seed: int, progress=None,
@@ -143,17 +139,17 @@ def classifier_stage(run: RunDir, preset: Preset, seed: int, progress=None,
     from ..parallel import rank
     from ..train import train_classifier
 
-    encoder_path = run.require(run.encoder, "encoder export")
+    encoder_path = run.require(run.export.encoder, "encoder export")
     inputs = file_inputs(run, [encoder_path, *run.shards(run.ids)])
     settings = _training_settings(preset, "classifier", seed, run)
     if train_labels is not None:
         settings["train_labels"] = train_labels
-    checkpoint = run.classifier / CHECKPOINT
+    folder = run.classifier
 
     def train():
         # Scores of an earlier classifier, and the sample it was trained on.
-        for stale in (TEST_SCORES, PREDICTIONS, BASELINE, LABEL_SAMPLE):
-            (run.classifier / stale).unlink(missing_ok=True)
+        for stale in (folder.test_scores, folder.predictions, folder.baseline, folder.label_sample):
+            stale.unlink(missing_ok=True)
         run.ensemble.unlink(missing_ok=True)
         encoder = load_model_file(encoder_path, "encoder")
         if encoder["model"] != vars(preset.model):
@@ -161,7 +157,7 @@ def classifier_stage(run: RunDir, preset: Preset, seed: int, progress=None,
                              f"'{preset.name}' builds {vars(preset.model)}: use the LM's preset")
         docs = training_docs(run, splits=["train"], labelled=True)
         model, labels, metrics = train_classifier(docs, encoder["state_dict"], encoder["vocab_size"],
-                                                  preset, seed, checkpoint=checkpoint,
+                                                  preset, seed, checkpoint=folder.checkpoint,
                                                   fingerprint=fingerprint(inputs, settings),
                                                   progress=progress, train_labels=train_labels)
         metrics["backwards"] = run.backwards
@@ -169,17 +165,17 @@ def classifier_stage(run: RunDir, preset: Preset, seed: int, progress=None,
         if rank() != 0:
             return metrics, None
         if sample is not None:
-            write_json(run.label_sample, {"n": train_labels, "seed": seed, **sample})
-        copy_text_assets(run, run.classifier)
-        save_model(run.classifier_model, "classifier", model.state_dict(), labels=labels,
+            write_json(folder.label_sample, {"n": train_labels, "seed": seed, **sample})
+        copy_text_assets(run, folder)
+        save_model(folder.model, "classifier", model.state_dict(), labels=labels,
                    model=vars(preset.model), classifier=preset.to_dict()["classifier"],
                    vocab_size=encoder["vocab_size"], backwards=run.backwards)
-        write_json(run.classifier / METRICS, metrics)
-        return metrics, _model_outputs(run.classifier, MODEL, METRICS, LABEL_SAMPLE)
+        write_json(folder.metrics, metrics)
+        return metrics, folder.existing(folder.model, folder.metrics, folder.label_sample)
 
-    result = made_once(run.classifier_model, inputs, settings, train)
+    result = made_once(folder.model, inputs, settings, train)
     if rank() == 0:
-        checkpoint.unlink(missing_ok=True)
+        folder.checkpoint.unlink(missing_ok=True)
     return result
 
 
@@ -188,7 +184,7 @@ def evaluate_stage(run: RunDir, progress=None) -> dict:
     from ..predict import Classifier, evaluate
 
     t0 = time.time()
-    model_path = run.require(run.classifier_model, "train-classifier")
+    model_path = run.require(run.classifier.model, "train-classifier")
     inputs = file_inputs(run, [model_path, *run.shards(run.ids)])
 
     def score():
@@ -197,21 +193,21 @@ def evaluate_stage(run: RunDir, progress=None) -> dict:
         unknown = sorted(set(docs.labels) - set(classifier.labels))
         if unknown:
             raise ValueError(f"test split has labels {unknown} that the classifier never saw")
-        outputs = [run.test_scores]
+        outputs = [run.classifier.test_scores]
         if len(docs):
             probs = classifier.predict_ids(docs.ids, progress=progress)
             result = evaluate(probs, classifier.labels, docs.labels)
             result["top_losses"] = _top_losses(run, docs, probs, classifier.labels)
-            outputs.append(write_predictions(run.predictions, docs, probs, classifier.labels))
+            outputs.append(write_predictions(run.classifier.predictions, docs, probs, classifier.labels))
         else:
             result = {"n": 0, "accuracy": None, "labels": classifier.labels, "confusion": None}
         result["label_counts"] = dict(Counter(docs.labels))
         result["backwards"] = run.backwards
         result["seconds"] = time.time() - t0
-        write_json(run.test_scores, result)
+        write_json(run.classifier.test_scores, result)
         return result, outputs
 
-    return made_once(run.test_scores, inputs, {}, score)
+    return made_once(run.classifier.test_scores, inputs, {}, score)
 
 
 def write_predictions(path: Path, docs, probs, labels: list[str]) -> Path:
@@ -232,7 +228,7 @@ def ensemble_stage(run: RunDir) -> dict:
 
     from ..predict import evaluate
 
-    fwd, bwd = (pq.read_table(run.direction(b).require(run.direction(b).predictions,
+    fwd, bwd = (pq.read_table(run.direction(b).require(run.direction(b).classifier.predictions,
                                                        "evaluate")) for b in (False, True))
     if fwd.column("id").to_pylist() != bwd.column("id").to_pylist():
         raise ValueError("forward and backward test predictions cover different reviews")
@@ -265,7 +261,7 @@ def baseline_stage(run: RunDir) -> dict:
     from ..baseline import nb_logistic_regression
 
     raw = run.shards(run.raw)
-    sample = run.label_sample
+    sample = run.classifier.label_sample
     inputs = file_inputs(run, [*raw, *([sample] if sample.exists() else [])])
 
     def fit():
@@ -277,7 +273,7 @@ def baseline_stage(run: RunDir) -> dict:
             train_texts, train_labels = [train_texts[i] for i in picked], [train_labels[i] for i in picked]
         _, test_texts, test_labels = load_raw_labelled(raw, "test")
         result = nb_logistic_regression(train_texts, train_labels, test_texts, test_labels)
-        write_json(run.baseline, result)
-        return result, [run.baseline]
+        write_json(run.classifier.baseline, result)
+        return result, [run.classifier.baseline]
 
-    return made_once(run.baseline, inputs, {}, fit)
+    return made_once(run.classifier.baseline, inputs, {}, fit)

@@ -17,7 +17,7 @@ from .. import __version__
 from ..config import Preset
 from ..data import iter_raw_texts, seeded_unit
 from ..ingest import ingest, resolve_source, source_digest
-from ..manifests import file_inputs, file_sha256, made_once
+from ..manifests import file_inputs, file_sha256, made_once, manifest_path
 from ..rundir import SUBWORD_MODEL, TOKENIZER_SPEC, VOCAB, RunDir, read_json, write_json
 
 def ingest_stage(run: RunDir, data: str, limit: int | None, seed: int,
@@ -83,7 +83,7 @@ def tokenizer_stage(run: RunDir, preset: Preset, seed: int) -> dict:
         write_json(spec, vars(cfg))
     model = folder / SUBWORD_MODEL
     if cfg.kind == "word":
-        for stale in (model, model.with_suffix(".json")):  # from an earlier subword run
+        for stale in (model, manifest_path(model)):  # from an earlier subword run
             stale.unlink(missing_ok=True)
         return {"kind": "word", "reused": recorded}
 
