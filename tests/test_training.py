@@ -22,7 +22,7 @@ from fastai.text.models.awdlstm import AWD_LSTM, awd_lstm_lm_split
 
 from ulmfit_core import stages
 from ulmfit_core.config import LMConfig, ModelConfig, Stage, get_preset
-from ulmfit_core.data import load_docs
+from ulmfit_core.data import classifier_split, load_docs
 from ulmfit_core.errors import DamagedFile, DataError
 from ulmfit_core.models import build_language_model
 from ulmfit_core.predict import Classifier, LanguageModel
@@ -329,6 +329,21 @@ def test_out_of_gpu_memory_names_the_batch_size_and_keeps_the_checkpoint(
     monkeypatch.setattr(AWD_LSTM, "forward", forward)  # memory to spare: the rerun resumes
     metrics = train(run, preset, seed=5)
     assert metrics["resumed"]["epochs_done"] == 1
+
+
+def test_a_last_batch_of_one_review_is_left_for_the_next_epoch(tmp_path, with_encoder):
+    """The head's BatchNorm cannot train on one row: with one review more than a multiple of
+    the batch size, the classifier drops that last batch instead of failing."""
+    run = RunDir(tmp_path / "run")
+    shutil.copytree(with_encoder, run.root)
+    docs = stages.training_docs(run, splits=["train"], labelled=True)
+    tiny = get_preset("tiny")
+    _, train, _ = classifier_split(docs, tiny.classifier.valid_pct, 5)
+    bs = (len(train) - 1) // 2  # two full batches and one of a single review
+    assert len(train) % bs == 1 and bs > 1
+    preset = replace(tiny, classifier=replace(tiny.classifier, bs=bs, stages=(Stage("freeze", -1, 1, 2e-2),)))
+    metrics = stages.classifier_stage(run, preset, seed=5)
+    assert metrics["train_docs"] == len(train) and len(metrics["stages"][0]["history"]) == 1
 
 
 def test_sample_tokens_keeps_whole_documents_up_to_the_budget(preprocessed):

@@ -519,8 +519,12 @@ def classifier_dataloaders(train: Docs, valid: Docs, label_index: dict[str, int]
     core, forked every epoch): padding a batch takes about a millisecond, while the workers took
     the CPU from training and made it a third slower on 2 cores (bench/train.py). The batches
     are the same either way.
+
+    A last training batch of one review is dropped: the head's BatchNorm cannot train on one
+    row. The order is shuffled every epoch, so a different review waits each time.
     """
     pad = partial(pad_front, pad_idx=PAD_ID)
+    drop_last = drop_last or len(train) % cfg.bs == 1
     train_dl = SortedDL(_clas_dataset(train, label_index), res=[len(d) for d in train.ids],
                         bs=cfg.bs, shuffle=True, drop_last=drop_last, before_batch=pad, num_workers=0)
     valid_dl = SortedDL(_clas_dataset(valid, label_index), res=[len(d) for d in valid.ids],
