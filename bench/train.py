@@ -138,7 +138,7 @@ def stream_batches(dl) -> list[tuple[torch.Tensor, torch.Tensor]]:
 def bench_lm(docs, vocab_size: int, preset, device: torch.device, mode: str, tmp: Path) -> dict:
     cfg = preset.lm
     train, valid = docs.split(cfg.valid_pct, SEED, "lm-valid")
-    ours = lm_dataloaders(train, valid, cfg, device)
+    ours = lm_dataloaders(train, valid, cfg, device, SEED)
     tokens = ours.train.bs * ours.train.bl  # predicted per epoch, the same for all three
     print(f"LM: {len(train)} / {len(valid)} documents, {train.n_tokens:,} / {valid.n_tokens:,} "
           f"tokens (train / valid), bs {cfg.bs} x seq {cfg.seq_len}, {len(ours.train)} batches, {mode}")

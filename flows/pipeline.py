@@ -72,16 +72,18 @@ def train_lm_flow(out: str, preset: str = "tiny", seed: int = 0, pretrained: str
     `train_workers`: data-parallel ranks per training."""
     settings = get_preset(preset)
     training = Training(dask_address, train_resource, train_workers)
-    lms = {}
+    lms, exports = {}, {}
     for backwards in DIRECTIONS[direction]:
         run = RunDir(out, backwards)
         with training.chain() as chain:
             lms[backwards] = chain(for_run(train.train_lm, run).submit(
                 out, settings, seed, pretrained, backwards, training.ranks))
-            chain(for_run(train.export_encoder, run).submit(out, backwards, wait_for=[lms[backwards]]))
+            exports[backwards] = chain(for_run(train.export_encoder, run).submit(
+                out, backwards, wait_for=[lms[backwards]]))
     results = {}
     for backwards, lm in lms.items():
         name, metrics = train.direction_name(backwards), lm.result()
+        exports[backwards].result()  # the encoder is exported (or its error raised) before the flow ends
         print(f"{name} language model: valid loss {metrics['valid_loss']:.4f}, accuracy "
               f"{metrics['accuracy']:.4f}, perplexity {metrics['perplexity']:.2f} "
               f"(host {metrics['host']}, {metrics['device']}, {metrics['precision']})")

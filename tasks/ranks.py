@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import logging
 import queue
+import threading
 import time
 import uuid
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from functools import partial
 from typing import Iterator
@@ -88,15 +89,20 @@ def _stop_training() -> None:
 
 
 class _ToDirector(logging.Handler):
-    """On a rank's worker: its log records, as Dask events for the client directing the ranks."""
+    """On a rank's worker: the log records of the rank's thread (not those of other tasks the
+    worker runs), as Dask events for the client directing the ranks."""
 
     def __init__(self, topic: str, rank: int) -> None:
         super().__init__()
         self.worker, self.topic, self.rank = get_worker(), topic, rank
+        self.addFilter(lambda record, thread=threading.get_ident(): record.thread == thread)
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.worker.log_event(self.topic, {"rank": self.rank, "level": record.levelno,
-                                           "message": record.getMessage()})
+        try:  # the message with its traceback, if any
+            self.worker.log_event(self.topic, {"rank": self.rank, "level": record.levelno,
+                                               "message": self.format(record)})
+        except Exception:
+            self.handleError(record)
 
 
 def _rank(topic: str, progress: bool, fn, args: tuple, kwargs: dict, rank: int, *group):
@@ -139,8 +145,10 @@ def run_ranks(ranks: Ranks, fn, *args, progress=None, **kwargs) -> list:
             return _results(client, futures, workers, relay)
         finally:
             client.cancel([f for f in futures if not f.done()], force=True)
-            relay()
-            client.unsubscribe_topic(topic)
+            with suppress(Exception):  # the ranks' last words: never in the way of their result
+                relay()
+            with suppress(Exception):
+                client.unsubscribe_topic(topic)
 
 
 def _relay(events: queue.SimpleQueue, progress) -> None:

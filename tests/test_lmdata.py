@@ -131,3 +131,33 @@ def test_checkpointed_loader_state_resumes_the_same_batches(imdb_ids):
     for want, got in zip(expected, resumed):
         assert len(want) == len(got)
         assert all(torch.equal(a, b) for a, b in zip(want, got))
+
+
+def test_the_project_loaders_draw_fastais_numbers_whatever_other_threads_draw(preprocessed):
+    """`train.lm_dataloaders` gives, for a seed, the batches of fastai's loaders built right
+    after `set_seed` in one thread, even when Python's generator is drawn from meanwhile (as
+    a Dask worker's other threads do): data-parallel ranks must agree on every batch."""
+    from ulmfit_core.config import LMConfig
+    from ulmfit_core.train import lm_dataloaders
+
+    docs = load_docs(RunDir(preprocessed).shards(RunDir(preprocessed).ids))
+    train, valid = docs.split(0.1, 0, "lm-valid")
+    cfg, seed = LMConfig(bs=8, seq_len=20), 5
+
+    def epochs(dl) -> list[list[torch.Tensor]]:
+        return [[x.as_subclass(torch.Tensor).clone() for x, _ in dl] for _ in range(EPOCHS)]
+
+    set_seed(seed)
+    fastai = LMDataLoader([torch.from_numpy(d.astype("int64")) for d in train.ids], bs=cfg.bs,
+                          seq_len=cfg.seq_len, shuffle=True)
+    LMDataLoader([torch.from_numpy(d.astype("int64")) for d in valid.ids], bs=cfg.bs, seq_len=cfg.seq_len)
+    want = epochs(fastai)
+    set_seed(seed)
+    random.random()  # another thread's draws, before the loaders are built and between epochs
+    ours = lm_dataloaders(train, valid, cfg, torch.device("cpu"), seed).train
+    got = []
+    for _ in range(EPOCHS):
+        got.append([x.as_subclass(torch.Tensor).clone() for x, _ in ours])
+        random.random()
+    assert len(want[0]) > 2 and len({tuple(e[0].flatten().tolist()) for e in want}) == EPOCHS
+    assert all(torch.equal(g, w) for ge, we in zip(got, want) for g, w in zip(ge, we))

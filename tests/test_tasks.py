@@ -14,12 +14,13 @@ from prefect.tasks import MaterializingTask
 from prefect.testing.utilities import prefect_test_harness
 from prefect_dask import DaskTaskRunner
 
-from flows.pipeline import preprocess_flow
+from flows.pipeline import preprocess_flow, train_lm_flow
 from flows.runtime import Training, TrainingThreads
 from tasks import preprocess as prep
 from tasks import train
 from tasks.common import for_run, retry_transient, task
 from tasks.ranks import Ranks
+from ulmfit_core import stages
 from ulmfit_core.errors import DamagedFile, DataError, Stopped
 from ulmfit_core.rundir import RunDir
 
@@ -92,6 +93,21 @@ def test_the_preprocess_flow_writes_what_the_stage_functions_write(tmp_path, sam
         assert [p.name for p in ours] == [p.name for p in theirs] and len(ours) == 4
         assert all(a.read_bytes() == b.read_bytes() for a, b in zip(ours, theirs)), folder
     assert run.vocab.read_bytes() == made.vocab.read_bytes()
+
+
+def test_a_failed_encoder_export_fails_the_language_model_flow(tmp_path, monkeypatch):
+    """The flow returns only once every task of its chains is done, and fails with any of them."""
+    lm = {"valid_loss": 4.0, "accuracy": 0.2, "perplexity": 54.6, "host": "h", "device": "cpu",
+          "precision": "fp32"}
+    monkeypatch.setattr(stages, "lm_stage", lambda run, *args: lm)
+
+    def damaged(run: RunDir) -> dict:
+        raise DamagedFile(f"{run.lm.model}: damaged")
+
+    monkeypatch.setattr(stages, "export_stage", damaged)
+    train_lm = train_lm_flow.with_options(task_runner=ThreadPoolTaskRunner(max_workers=2))
+    with pytest.raises(DamagedFile, match="lm/model.pth: damaged"):
+        train_lm(str(tmp_path / "run"))
 
 
 def test_training_chains_wait_in_turn_unless_they_run_side_by_side_on_workers():

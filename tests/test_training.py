@@ -248,7 +248,7 @@ def tiny_lm(preprocessed):
     cfg = LMConfig(bs=8, seq_len=max(4, train.n_tokens // 800), epochs=2, lr=1e-3)
 
     def learner():
-        dls = lm_dataloaders(train, valid, cfg, torch.device("cpu"))
+        dls = lm_dataloaders(train, valid, cfg, torch.device("cpu"), seed=0)
         model = build_language_model(vocab_size, ModelConfig(emb_sz=16, n_hid=32, n_layers=1), 0.1)
         return LMLearner(dls, model, loss_func=CrossEntropyLossFlat(), splitter=awd_lstm_lm_split)
     return learner
@@ -344,6 +344,7 @@ def test_a_last_batch_of_one_review_is_left_for_the_next_epoch(tmp_path, with_en
     preset = replace(tiny, classifier=replace(tiny.classifier, bs=bs, stages=(Stage("freeze", -1, 1, 2e-2),)))
     metrics = stages.classifier_stage(run, preset, seed=5)
     assert metrics["train_docs"] == len(train) and len(metrics["stages"][0]["history"]) == 1
+    assert metrics["left_out_per_epoch"] == 1
 
 
 def test_sample_tokens_keeps_whole_documents_up_to_the_budget(preprocessed):

@@ -7,10 +7,11 @@ that order and `bl` tokens per row, row r of batch i is the stream from r * bl +
 and its target the same shifted by one token. So here each epoch lays the documents out once,
 on the device, as `bs` rows of `bl + 1` tokens, and every batch is a pair of views of them.
 
-Everything else is fastai's loader: the document shuffle (Python's global `random`, through
-`ReindexCollection.shuffle`), the draws from `rng` each epoch, the number of batches and the
-short last batch, so the batches are fastai's exactly, and a checkpoint's saved document order
-(`items.idxs`, see `checkpoint.rng_state`) resumes it as it resumes fastai's.
+Everything else is fastai's loader: the document shuffle (`ReindexCollection.shuffle`'s, with
+Python's global `random` or the generator given to `shuffle_with`), the draws from `rng` each
+epoch, the number of batches and the short last batch, so the batches are fastai's exactly, and
+a checkpoint's saved document order (`items.idxs`, see `weights.rng_state`) resumes it as it
+resumes fastai's.
 """
 
 from __future__ import annotations
@@ -33,16 +34,14 @@ class DeviceLMDataLoader(LMDataLoader):
         self.doc_lens = torch.tensor(list(self.lens.coll), dtype=torch.long)
         self.doc_starts = self.doc_lens.cumsum(0) - self.doc_lens
         self.tokens_device = None  # where `tokens` is: moved to the loader's device once
-        self.order_random: random.Random | None = None  # see `draw_order_from_here`
+        self.order_random: random.Random | None = None  # see `shuffle_with`
 
-    def draw_order_from_here(self) -> None:
-        """Shuffle the documents with a generator of its own, from the state Python's has now.
-        fastai shuffles with Python's global generator when an epoch starts, and in a Dask
-        worker the event loop's thread draws from that one too (timer jitter): the order would
-        depend on timing, and data-parallel ranks would disagree on it. The draws are those
-        fastai would make, as long as nothing else draws in between in this thread."""
-        self.order_random = random.Random()
-        self.order_random.setstate(random.getstate())
+    def shuffle_with(self, generator: random.Random) -> None:
+        """Shuffle the documents with `generator` instead of Python's global generator, which
+        fastai draws from when an epoch starts: in a Dask worker other threads draw from that
+        one too (timer jitter, dask.sizeof), so the order would depend on timing, and
+        data-parallel ranks would disagree on it."""
+        self.order_random = generator
 
     def shuffle_fn(self, idxs):
         if self.order_random is None:

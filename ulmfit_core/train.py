@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import socket
 import time
 from contextlib import contextmanager
@@ -381,9 +382,17 @@ def sample_tokens(docs: Docs, budget: int | None, seed: int) -> Docs:
     return docs.subset(keep)
 
 
-def lm_dataloaders(train: Docs, valid: Docs, cfg: LMConfig, device: torch.device) -> DataLoaders:
+def lm_dataloaders(train: Docs, valid: Docs, cfg: LMConfig, device: torch.device,
+                   seed: int) -> DataLoaders:
     """fastai's LMDataLoader batches (documents concatenated into one stream, cut into bs rows),
-    cut on the device (`DeviceLMDataLoader`)."""
+    cut on the device (`DeviceLMDataLoader`), with the random draws fastai's loaders make after
+    `set_seed(seed)` in one thread.
+
+    Those draws come from Python's global generator: the seed of each loader's `rng` as it is
+    built, then the document order as each epoch starts. Here they come from a generator of the
+    loaders' own, in the state `set_seed(seed)` leaves Python's: the same numbers, whatever
+    other threads draw meanwhile (in a Dask worker: timer jitter, dask.sizeof), so data-parallel
+    ranks agree on every batch."""
     need = cfg.bs * (cfg.seq_len + 1)
     if train.n_tokens < need:
         raise DataError(f"language model: {train.n_tokens} training tokens, fewer than one batch "
@@ -397,7 +406,10 @@ def lm_dataloaders(train: Docs, valid: Docs, cfg: LMConfig, device: torch.device
         DeviceLMDataLoader(_as_tensors(valid), bs=valid_bs, seq_len=cfg.seq_len),
         device=device,
     )
-    dls.train.draw_order_from_here()
+    python = random.Random(seed)  # Python's generator as fastai's set_seed(seed) leaves it
+    for dl in (dls.train, dls.valid):  # in the order they were built
+        dl.rng = random.Random(python.randint(0, 2**32 - 1))
+    dls.train.shuffle_with(python)
     return dls
 
 
@@ -407,7 +419,7 @@ def lm_data(docs: Docs, preset: Preset, seed: int, device: torch.device):
     set_seed(seed, reproducible=True)
     cfg = preset.lm
     train, valid = sample_tokens(docs, cfg.sample_tokens, seed).split(cfg.valid_pct, seed, "lm-valid")
-    return train, valid, lm_dataloaders(train, valid, cfg, device)
+    return train, valid, lm_dataloaders(train, valid, cfg, device, seed)
 
 
 # With few labels, each classifier stage takes at least this many optimizer steps.
@@ -520,8 +532,10 @@ def classifier_dataloaders(train: Docs, valid: Docs, label_index: dict[str, int]
     the CPU from training and made it a third slower on 2 cores (bench/train.py). The batches
     are the same either way.
 
-    A last training batch of one review is dropped: the head's BatchNorm cannot train on one
-    row. The order is shuffled every epoch, so a different review waits each time.
+    A last training batch of one review is dropped, as incomplete batches are with few labels:
+    the head's BatchNorm cannot train on one row. SortedDL keeps its last batch last, so what is
+    left out is short reviews (the shortest, when the split fits in one of its sorting chunks of
+    50 batches); training reports how many (`left_out_per_epoch`).
     """
     pad = partial(pad_front, pad_idx=PAD_ID)
     drop_last = drop_last or len(train) % cfg.bs == 1
@@ -557,8 +571,10 @@ def train_classifier(docs: Docs, encoder_state: dict, vocab_size: int, preset: P
     reset_gpu_peak(device)
     learn, mode, labels, train, valid, cfg = classifier_learner(
         docs, encoder_state, vocab_size, preset, seed, device, train_labels)
-    log.info("classifier: %d train / %d valid reviews, labels %s, on %s (%s)",
-             len(train), len(valid), labels, device, mode)
+    left_out = len(train) % cfg.bs if learn.dls.train.drop_last else 0
+    log.info("classifier: %d train / %d valid reviews%s, labels %s, on %s (%s)", len(train),
+             len(valid), f" ({left_out} left out of each epoch: the last, incomplete batch)"
+             if left_out else "", labels, device, mode)
     t0 = time.time()
     with explain_out_of_memory("classifier", preset, cfg.bs, device, checkpoint, fingerprint):
         history, resumed = fit_schedule(learn, cfg.stages, "classifier", checkpoint, fingerprint,
@@ -571,7 +587,8 @@ def train_classifier(docs: Docs, encoder_state: dict, vocab_size: int, preset: P
         stages.append({**asdict(stage), "valid_loss": entries[-1]["valid_loss"],
                        "accuracy": entries[-1]["accuracy"], "history": entries,
                        "seconds": sum(h["seconds"] for h in entries)})
-    metrics = {"train_docs": len(train), "valid_docs": len(valid), "labels": labels,
+    metrics = {"train_docs": len(train), "valid_docs": len(valid), "left_out_per_epoch": left_out,
+               "labels": labels,
                "train_labels": train_labels, "bs": cfg.bs, "stages": stages, "device": str(device), "precision": mode, **gpu_usage(device),
                "threads": threads, "resumed": resumed, **executed_on(),
                "ranks": parallel.gather_ranks({**executed_on(), "device": str(device)}),
