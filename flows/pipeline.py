@@ -19,10 +19,11 @@ from functools import partial
 
 from prefect import flow, unmapped
 from prefect.futures import as_completed
+from prefect.runtime import deployment
 
 from tasks import preprocess as prep
 from tasks import train
-from tasks.common import for_run, progress_artifact
+from tasks.common import for_run, progress_artifact, set_up_process
 from tasks.report import report
 from ulmfit_core.config import EXPECTED, get_preset
 from ulmfit_core.ingest import resolve_source
@@ -127,16 +128,24 @@ def train_classifier_flow(out: str, preset: str = "tiny", seed: int = 0, directi
     return results
 
 
+# How long a scheduled run waits for another run to leave its run directory (`ulmfit serve`'s
+# two schedules share one, and their default crons both fire at 02:00) before it fails.
+SCHEDULED_WAIT_S = 12 * 3600
+
+
 def _job(command: str, given: dict, work) -> dict:
     """Run `work()` as one job on a run directory: its parameters checked (`RunParams`), the
     directory held and its status kept in run.json (running, then complete, failed or
     stopped), the report written at the end. `given`: the job flow's own parameters, which
-    are also what run.json records."""
+    are also what run.json records. A command refuses a directory another run holds; a run
+    of a deployment waits for it (up to SCHEDULED_WAIT_S)."""
+    set_up_process()  # the job's own lines (waiting for the directory) reach the run's logs
     params = RunParams(**given)
     record = {"command": command, **given}
     if "tokenizer" in given:
         record["tokenizer"] = params.settings().tokenizer.kind
-    with tracked_run(RunDir(params.out), record, params.reset):
+    wait_s = SCHEDULED_WAIT_S if deployment.id else 0
+    with tracked_run(RunDir(params.out), record, params.reset, wait_s):
         result = work()
         metrics = for_run(report, RunDir(params.out))(params.out, record, params.seed)
     print(f"report: {RunDir(params.out).report}")

@@ -76,17 +76,23 @@ class Server:
     def post(self, path: str, body: dict):
         return self.request("POST", path, body)
 
-    def run_deployment(self, deployment_id: str, parameters: dict | None, what: str) -> dict:
+    def start_deployment(self, deployment_id: str, parameters: dict | None = None) -> dict:
         """Create a flow run of the deployment through the API (with its own parameters when
-        `parameters` is None) and wait until it has ended."""
+        `parameters` is None)."""
         body = {} if parameters is None else {"parameters": parameters}
-        run = self.post(f"/deployments/{deployment_id}/create_flow_run", body)
+        return self.post(f"/deployments/{deployment_id}/create_flow_run", body)
 
-        def ended():
-            flow_run = self.get(f"/flow_runs/{run['id']}")
-            return flow_run if flow_run["state_type"] in TERMINAL else None
+    def ended(self, flow_run: dict, what: str, timeout: float = 400) -> dict:
+        """The flow run once it has ended."""
+        def state():
+            now = self.get(f"/flow_runs/{flow_run['id']}")
+            return now if now["state_type"] in TERMINAL else None
 
-        return _until(ended, 400, what)
+        return _until(state, timeout, what)
+
+    def run_deployment(self, deployment_id: str, parameters: dict | None, what: str) -> dict:
+        """A flow run of the deployment, once it has ended."""
+        return self.ended(self.start_deployment(deployment_id, parameters), what)
 
     def close(self) -> None:
         self.proc.terminate()
@@ -300,11 +306,21 @@ def test_serve_schedules_both_flows_and_runs_them(server, tmp_path, sample_tarba
         assert [s["schedule"]["cron"] for s in pre["schedules"]] == ["*/30 * * * *"]
         assert [s["schedule"]["cron"] for s in full["schedules"]] == ["0 3 * * *"]
         assert full["parameters"]["out"] == str(out) and full["parameters"]["preset"] == "tiny"
-        flow_run = server.run_deployment(pre["id"], None, "the served run to end")
+        # Preprocessing fires while the pipeline holds their one run directory (the default
+        # crons both fire at 02:00): it waits for the pipeline instead of failing on its lock.
+        pipeline = server.start_deployment(full["id"])
+        _until(lambda: server.get(f"/flow_runs/{pipeline['id']}")["state_type"] == "RUNNING", 120,
+               "the pipeline to start")
+        preprocess = server.start_deployment(pre["id"])
+        ended = [server.ended(r, "the served runs to end", timeout=600) for r in (pipeline, preprocess)]
     finally:
         proc.terminate()
         proc.wait(timeout=60)
         log.close()
-    assert flow_run["state_type"] == "COMPLETED", (tmp_path / "serve.log").read_text()[-4000:]
+    served = (tmp_path / "serve.log").read_text()
+    assert [r["state_type"] for r in ended] == ["COMPLETED", "COMPLETED"], served[-4000:]
+    assert "is in use by a run still going" in served and "waiting up to 43200 s" in served
     assert len(list((out / "ids").glob("part-*.parquet"))) == 4
-    assert json.loads((out / "run.json").read_text())["status"] == "complete"
+    status = json.loads((out / "run.json").read_text())  # the preprocessing's, which ended last
+    assert status["status"] == "complete" and status["params"]["command"] == "preprocess"
+    assert (out / "classifier" / "model.pth").exists()

@@ -6,6 +6,7 @@ import math
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import replace
 
 import numpy as np
@@ -288,6 +289,34 @@ def test_a_run_directory_in_use_is_refused(tmp_path):
     with tracked_run(RunDir(tmp_path), {"again": True}):  # a dead holder leaves the lock free
         assert read_json(tmp_path / "run.json")["status"] == "running"
     assert read_json(tmp_path / "run.json")["status"] == "complete"
+
+
+def test_a_scheduled_run_waits_for_the_run_holding_its_directory(tmp_path):
+    code = ("import sys, time; from ulmfit_core.rundir import RunDir, tracked_run\n"
+            "with tracked_run(RunDir(sys.argv[1]), {}):\n"
+            "    print('holding', flush=True); time.sleep(float(sys.argv[2]))\n")
+
+    def hold(seconds: float) -> subprocess.Popen:
+        holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path), str(seconds)],
+                                  stdout=subprocess.PIPE, text=True)
+        assert holder.stdout.readline().strip() == "holding"
+        return holder
+
+    holder = hold(60)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(RunInUse, match=r"in use by a run still going .* \(waited 1 s\)"):
+            with tracked_run(RunDir(tmp_path), {}, wait_s=1):
+                pass
+        assert 1 <= time.monotonic() - t0 < 10
+    finally:
+        holder.kill()
+        holder.wait()
+    holder, t0 = hold(3), time.monotonic()
+    with tracked_run(RunDir(tmp_path), {"waited": True}, wait_s=120):
+        assert time.monotonic() - t0 >= 2  # the directory became this run's once the other ended
+    assert holder.wait(timeout=30) == 0
+    assert read_json(tmp_path / "run.json")["params"] == {"waited": True}
 
 
 def test_a_run_directory_keeps_the_settings_it_was_made_with(tmp_path):

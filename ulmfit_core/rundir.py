@@ -29,15 +29,19 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import socket
 import tempfile
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 from .errors import DataError, Stopped
+
+log = logging.getLogger("ulmfit")
 
 
 # The files of a model folder (lm/, export/, classifier/ and their -bwd twins, label-curve/n*/).
@@ -187,19 +191,30 @@ class RunInUse(ValueError):
 
 
 @contextmanager
-def run_lock(run: RunDir) -> Iterator[None]:
+def run_lock(run: RunDir, wait_s: float = 0) -> Iterator[None]:
     """Hold the run directory for this process (an OS lock on `.lock`, freed when the process
-    ends, also by a crash, so a crashed run can be resumed into the same directory)."""
+    ends, also by a crash, so a crashed run can be resumed into the same directory). A
+    directory another live process holds is refused, or with `wait_s` waited for that long."""
     run.root.mkdir(parents=True, exist_ok=True)
     path = run.root / ".lock"
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        holder = path.read_text(encoding="utf-8").strip() or "another process"
-        raise RunInUse(f"{run.root} is in use by a run still going ({holder}): wait for it to "
-                       "end, or give another --out") from None
+    deadline, told = time.monotonic() + wait_s, False
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            holder = path.read_text(encoding="utf-8").strip() or "another process"
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                waited = f" (waited {wait_s:g} s)" if wait_s else ""
+                raise RunInUse(f"{run.root} is in use by a run still going ({holder}){waited}: wait "
+                               "for it to end, or give another --out") from None
+            if not told:
+                log.info("%s is in use by a run still going (%s): waiting up to %g s for it to end",
+                         run.root, holder, wait_s)
+                told = True
+            time.sleep(1)
     try:
         os.ftruncate(fd, 0)
         os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode())
@@ -235,17 +250,15 @@ def _check_settings(run: RunDir, params: dict, reset: bool) -> dict:
 
 
 @contextmanager
-def tracked_run(run: RunDir, params: dict, reset: bool = False) -> Iterator[RunDir]:
-    """Hold the run directory, mark it running, then complete, failed or stopped; drop the old summary
-    while it runs. A run whose shaping settings (`SHAPING`) differ from those the directory was
-    made with is refused unless `reset`.
+def tracked_run(run: RunDir, params: dict, reset: bool = False, wait_s: float = 0) -> Iterator[RunDir]:
+    """Hold the run directory (waiting up to `wait_s` for another run to end), mark it running,
+    then complete, failed or stopped; drop the old summary while it runs. A run whose shaping
+    settings (`SHAPING`) differ from those the directory was made with is refused unless `reset`.
 
     metrics.json and report.md are the marks of a finished run, so they are removed first and
     only written again by a run that gets to its end.
     """
-    import time
-
-    with run_lock(run):
+    with run_lock(run, wait_s):
         settings = _check_settings(run, params, reset)
         for stale in (run.metrics, run.report):
             stale.unlink(missing_ok=True)
