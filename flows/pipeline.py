@@ -111,9 +111,9 @@ def train_classifier_flow(out: str, preset: str = "tiny", seed: int = 0, directi
             tested[backwards] = chain(for_run(train.evaluate, run).submit(
                 out, backwards, training.ranks, wait_for=[trained[backwards]]))
     results = {}
-    for backwards, test in tested.items():
-        name, metrics, test = train.direction_name(backwards), trained[backwards].result(), test.result()
-        results[name] = test
+    for backwards in tested:
+        name, metrics = train.direction_name(backwards), trained[backwards].result()
+        results[name] = test = tested[backwards].result()
         if test["accuracy"] is not None:
             print(f"{name} classifier: test accuracy {test['accuracy']:.4f} on {test['n']} reviews "
                   f"(trained on host {metrics['host']}, {metrics['device']}, {metrics['precision']})")

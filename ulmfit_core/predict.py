@@ -74,10 +74,11 @@ def load_tokenizer(folder: Path):
 
 def _model_dir(path: str | Path, sub: str) -> ModelDir:
     """Accept a run directory or the model folder inside it."""
-    for folder in (ModelDir(Path(path) / sub), ModelDir(Path(path))):
+    inside, given = ModelDir(Path(path) / sub), ModelDir(Path(path))
+    for folder in (inside, given):
         if folder.vocab.exists():
             return folder
-    raise FileNotFoundError(f"{path}: no {sub} model here (expected {ModelDir(Path(path) / sub).vocab})")
+    raise FileNotFoundError(f"{path}: no {sub} model here (expected {inside.vocab})")
 
 
 def _open(path: str | Path, sub: str, kind: str | None = None) -> tuple[ModelDir, dict, Vocab]:

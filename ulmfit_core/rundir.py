@@ -204,15 +204,14 @@ def run_lock(run: RunDir, wait_s: float = 0) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             break
         except BlockingIOError:
-            holder = path.read_text(encoding="utf-8").strip() or "another process"
             if time.monotonic() >= deadline:
                 os.close(fd)
                 waited = f" (waited {wait_s:g} s)" if wait_s else ""
-                raise RunInUse(f"{run.root} is in use by a run still going ({holder}){waited}: wait "
-                               "for it to end, or give another --out") from None
+                raise RunInUse(f"{run.root} is in use by a run still going ({_holder(path)}){waited}: "
+                               "wait for it to end, or give another --out") from None
             if not told:
                 log.info("%s is in use by a run still going (%s): waiting up to %g s for it to end",
-                         run.root, holder, wait_s)
+                         run.root, _holder(path), wait_s)
                 told = True
             time.sleep(1)
     try:
@@ -222,6 +221,11 @@ def run_lock(run: RunDir, wait_s: float = 0) -> Iterator[None]:
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
+
+
+def _holder(lock: Path) -> str:
+    """Which process holds a run directory, as its lock file says."""
+    return lock.read_text(encoding="utf-8").strip() or "another process"
 
 
 # The parameters that shape a run directory's artifacts (vocab, model sizes, splits). Two

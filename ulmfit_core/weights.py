@@ -4,9 +4,10 @@ Model files (`model.pth`, `encoder.pth`) hold a state dict with its metadata (ki
 config, labels, vocab size), load with `weights_only=True` and are checked against the SHA-256
 their manifest recorded before use.
 
-A checkpoint, which a restarted task resumes from, holds the model, the optimizer, every random number generator that training draws
-from (Python's, NumPy's, torch's and the data loaders' own) and the position in the schedule
-(phase and epoch), so training resumed from it takes the same steps an uninterrupted run would.
+A checkpoint, which a restarted task resumes from, holds the model, the optimizer, every random
+number generator that training draws from (Python's, NumPy's, torch's and the data loaders' own)
+and the schedule's resume point (stage and epoch, stored as `phase` and `epoch`), so training
+resumed from it takes the same steps an uninterrupted run would.
 It is written atomically with its own SHA-256 inside (a damaged file is refused, not resumed),
 and loads with `weights_only=True`: plain data only. A fingerprint of the data and settings
 guards it: a checkpoint from other data or settings is ignored.
