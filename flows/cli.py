@@ -91,10 +91,23 @@ def _add_data(p: argparse.ArgumentParser) -> None:
                    help="subword pieces to learn (default 10,000; 200 to 10,000 are typical)")
 
 
+class _Defaults(argparse.HelpFormatter):
+    """Each option's default said once, where it means something: not for a flag, a required
+    option or an unset value, nor where the help already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if ("default" in text or action.required or action.nargs == 0
+                or action.default is None or action.default is False
+                or action.default == argparse.SUPPRESS):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ulmfit", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser = partial(sub.add_parser, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    sub.add_parser = partial(sub.add_parser, formatter_class=_Defaults)
 
     p = sub.add_parser("run", help="all stages: preprocess, LM, encoder, classifier, report")
     _add_run_dir(p), _add_data(p), _add_training(p), _add_pretrained(p), _add_direction(p)
@@ -185,8 +198,8 @@ def _run_flow(params: RunParams, command: str) -> int:
     import inspect
 
     from flows import pipeline
-    from flows.runtime import bars_with_logs, prefect_api, tracebacks_to_file
-    from ulmfit_core.rundir import RunDir
+    from flows.runtime import API_LOST, ApiWatch, bars_with_logs, prefect_api, tracebacks_to_file
+    from ulmfit_core.rundir import RunDir, mark_stopped
 
     job = {"run": pipeline.ulmfit_flow, "preprocess": pipeline.preprocess_job,
            "train-lm": pipeline.train_lm_job, "train-classifier": pipeline.train_classifier_job,
@@ -197,14 +210,22 @@ def _run_flow(params: RunParams, command: str) -> int:
     # The clusters a run starts here log every worker's arrival and departure at INFO: keep
     # their warnings only, on the terminal and in the run's log.
     logging.getLogger("distributed").setLevel(logging.WARNING)
+    run, watch = RunDir(params.out), None
     try:
-        with tracebacks_to_file(RunDir(params.out).log), prefect_api():
+        with tracebacks_to_file(run.log), prefect_api() as api, ApiWatch(api, run) as watch:
             job(**{k: v for k, v in params.to_dict().items() if k in takes})
     except KeyboardInterrupt as exc:
         how = signal.SIGTERM if str(exc) == "SIGTERM" else signal.SIGINT
-        print(f"ulmfit: stopped ({how.name}); {params.out} keeps each training's last finished "
-              "epoch: run the same command again to resume", file=sys.stderr)
+        print(f"ulmfit: stopped ({how.name}); {params.out} keeps what was finished (shards, each "
+              "training's last finished epoch): run the same command again to resume",
+              file=sys.stderr)
         return 128 + how.value
+    except Exception:
+        if watch is None or watch.lost is None:
+            raise
+        mark_stopped(run, watch.lost)  # what the API's loss led to is not the story
+        print(f"ulmfit: {watch.lost}", file=sys.stderr)
+        return API_LOST
     return 0
 
 
@@ -307,6 +328,7 @@ def _show_batch(args: argparse.Namespace) -> int:
     from ulmfit_core.config import get_preset
     from ulmfit_core.rundir import RunDir, made_with
     from ulmfit_core.show import first_batch, format_batch
+    from ulmfit_core.stages import check_inputs
 
     if args.n < 1:
         raise DataError(f"--n must be an integer >= 1, got {args.n}")
@@ -315,6 +337,7 @@ def _show_batch(args: argparse.Namespace) -> int:
     preset, seed = args.preset or made.get("preset"), made.get("seed", 0) if args.seed is None else args.seed
     if preset is None:
         raise DataError(f"{run.root}: its run.json does not record the preset that made it: give --preset")
+    check_inputs(run, encoder=False)
     print(format_batch(first_batch(run, get_preset(preset), seed, args.kind, args.n)))
     return 0
 

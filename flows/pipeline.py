@@ -131,6 +131,9 @@ def train_classifier_flow(out: str, preset: str = "tiny", seed: int = 0, directi
 # How long a scheduled run waits for another run to leave its run directory (`ulmfit serve`'s
 # two schedules share one, and their default crons both fire at 02:00) before it fails.
 SCHEDULED_WAIT_S = 12 * 3600
+# The stage commands that read a run's shards, and whether each also reads the exported
+# encoder: both are checked against their manifests before the command's work starts.
+READS_ENCODER = {"train-lm": False, "train-classifier": True, "label-curve": True}
 
 
 def _job(command: str, given: dict, work) -> dict:
@@ -146,6 +149,9 @@ def _job(command: str, given: dict, work) -> dict:
         record["tokenizer"] = params.settings().tokenizer.kind
     wait_s = SCHEDULED_WAIT_S if deployment.id else 0
     with tracked_run(RunDir(params.out), record, params.reset, wait_s):
+        if command in READS_ENCODER:
+            for backwards in params.backwards:
+                prep.check_inputs(params.out, backwards, READS_ENCODER[command])
         result = work()
         metrics = for_run(report, RunDir(params.out))(params.out, record, params.seed)
     print(f"report: {RunDir(params.out).report}")

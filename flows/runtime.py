@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import logging
 import os
-from contextlib import contextmanager, nullcontext
+import sys
+import threading
+import time
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -15,8 +18,10 @@ from prefect.futures import PrefectFuture, wait
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect_dask import DaskTaskRunner
 
+from tasks.processes import LocalCluster, start_tied
 from tasks.ranks import Ranks
 from ulmfit_core.errors import STOP
+from ulmfit_core.rundir import RunDir, mark_stopped
 from ulmfit_core.progress import use_console
 
 log = logging.getLogger("ulmfit")
@@ -32,7 +37,7 @@ def dask_task_runner(address: str | None = None, workers: int | None = None) -> 
         return DaskTaskRunner(address=address)
     n = workers or len(os.sched_getaffinity(0))
     return DaskTaskRunner(
-        cluster_class="distributed.LocalCluster",
+        cluster_class=LocalCluster,
         cluster_kwargs={"n_workers": n, "threads_per_worker": 1, "processes": True,
                         "host": "127.0.0.1", "dashboard_address": "127.0.0.1:0"},
     )
@@ -121,13 +126,29 @@ def bars_with_logs() -> None:
         use_console(handlers[0].console)
 
 
+class _RunLog(logging.FileHandler):
+    """The run's log file. A write that fails (a full disk) is said once, on stderr, and the
+    file left alone from then on, instead of a `Logging error` traceback for every record."""
+
+    failed = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.failed:
+            super().emit(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        self.failed = True
+        print(f"ulmfit: warning: {self.baseFilename}: the run's log stops here "
+              f"({sys.exc_info()[1]})", file=sys.stderr)
+
+
 @contextmanager
 def tracebacks_to_file(log_file: Path) -> Iterator[Path]:
     """While a command runs, log records go in full (tracebacks included) to `log_file`, and the
     terminal shows each error as its one-line message with a pointer to that file: a failed
     stage ends in a line that names the problem, not under pages of Prefect engine frames."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
-    to_file = logging.FileHandler(log_file, encoding="utf-8")
+    to_file = _RunLog(log_file, encoding="utf-8")
     to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     consoles = {h.formatter for h in _console_handlers() if h.formatter is not None}
@@ -153,9 +174,37 @@ def tracebacks_to_file(log_file: Path) -> Iterator[Path]:
         yield log_file
     finally:
         root.removeHandler(to_file)
-        to_file.close()
+        with suppress(OSError):  # the last flush, on a full disk
+            to_file.close()
         for formatter in consoles:
             del formatter.format
+
+
+def _temporary_server():
+    """Prefect's temporary server (`SubprocessASGIServer`), started with Prefect's command and
+    settings, in a session of its own and tied to this process (`tasks.processes`): a
+    terminal's Ctrl-C leaves it to this command to stop, and it never outlives the command."""
+    import prefect
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import get_current_settings
+
+    class TemporaryServer(SubprocessASGIServer):
+        def _run_uvicorn_command(self):
+            env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
+                   "PREFECT__SERVER_FINAL": "1",
+                   **get_current_settings().to_environment_variables(exclude_unset=True)}
+            return start_tied(["uvicorn", "--app-dir", str(prefect.__module_path__.parent),
+                               "--factory", "prefect.server.api.server:create_app",
+                               "--host", "127.0.0.1", "--port", str(self.port),
+                               "--log-level", "error", "--lifespan", "on"], env)
+
+        def stop(self) -> None:
+            process = self.server_process
+            super().stop()
+            if process is not None:
+                os.close(process.lifeline)
+
+    return TemporaryServer()
 
 
 @contextmanager
@@ -171,9 +220,7 @@ def prefect_api() -> Iterator[str]:
     if configured:
         yield configured
         return
-    from prefect.server.api.server import SubprocessASGIServer
-
-    server = SubprocessASGIServer()
+    server = _temporary_server()
     server.start()
     os.environ["PREFECT_API_URL"] = server.api_url
     log.info("temporary Prefect server at %s", server.address)
@@ -186,3 +233,62 @@ def prefect_api() -> Iterator[str]:
         APILogWorker.drain_all(timeout=5)  # deliver the last log lines before the server goes
         os.environ.pop("PREFECT_API_URL", None)
         server.stop()
+
+
+# How long the command waits for a Prefect API that stopped answering before it stops
+# (ULMFIT_API_PATIENCE_S): long enough for a server to restart, short of looking hung.
+API_PATIENCE_S = float(os.environ.get("ULMFIT_API_PATIENCE_S", 60))
+# What the command exits with when it stopped for want of its API: a temporary failure, to be
+# retried (sysexits' EX_TEMPFAIL); the rerun resumes.
+API_LOST = 75
+
+
+class ApiWatch:
+    """Watches the Prefect API a command reports to. Once it has not answered for
+    `API_PATIENCE_S`, the command stops: trainings end after their current batch (their last
+    finished epoch is kept) and `lost` says why. Prefect's client retries each call for a minute
+    or more, so a command whose flow engine still waits on the API after `grace_s` more marks
+    its run directory stopped and exits (`API_LOST`) from here, its processes ending with it."""
+
+    def __init__(self, api: str, run: RunDir, grace_s: float = 30, every_s: float = 2) -> None:
+        self.api, self.run, self.grace_s, self.every_s = api, run, grace_s, every_s
+        self.lost: str | None = None
+        self._done = threading.Event()
+
+    def __enter__(self) -> "ApiWatch":
+        threading.Thread(target=self._watch, name="prefect-api-watch", daemon=True).start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._done.set()
+
+    def _answers(self) -> bool:
+        import httpx
+
+        try:
+            return httpx.get(f"{self.api}/health", timeout=5).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def _watch(self) -> None:
+        answered = time.monotonic()
+        while not self._done.wait(self.every_s):
+            if self._answers():
+                answered = time.monotonic()
+            elif time.monotonic() - answered >= API_PATIENCE_S:
+                break
+        else:
+            return
+        self.lost = (f"stopped: the Prefect API at {self.api} has not answered for "
+                     f"{API_PATIENCE_S:g} s; {self.run.root} keeps what was finished (shards, each "
+                     "training's last finished epoch): run the same command again to resume")
+        log.error("%s", self.lost)
+        STOP.set()
+        if self._done.wait(self.grace_s):
+            return  # the command ended on its own and says why
+        mark_stopped(self.run, self.lost)
+        print(f"ulmfit: {self.lost}", file=sys.stderr, flush=True)
+        for handler in logging.getLogger().handlers:  # the run's log file; not the API's
+            if isinstance(handler, logging.FileHandler):
+                handler.flush()
+        os._exit(API_LOST)

@@ -15,7 +15,7 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.assets import Asset
 from prefect.tasks import MaterializingTask
 
-from ulmfit_core.errors import BAD_INPUT, Stopped
+from ulmfit_core.errors import BAD_INPUT, DiskFull, Stopped
 from ulmfit_core.rundir import RunDir
 
 
@@ -55,7 +55,10 @@ def task(writes: Files | None = None, reads: Files | None = None, **options):
         @functools.wraps(fn)
         def set_up_then_run(*args, **kwargs):
             set_up_process()
-            return fn(*args, **kwargs)
+            try:
+                return fn(*args, **kwargs)
+            except DiskFull as exc:  # which stage, for the command's one line
+                raise DiskFull(f"{fn.__name__.replace('_', ' ')}: {exc}") from None
 
         if writes is None:
             return prefect.task(**options)(set_up_then_run)
@@ -97,10 +100,29 @@ def _asset(path: str | Path) -> Asset:
 
 
 def progress_artifact(what: str):
-    """A progress artifact in the Prefect UI, and the hook that moves it (fraction, message)."""
-    artifact = create_progress_artifact(0.0, description=what)
+    """A progress artifact in the Prefect UI, and the hook that moves it (fraction, message).
+    The UI's view only: an API that stops answering ends the updates, with one warning, never
+    the work they report on."""
+    try:
+        artifact = create_progress_artifact(0.0, description=what)
+    except Exception as exc:
+        return _without_artifact(what, exc)
+    failed = False
 
     def update(fraction: float, message: str) -> None:
-        update_progress_artifact(artifact, progress=round(100 * fraction, 1), description=message)
+        nonlocal failed
+        if failed:
+            return
+        try:
+            update_progress_artifact(artifact, progress=round(100 * fraction, 1), description=message)
+        except Exception as exc:
+            failed = True
+            _without_artifact(what, exc)
 
     return update
+
+
+def _without_artifact(what: str, exc: Exception):
+    logging.getLogger("ulmfit").warning("%s: no progress shown in the Prefect UI from here on "
+                                        "(%s: %s)", what, type(exc).__name__, exc)
+    return lambda fraction, message: None

@@ -45,6 +45,11 @@ def check_classifier_data(out: str, preset: Preset, seed: int, train_labels: int
     return stages.check_classifier_data(RunDir(out), preset, seed, train_labels)
 
 
+@task(name="check-inputs")
+def check_inputs(out: str, backwards: bool, encoder: bool) -> None:
+    stages.check_inputs(RunDir(out, backwards), encoder)
+
+
 @task(name="summarize-preprocess")
 def summarize(out: str, tokenized: list[dict], numericalized: list[dict], vocab: dict,
               seconds: float) -> dict:

@@ -26,8 +26,9 @@ from functools import partial
 from typing import Iterator
 from urllib.parse import urlparse
 
-from distributed import Client, LocalCluster, get_worker, wait
+from distributed import Client, get_worker, wait
 
+from tasks.processes import LocalCluster
 from ulmfit_core.errors import BAD_INPUT, STOP, Stopped
 from ulmfit_core.rendezvous import RENDEZVOUS_TIMEOUT_S, free_port
 

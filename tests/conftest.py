@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -84,6 +85,52 @@ def ulmfit(*args, timeout=900) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.run([sys.executable, "-m", "flows.cli", *map(str, args)], capture_output=True,
                           text=True, timeout=timeout, env=env)
+
+
+class Command:
+    """The `ulmfit` command started as a terminal starts it: the leader of a process group of its
+    own, which a terminal's Ctrl-C (or a container's stop) signals as a whole. Its stderr is
+    read as it comes."""
+
+    def __init__(self, *args) -> None:
+        import psutil
+
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen([sys.executable, "-m", "flows.cli", *map(str, args)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                     env=env, start_new_session=True)
+        self.lines: list[str] = []
+        self.reader = threading.Thread(target=lambda: self.lines.extend(self.proc.stderr), daemon=True)
+        self.reader.start()
+        self.started: list = []  # what the command started, seen while it ran
+        self.psutil = psutil
+
+    @property
+    def stderr(self) -> str:
+        return "".join(self.lines)
+
+    def wait_for(self, ready, timeout: float = 300) -> None:
+        """Until `ready()` (a check, or a text the command prints); fails if the command ends first."""
+        check = (lambda: ready in self.stderr) if isinstance(ready, str) else ready
+        deadline = time.time() + timeout
+        while not check():
+            assert self.proc.poll() is None and time.time() < deadline, self.stderr[-3000:]
+            time.sleep(0.02)
+        self.started = self.psutil.Process(self.proc.pid).children(recursive=True)
+
+    def signal_group(self, sig: signal.Signals) -> float:
+        """Signal every process of the command's group, as a terminal does; returns when."""
+        os.killpg(self.proc.pid, sig)
+        return time.time()
+
+    def finish(self, timeout: float = 120) -> int:
+        self.proc.wait(timeout)
+        self.reader.join(10)
+        return self.proc.returncode
+
+    def leftovers(self, timeout: float = 15) -> list:
+        """What the command started that is still running `timeout` s after it ended."""
+        return self.psutil.wait_procs(self.started, timeout=timeout)[1]
 
 
 def error_line(result) -> str:

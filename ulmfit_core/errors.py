@@ -4,6 +4,8 @@ SIGTERM) ends training after its current batch, to be resumed by a rerun."""
 
 from __future__ import annotations
 
+import errno
+import os
 import threading
 
 
@@ -15,9 +17,33 @@ class DamagedFile(DataError):
     """A file that no longer matches the SHA-256 recorded when it was written, or cannot be read."""
 
 
+class DiskFull(OSError):
+    """A write that ran out of space (ENOSPC, or EDQUOT: a quota): the message names the file,
+    what was written and what is free. The disk does not empty itself between retries."""
+
+
 # What a task never retries and the CLI reports as one line: bad input and bad settings
-# (ValueError, with DataError), missing files and a diverging loss fail the same way every time.
-BAD_INPUT = (ValueError, FileNotFoundError, FloatingPointError)
+# (ValueError, with DataError), missing files, a diverging loss and a full disk fail the same
+# way every time.
+BAD_INPUT = (ValueError, FileNotFoundError, FloatingPointError, DiskFull)
+
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def out_of_space(exc: BaseException) -> bool:
+    """Whether `exc` (or what caused it) is a write that met a full disk or quota."""
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in NO_SPACE:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def free_bytes(folder: str | os.PathLike) -> int:
+    """Bytes an unprivileged process can still write on `folder`'s filesystem."""
+    stats = os.statvfs(folder)
+    return stats.f_bavail * stats.f_frsize
 
 
 class Stopped(Exception):

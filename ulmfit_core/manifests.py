@@ -49,20 +49,20 @@ def write_manifest(shard: str | Path, outputs: list[str | Path], inputs: dict[st
     return manifest
 
 
-def verify_outputs(output: str | Path) -> None:
+def verify_outputs(output: str | Path, remedy: str = "restore it or rerun the stage that writes it") -> None:
     """Check every file the manifest beside `output` recorded against its SHA-256; a file
-    without a manifest (written outside a stage) is not checked."""
+    without a manifest (written outside a stage) is not checked. A damaged or missing file is
+    named with `remedy`, what makes it again."""
     path = manifest_path(output)
     if not path.exists():
         return
     folder = path.parent
     for name, sha in read_json(path)["outputs"].items():
         if not (folder / name).exists():
-            raise DamagedFile(f"{folder / name}: missing, though {path} records it: restore the "
-                              "folder or rerun the stage that writes it")
+            raise DamagedFile(f"{folder / name}: missing, though {path} records it: {remedy}")
         if file_sha256(folder / name) != sha:
             raise DamagedFile(f"{folder / name}: damaged (its SHA-256 differs from the one {path.name} "
-                              "recorded when it was written): restore it or rerun the stage that writes it")
+                              f"recorded when it was written): {remedy}")
 
 
 def reusable(shard: str | Path, inputs: dict[str, str], settings: dict) -> dict | None:

@@ -9,11 +9,16 @@ starts with the first bar and ends with the last.
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
+from functools import partial
 
 from rich.console import Console
 from rich.default_styles import DEFAULT_STYLES
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                           TimeElapsedColumn, TimeRemainingColumn)
+from rich.measure import Measurement
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task,
+                           TextColumn, TimeElapsedColumn, TimeRemainingColumn)
+from rich.table import Column
+from rich.text import Text
 from rich.theme import Theme
 
 _lock = threading.Lock()
@@ -40,6 +45,24 @@ def _terminal() -> Console | None:
     return _console if _console.is_terminal else None
 
 
+class _Description(ProgressColumn):
+    """The bar's description: the first column to narrow, down to one character, drawn on one
+    line ending in an ellipsis."""
+
+    def render(self, task: Task) -> "_Description.Shortened":
+        return self.Shortened(Text(task.description, no_wrap=True, overflow="ellipsis"))
+
+    @dataclass
+    class Shortened:
+        text: Text
+
+        def __rich_measure__(self, console: Console, options) -> Measurement:
+            return Measurement(1, self.text.cell_len)
+
+        def __rich_console__(self, console: Console, options):
+            yield self.text
+
+
 class Bar:
     """One bar: description, done/total, elapsed, ETA and a free `info` text (a loss)."""
 
@@ -51,9 +74,14 @@ class Bar:
             if console is None:
                 return
             if _display is None:
-                _display = Progress(TextColumn("{task.description}"), BarColumn(),
-                                    MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("ETA"),
-                                    TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
+                # On a narrow terminal the description is shortened; the bar and the
+                # figures (done/total, elapsed, ETA, loss) keep their width.
+                _display = Progress(_Description(table_column=Column(no_wrap=False)),
+                                    BarColumn(bar_width=12, table_column=Column(no_wrap=True)),
+                                    *(column(table_column=Column(no_wrap=True)) for column in (
+                                        MofNCompleteColumn, TimeElapsedColumn,
+                                        partial(TextColumn, "ETA"), TimeRemainingColumn,
+                                        partial(TextColumn, "{task.fields[info]}"))),
                                     console=console, transient=True)
                 _display.start()
             _open += 1

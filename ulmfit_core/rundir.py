@@ -31,15 +31,15 @@ import fcntl
 import json
 import logging
 import os
+import secrets
 import socket
-import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from .errors import DataError, Stopped
+from .errors import DataError, DiskFull, Stopped, free_bytes, out_of_space
 
 log = logging.getLogger("ulmfit")
 
@@ -157,19 +157,45 @@ class RunDir:
         return path
 
 
+def _new_temporary(path: Path) -> Path:
+    """A new empty file beside `path`, made with the process's umask like any file a tool
+    writes (`tempfile.mkstemp` makes 0600 files: colleagues could not read a shared run)."""
+    while True:
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp)
+    tmp = _new_temporary(path)
     try:
         yield tmp
         os.replace(tmp, path)
+    except Exception as exc:
+        if isinstance(exc, DiskFull) or not out_of_space(exc):
+            raise
+        written = tmp.stat().st_size if tmp.exists() else 0
+        tmp.unlink(missing_ok=True)
+        raise DiskFull(f"{path}: no space left on its device (it filled up after "
+                       f"{_size(written)} of this file; {_size(free_bytes(path.parent))} free once "
+                       "it was removed): free some space, or give another --out, then run the "
+                       "same command again to resume") from None
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _size(n: int) -> str:
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:,.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1000
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
@@ -253,6 +279,28 @@ def _check_settings(run: RunDir, params: dict, reset: bool) -> dict:
     return {**previous, **asked}
 
 
+def mark_stopped(run: RunDir, why: str) -> None:
+    """Mark the run this process holds stopped, for `why`: what ended it from outside the block
+    that tracks it (the command ends without getting back to it, or that block saw only the
+    error the cause led to)."""
+    status = read_json(run.status) if run.status.exists() else {}
+    if status.get("pid") == os.getpid() and status.get("status") != "complete":
+        write_json(run.status, {**status, "status": "stopped", "error": why,
+                                "seconds": time.time() - status["started"]})
+
+
+def _say_if_died(run: RunDir) -> None:
+    """An earlier run that left run.json `running` ended without a word (killed, or its machine
+    lost): the lock it held is free, so its process is gone. Say so, rather than trust it."""
+    earlier = read_json(run.status) if run.status.exists() else {}
+    if earlier.get("status") != "running":
+        return
+    who = f"pid {earlier['pid']} on {earlier['host']}" if "pid" in earlier else "its process"
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(earlier.get("started", 0)))
+    log.warning("%s: the run started %s died without finishing (%s is gone); what it finished, "
+                "checkpoints included, is reused", run.root, when, who)
+
+
 @contextmanager
 def tracked_run(run: RunDir, params: dict, reset: bool = False, wait_s: float = 0) -> Iterator[RunDir]:
     """Hold the run directory (waiting up to `wait_s` for another run to end), mark it running,
@@ -264,10 +312,12 @@ def tracked_run(run: RunDir, params: dict, reset: bool = False, wait_s: float = 
     """
     with run_lock(run, wait_s):
         settings = _check_settings(run, params, reset)
+        _say_if_died(run)
         for stale in (run.metrics, run.report):
             stale.unlink(missing_ok=True)
         started = time.time()
-        status = {"status": "running", "params": params, "settings": settings, "started": started}
+        status = {"status": "running", "params": params, "settings": settings, "started": started,
+                  "pid": os.getpid(), "host": socket.gethostname()}
         write_json(run.status, status)
         try:
             yield run

@@ -34,7 +34,7 @@ from fastai.torch_core import set_seed
 from . import parallel
 from .config import ClassifierConfig, LMConfig, Preset, Stage
 from .data import Docs, classifier_split, seeded_unit
-from .errors import STOP, DataError, Stopped
+from .errors import STOP, DataError, DiskFull, Stopped
 from .lmdata import DeviceLMDataLoader
 from .models import build_classifier, build_language_model, encoder_of, pad_front, pick_device
 from .progress import Bar
@@ -92,7 +92,7 @@ class ProgressLog(Callback):
 
     def before_train(self) -> None:
         self.losses, self.checked = None, 0  # this epoch's losses; batches found finite
-        self.bar = Bar(f"{self.stage} {self.schedule.stage.name} epoch {self.epoch + 1}/{self.n_epoch}",
+        self.bar = Bar(f"{self.stage} epoch {self.epoch + 1}/{self.n_epoch} {self.schedule.stage.name}",
                        len(self.dl))
 
     def after_loss(self) -> None:
@@ -265,6 +265,8 @@ def fit_schedule(learn, stages: Sequence[Stage], stage: str, checkpoint: Path | 
             with learn.no_bar(), learn.no_logging():
                 learn.fit_one_cycle(fit.epochs, fit.rates(discriminative), start_epoch=first,
                                     cbs=[progress_log, epoch_end])
+        except DiskFull as exc:  # the checkpoint's own message, without fastai's callback preface
+            raise DiskFull(str(exc).split("\n\t", 1)[-1]) from None
         finally:
             progress_log.close_bar()  # also when the fit stops with an error or on request
             for cb in learn.cbs:  # an error inside a batch leaves its autocast entered, and on

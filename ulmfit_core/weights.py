@@ -100,14 +100,26 @@ def set_rng_state(state: dict, loaders: dict) -> None:
 def save_checkpoint(path: Path, fingerprint: str, **state) -> Path:
     """The state, serialized, beside its own SHA-256, in one file written atomically (a hash in
     a second file could not be replaced in the same step as the checkpoint)."""
-    buffer = io.BytesIO()
-    torch.save(plain(state), buffer)
-    body = buffer.getbuffer()
-    with atomic_path(path) as tmp:  # the body as a uint8 tensor: stored as raw bytes, not pickled
-        torch.save({"format": FORMAT, "fingerprint": fingerprint,
-                    "sha256": hashlib.sha256(body).hexdigest(),
-                    "state": torch.frombuffer(body, dtype=torch.uint8)}, tmp)
+    body = _serialized(plain(state))
+    # The body as a uint8 tensor: stored as raw bytes, not pickled.
+    _write(path, _serialized({"format": FORMAT, "fingerprint": fingerprint,
+                              "sha256": hashlib.sha256(body).hexdigest(),
+                              "state": torch.frombuffer(body, dtype=torch.uint8)}))
     return path
+
+
+def _serialized(obj) -> memoryview:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getbuffer()
+
+
+def _write(path: Path, data: memoryview) -> None:
+    """Write bytes torch serialized, with Python's file: a full disk raises OSError(ENOSPC) and
+    closes the file (torch's own writer raises a RuntimeError without errno and keeps the
+    partial file open, its space held, until the error is collected)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
 
 
 def load_checkpoint(path: Path | None, fingerprint: str) -> dict | None:
@@ -134,22 +146,26 @@ def save_model(path: str | Path, kind: str, state_dict: dict, **meta) -> Path:
     """Write `state_dict` with its metadata (config, labels, ...) as one weights-only file."""
     payload = {"format": MODEL_FORMAT, "kind": kind, **meta,
                "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()}}
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    _write(Path(path), _serialized(payload))
     return Path(path)
+
+
+# The command that writes each kind of model file into a run directory.
+_MADE_BY = {"language_model": "train-lm", "encoder": "train-lm", "classifier": "train-classifier"}
 
 
 def load_model_file(path: str | Path, kind: str) -> dict:
     """Read a file written by `save_model`, refusing anything but plain data, after checking the
     files of its folder against the hashes their manifest recorded."""
-    verify_outputs(path)
+    path = Path(path)
+    remedy = f"rebuild it with `ulmfit {_MADE_BY[kind]} --out {path.parent.parent}`"
+    verify_outputs(path, remedy)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise
     except Exception as exc:  # truncated, overwritten, or not a torch file at all
-        raise DamagedFile(f"{path}: unreadable model file ({type(exc).__name__}): restore it or "
-                          "rerun the stage that writes it") from None
+        raise DamagedFile(f"{path}: unreadable model file ({type(exc).__name__}): {remedy}") from None
     if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
         raise ValueError(f"{path}: not a {MODEL_FORMAT} model file")
     if payload.get("kind") != kind:

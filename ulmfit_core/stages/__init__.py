@@ -9,12 +9,12 @@ Modules that load torch, fastai or spaCy are imported inside the stages that use
 orchestrating process runs ingest and the Dask scheduler and should not carry a model stack.
 """
 
-from .modelling import (baseline_stage, check_classifier_data, classifier_stage, copy_text_assets,
+from .modelling import (baseline_stage, check_classifier_data, check_inputs, classifier_stage, copy_text_assets,
                         ensemble_stage, evaluate_stage, export_stage, lm_stage, training_docs)
 from .preprocessing import (ingest_stage, numericalize_stage, preprocess_in_process, summarize_preprocess,
                             tokenize_stage, tokenizer_stage, vocab_stage)
 
-__all__ = ["baseline_stage", "check_classifier_data", "classifier_stage", "copy_text_assets",
+__all__ = ["baseline_stage", "check_classifier_data", "check_inputs", "classifier_stage", "copy_text_assets",
            "ensemble_stage", "evaluate_stage", "export_stage", "ingest_stage", "lm_stage",
            "numericalize_stage", "preprocess_in_process", "summarize_preprocess", "tokenize_stage",
            "tokenizer_stage", "training_docs", "vocab_stage"]

@@ -19,7 +19,7 @@ from pathlib import Path
 from .. import __version__
 from ..config import Preset
 from ..data import load_docs, load_raw_labelled
-from ..manifests import file_inputs, made_once
+from ..manifests import file_inputs, made_once, verify_outputs
 from ..rundir import TEXT_ASSETS, ModelDir, RunDir, atomic_path, read_json, write_json
 
 
@@ -58,6 +58,21 @@ def check_classifier_data(run: RunDir, preset: Preset, seed: int,
     docs = training_docs(run, splits=["train"], labelled=True)  # what the classifier will train on
     labels, train, valid = classifier_split(docs, preset.classifier.valid_pct, seed, train_labels)
     return {"labels": labels, "train_docs": len(train), "valid_docs": len(valid)}
+
+
+def check_inputs(run: RunDir, encoder: bool) -> None:
+    """Before a stage command trains or scores: the vocab and id shards it reads, and with
+    `encoder` the exported encoder it starts from, are the files their manifests recorded. A
+    damaged or missing one is named with the command that makes it again, before anything in
+    the run directory changes."""
+    source = read_json(run.ingest_summary)["source"] if run.ingest_summary.exists() else "CORPUS"
+    preprocess = (f"rebuild it with `ulmfit preprocess --out {run.root} --data {source}` and the "
+                  "other options the run was made with")
+    for path in (run.vocab, *run.shards(run.ids)):
+        verify_outputs(path, preprocess)
+    if encoder:
+        verify_outputs(run.export.encoder, f"rebuild it with `ulmfit train-lm --out {run.root}"
+                                           f"{' --backwards' if run.backwards else ''}`")
 
 
 def lm_stage(run: RunDir, preset: Preset, seed: int, pretrained: str = "none",
