@@ -10,12 +10,14 @@ import logging
 import os
 import signal
 import sys
+import threading
 from functools import partial
 from pathlib import Path
 
+# Nothing imported here may start a thread (NumPy's OpenBLAS does as it loads): the commands
+# that run flows block SIGTERM first, in a process of one thread (`_stop_on_signals`).
 from ulmfit_core.config import PRESETS
-from ulmfit_core.errors import BAD_INPUT, DataError
-from ulmfit_core.ingest import check_source, resolve_source
+from ulmfit_core.errors import BAD_INPUT, STOP, DataError
 from ulmfit_core.params import RunParams
 
 
@@ -185,13 +187,25 @@ def run_params(args: argparse.Namespace) -> RunParams:
     return RunParams(**{**given, "out": str(Path(args.out).resolve())})
 
 
-def _interrupt_on_sigterm() -> None:
-    """SIGTERM ends this command as Ctrl-C does: training stops after its current batch, the
-    run is marked stopped, and the exit status is 143."""
-    def handler(signum, frame):
-        raise KeyboardInterrupt(signal.Signals(signum).name)
+def _stop_on_signals() -> None:
+    """Ctrl-C (SIGINT) and SIGTERM ask this command to stop (`STOP`), which its work does at the
+    next step it takes: a training after its current batch, ingest after its current document,
+    the wait for shard tasks within a second, any task as it starts. The run is then marked
+    stopped and the exit status is 128 + the signal's number. No exception is raised into
+    whatever the main thread runs: one raised inside a library's callback comes out as another
+    error (pydantic's serializers wrap it) or is lost (a garbage collector's callback). SIGTERM
+    is taken by a thread of its own (`sigwait`, the signal blocked in every other thread), since
+    Prefect sets a SIGTERM handler of its own, raising into the flow, while a flow runs."""
+    STOP.clear()
 
-    signal.signal(signal.SIGTERM, handler)
+    def relay_sigterm():
+        while True:
+            signal.sigwait({signal.SIGTERM})
+            STOP.request("SIGTERM")
+
+    signal.signal(signal.SIGINT, lambda signum, frame: STOP.request("SIGINT"))
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    threading.Thread(target=relay_sigterm, name="sigterm", daemon=True).start()
 
 
 def _run_flow(params: RunParams, command: str) -> int:
@@ -205,7 +219,6 @@ def _run_flow(params: RunParams, command: str) -> int:
            "train-lm": pipeline.train_lm_job, "train-classifier": pipeline.train_classifier_job,
            "label-curve": pipeline.label_curve_job}[command]
     takes = inspect.signature(job.fn).parameters
-    _interrupt_on_sigterm()
     bars_with_logs()
     # The clusters a run starts here log every worker's arrival and departure at INFO: keep
     # their warnings only, on the terminal and in the run's log.
@@ -214,18 +227,19 @@ def _run_flow(params: RunParams, command: str) -> int:
     try:
         with tracebacks_to_file(run.log), prefect_api() as api, ApiWatch(api, run) as watch:
             job(**{k: v for k, v in params.to_dict().items() if k in takes})
-    except KeyboardInterrupt as exc:
-        how = signal.SIGTERM if str(exc) == "SIGTERM" else signal.SIGINT
-        print(f"ulmfit: stopped ({how.name}); {params.out} keeps what was finished (shards, each "
-              "training's last finished epoch): run the same command again to resume",
-              file=sys.stderr)
-        return 128 + how.value
     except Exception:
-        if watch is None or watch.lost is None:
-            raise
-        mark_stopped(run, watch.lost)  # what the API's loss led to is not the story
-        print(f"ulmfit: {watch.lost}", file=sys.stderr)
-        return API_LOST
+        if STOP.why in ("SIGINT", "SIGTERM"):
+            how = signal.Signals[STOP.why]
+            mark_stopped(run, f"stopped by {how.name}")  # whatever error the stop surfaced as
+            print(f"ulmfit: stopped ({how.name}); {params.out} keeps what was finished (shards, "
+                  "each training's last finished epoch): run the same command again to resume",
+                  file=sys.stderr)
+            return 128 + how.value
+        if watch is not None and watch.lost is not None:
+            mark_stopped(run, watch.lost)  # what the API's loss led to is not the story
+            print(f"ulmfit: {watch.lost}", file=sys.stderr)
+            return API_LOST
+        raise
     return 0
 
 
@@ -362,7 +376,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command in ("run", "preprocess", "train-lm", "train-classifier", "label-curve", "serve"):
             params = run_params(args)  # every option checked before any server or cluster starts
+            if args.command != "serve":
+                _stop_on_signals()  # while this process has one thread: all later ones block SIGTERM
             if args.command in ("run", "preprocess", "serve"):
+                from ulmfit_core.ingest import check_source, resolve_source
+
                 check_source(resolve_source(params.data))
             return _serve(params, args) if args.command == "serve" else _run_flow(params, args.command)
         return {"predict": _predict, "generate": _generate, "lineage": _lineage,

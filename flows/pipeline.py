@@ -18,7 +18,7 @@ import time
 from functools import partial
 
 from prefect import flow, unmapped
-from prefect.futures import as_completed
+from prefect.futures import wait
 from prefect.runtime import deployment
 
 from tasks import preprocess as prep
@@ -26,6 +26,7 @@ from tasks import train
 from tasks.common import for_run, progress_artifact, set_up_process
 from tasks.report import report
 from ulmfit_core.config import EXPECTED, get_preset
+from ulmfit_core.errors import check_stop
 from ulmfit_core.ingest import resolve_source
 from ulmfit_core.params import DIRECTIONS, RunParams, curve_points
 from ulmfit_core.progress import Bar
@@ -38,10 +39,15 @@ def _as_done(futures, stage: str, done_what: str) -> list:
     """The results of mapped shard tasks, in order, once all are done; meanwhile how many are
     done shows as a progress artifact in the UI and as a bar on a terminal."""
     progress = progress_artifact(stage)
+    pending, done = list(futures), 0
     with Bar(done_what, len(futures)) as bar:
-        for done, _ in enumerate(as_completed(futures), 1):
-            progress(done / len(futures), f"{done}/{len(futures)} {done_what}")
-            bar.update(completed=done)
+        while pending:
+            pending = list(wait(pending, timeout=1).not_done)
+            check_stop(stage)  # a stop asked for while the workers tokenize
+            if len(futures) - len(pending) > done:
+                done = len(futures) - len(pending)
+                progress(done / len(futures), f"{done}/{len(futures)} {done_what}")
+                bar.update(completed=done)
     return futures.result()
 
 

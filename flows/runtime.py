@@ -18,7 +18,7 @@ from prefect.futures import PrefectFuture, wait
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect_dask import DaskTaskRunner
 
-from tasks.processes import LocalCluster, start_tied
+from tasks.processes import RUN_LOG, LocalCluster, start_tied
 from tasks.ranks import Ranks
 from ulmfit_core.errors import STOP
 from ulmfit_core.rundir import RunDir, mark_stopped
@@ -49,15 +49,11 @@ class TrainingThreads(ThreadPoolTaskRunner):
     training to the end; instead the trainings stop after their current batch (`STOP`),
     keeping the checkpoint of their last finished epoch for a rerun to resume from."""
 
-    def __enter__(self):
-        STOP.clear()
-        return super().__enter__()
-
     def __exit__(self, exc_type, exc_value, traceback) -> None:
-        if exc_type is not None and not issubclass(exc_type, Exception):
+        if exc_type is not None and (STOP.is_set() or not issubclass(exc_type, Exception)):
+            STOP.request(exc_type.__name__)
             log.warning("stopping (%s): training ends after its current batch; rerun the same "
-                        "command to resume from the last finished epoch", exc_type.__name__)
-            STOP.set()
+                        "command to resume from the last finished epoch", STOP.why)
         super().__exit__(exc_type, exc_value, traceback)
 
 
@@ -170,9 +166,11 @@ def tracebacks_to_file(log_file: Path) -> Iterator[Path]:
     for formatter in consoles:
         formatter.format = without_traceback(formatter.format)
     root.addHandler(to_file)
+    os.environ[RUN_LOG] = str(log_file)  # for the local workers this command starts
     try:
         yield log_file
     finally:
+        os.environ.pop(RUN_LOG, None)
         root.removeHandler(to_file)
         with suppress(OSError):  # the last flush, on a full disk
             to_file.close()
@@ -283,7 +281,7 @@ class ApiWatch:
                      f"{API_PATIENCE_S:g} s; {self.run.root} keeps what was finished (shards, each "
                      "training's last finished epoch): run the same command again to resume")
         log.error("%s", self.lost)
-        STOP.set()
+        STOP.request(self.lost)
         if self._done.wait(self.grace_s):
             return  # the command ended on its own and says why
         mark_stopped(self.run, self.lost)

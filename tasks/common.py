@@ -15,7 +15,7 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.assets import Asset
 from prefect.tasks import MaterializingTask
 
-from ulmfit_core.errors import BAD_INPUT, DiskFull, Stopped
+from ulmfit_core.errors import BAD_INPUT, DiskFull, Stopped, check_stop
 from ulmfit_core.rundir import RunDir
 
 
@@ -55,6 +55,7 @@ def task(writes: Files | None = None, reads: Files | None = None, **options):
         @functools.wraps(fn)
         def set_up_then_run(*args, **kwargs):
             set_up_process()
+            check_stop(fn.__name__.replace("_", " "))
             try:
                 return fn(*args, **kwargs)
             except DiskFull as exc:  # which stage, for the command's one line

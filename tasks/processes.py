@@ -19,6 +19,7 @@ This module is every local Dask worker's preload.
 
 from __future__ import annotations
 
+import logging
 import os
 import runpy
 import signal
@@ -32,6 +33,8 @@ import distributed
 
 # What a terminal, a container runtime or a service manager sends a process group to stop it.
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+# The environment variable that names the run's log file to the local workers a command starts.
+RUN_LOG = "ULMFIT_RUN_LOG"
 
 # How long a tied process has to end on its own once its parent is gone, before it is ended.
 GRACE_S = 10
@@ -46,26 +49,38 @@ class LocalCluster(distributed.LocalCluster):
     own signals still reach its main thread, where Python handles them."""
 
     def __init__(self, **kwargs) -> None:
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, set())
         # multiprocessing starts its resource tracker at the first semaphore and unblocks these
-        # signals in the thread that did: start it here, before they are blocked.
+        # signals in the thread that did (here, or in the loop thread, for good): start it here.
         resource_tracker.ensure_running()
-        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask | STOP_SIGNALS)
         try:
             super().__init__(preload=[__name__], **kwargs)
         finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 def dask_setup(worker) -> None:
     """Dask's preload hook, run in each local worker process as it starts (in its main thread):
     a session of its own, then the stop signals unblocked, those the command's process group
-    received meanwhile dropped (a signal ignored while pending is discarded)."""
+    received meanwhile dropped (a signal ignored while pending is discarded). Dask's own log
+    lines go to the run's log (`RUN_LOG`) instead of the command's terminal, where a worker's
+    heartbeat failing as the command stops would print its traceback."""
     if os.getsid(0) != os.getpid():
         os.setsid()
     for sig in STOP_SIGNALS:
         handler = signal.signal(sig, signal.SIG_IGN)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {sig})
         signal.signal(sig, handler)
+    if os.environ.get(RUN_LOG):
+        to_file = logging.FileHandler(os.environ[RUN_LOG], encoding="utf-8")
+        to_file.setFormatter(logging.Formatter(
+            f"%(asctime)s %(levelname)s %(name)s (worker pid {os.getpid()}): %(message)s"))
+        dask_log = logging.getLogger("distributed")
+        for handler in dask_log.handlers[:]:
+            dask_log.removeHandler(handler)
+        dask_log.addHandler(to_file)
+        dask_log.propagate = False
 
 
 def start_tied(module_args: list[str], env: dict[str, str]) -> subprocess.Popen:
@@ -94,6 +109,7 @@ def _end_with_parent(fd: int) -> None:
 
 def _main(argv: list[str]) -> None:
     fd, module, args = int(argv[0]), argv[1], argv[2:]
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # the command may block them
     threading.Thread(target=_end_with_parent, args=(fd,), name="lifeline", daemon=True).start()
     sys.argv = [module, *args]
     runpy.run_module(module, run_name="__main__", alter_sys=True)

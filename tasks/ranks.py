@@ -86,7 +86,7 @@ def _pick_workers(client: Client, ranks: Ranks) -> list[str]:
 
 
 def _stop_training() -> None:
-    STOP.set()
+    STOP.request("a stop of the directing process")
 
 
 class _ToDirector(logging.Handler):

@@ -92,10 +92,10 @@ class Command:
     own, which a terminal's Ctrl-C (or a container's stop) signals as a whole. Its stderr is
     read as it comes."""
 
-    def __init__(self, *args) -> None:
+    def __init__(self, *args, **env: str) -> None:
         import psutil
 
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **env}
         self.proc = subprocess.Popen([sys.executable, "-m", "flows.cli", *map(str, args)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                      env=env, start_new_session=True)

@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -140,37 +135,3 @@ def test_failed_run_never_looks_complete(tmp_path, sample_tarball):
     assert status["status"] == "failed" and "truncated" in status["error"]
     assert not (out / "metrics.json").exists() and not (out / "report.md").exists()
     assert not list((out / "raw").glob("*.tmp"))
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
-def test_a_signal_stops_training_after_its_batch_and_a_rerun_resumes(tmp_path, long_texts_run, stop):
-    out = tmp_path / "run"
-    shutil.copytree(long_texts_run, out)
-    checkpoint = out / "lm" / "checkpoint.pth"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "train-lm", "--out", str(out),
-                             "--preset", "tiny"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env)
-    deadline = time.time() + 300
-    while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    assert checkpoint.exists(), "no checkpoint: the LM never finished its first epoch"
-    proc.send_signal(stop)
-    signalled = time.time()
-    _, stderr = proc.communicate(timeout=60)
-    assert time.time() - signalled < 10, stderr[-3000:]  # after the current batch
-    assert proc.returncode == 128 + stop.value, stderr[-3000:]
-    assert stderr.strip().splitlines()[-1].startswith(f"ulmfit: stopped ({stop.name})")
-    assert read_json(out / "run.json")["status"] == "stopped"
-    assert "lm: stopped at epoch 2, batch" in (out / "logs" / "ulmfit.log").read_text()
-    assert checkpoint.exists() and not (out / "lm" / "model.pth").exists()
-    stopped = read_json(out / "run.json")
-
-    result = ulmfit("train-lm", "--out", out, "--preset", "tiny")
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "resuming from" in result.stderr and "after 1 finished epoch(s)" in result.stderr
-    assert read_json(out / "run.json")["status"] == "complete"
-    assert [e["epoch"] for e in read_json(out / "lm" / "metrics.json")["history"]] == [1, 2, 3]
-    assert (out / "lm" / "model.pth").exists() and not checkpoint.exists()
-    assert read_json(out / "run.json")["started"] > stopped["started"]

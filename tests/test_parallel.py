@@ -20,7 +20,7 @@ from fastai.callback.core import Callback, CancelBatchException, CancelValidExce
 from fastai.text.models.awdlstm import WeightDropout
 
 from tasks.ranks import RankFailed, Ranks, run_ranks
-from conftest import ulmfit
+from conftest import Command, ulmfit
 from ulmfit_core import stages
 from ulmfit_core.config import get_preset
 from ulmfit_core.parallel import RendezvousFailed, process_group, unwrap
@@ -188,21 +188,18 @@ def test_too_few_workers_for_the_ranks_fail_within_the_timeout(dask_cluster):
 
 
 def test_ranks_on_a_local_cluster_stop_on_a_signal_and_a_rerun_resumes(tmp_path, long_texts_run):
-    """Without --dask-address the command starts N local workers; Ctrl-C stops every rank."""
+    """Without --dask-address the command starts N local workers; Ctrl-C in its terminal (the
+    whole process group, the workers too) stops every rank."""
     out = tmp_path / "run"
     shutil.copytree(long_texts_run, out)
     checkpoint = out / "lm" / "checkpoint.pth"
-    command = [sys.executable, "-m", "flows.cli", "train-lm", "--out", str(out), "--train-workers", "2"]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 300
-    while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    assert checkpoint.exists(), proc.communicate()[1][-3000:]
-    proc.send_signal(signal.SIGINT)
-    signalled = time.time()
-    _, stderr = proc.communicate(timeout=120)
-    assert time.time() - signalled < 30, stderr[-3000:]
-    assert proc.returncode == 130, stderr[-3000:]
+    command = Command("train-lm", "--out", out, "--train-workers", 2)
+    command.wait_for(checkpoint.exists)
+    signalled = command.signal_group(signal.SIGINT)
+    assert command.finish() == 130, command.stderr[-3000:]
+    assert time.time() - signalled < 30, command.stderr[-3000:]
+    assert "Traceback" not in command.stderr
+    assert command.leftovers() == []
     assert read_json(out / "run.json")["status"] == "stopped"
     assert not (out / "lm" / "model.pth").exists()
 

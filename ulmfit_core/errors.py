@@ -51,6 +51,28 @@ class Stopped(Exception):
     its last finished epoch is kept, so the same command resumes from there. Never retried."""
 
 
-# Set to stop every training of this process after its current batch, with `Stopped` (on Ctrl-C
-# or SIGTERM: flows.runtime.stopping_training).
-STOP = threading.Event()
+class StopRequest(threading.Event):
+    """Set to stop every training of this process after its current batch, with `Stopped`;
+    `why` says what asked (SIGINT, SIGTERM, the loss of the Prefect API), so that whatever error
+    the stop then surfaces as is known for a stop."""
+
+    why: str | None = None
+
+    def request(self, why: str) -> None:
+        if self.why is None:
+            self.why = why
+        self.set()
+
+    def clear(self) -> None:
+        self.why = None
+        super().clear()
+
+
+STOP = StopRequest()
+
+
+def check_stop(what: str) -> None:
+    """Raise `Stopped` if a stop was asked for: the check a long stage makes between its steps,
+    and every task as it starts."""
+    if STOP.is_set():
+        raise Stopped(f"{what}: stopped ({STOP.why})")

@@ -23,7 +23,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from .data import seeded_unit
-from .errors import DataError
+from .errors import DataError, check_stop
 from .manifests import file_sha256
 from .progress import Bar
 from .rundir import atomic_path
@@ -268,6 +268,7 @@ def write_raw_shards(docs: Iterable[dict], out_dir: Path, shard_docs: int) -> li
         buffer.clear()
 
     for doc in docs:
+        check_stop("ingest")
         buffer.append(doc)
         if len(buffer) >= shard_docs:
             flush()

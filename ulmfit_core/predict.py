@@ -16,6 +16,7 @@ import torch
 from fastai.text.learner import decode_spec_tokens
 
 from .config import ClassifierConfig, ModelConfig, TokenizerConfig
+from .errors import check_stop
 from .ingest import usable_text
 from .models import build_classifier, build_language_model, pad_front, pick_device
 from .progress import Bar
@@ -38,6 +39,7 @@ def predict_proba(model: torch.nn.Module, ids: Sequence[np.ndarray], bs: int = 6
     last = time.time()
     with Bar("classifying", len(order)) as bar:
         for start in range(0, len(order), bs):
+            check_stop("classifying")
             if progress and time.time() - last >= every_s:
                 last = time.time()
                 progress(start / len(order), f"{start}/{len(order)} texts classified")

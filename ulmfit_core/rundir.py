@@ -183,10 +183,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             raise
         written = tmp.stat().st_size if tmp.exists() else 0
         tmp.unlink(missing_ok=True)
-        raise DiskFull(f"{path}: no space left on its device (it filled up after "
-                       f"{_size(written)} of this file; {_size(free_bytes(path.parent))} free once "
-                       "it was removed): free some space, or give another --out, then run the "
-                       "same command again to resume") from None
+        raise DiskFull(f"{path}: no space left on its device ({_size(free_bytes(path.parent))} "
+                       f"free without this file, {_size(written)} of which had been written): "
+                       "free some space, or give another --out, then run the same command again "
+                       "to resume") from None
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -265,8 +265,8 @@ def fit_schedule(learn, stages: Sequence[Stage], stage: str, checkpoint: Path | 
             with learn.no_bar(), learn.no_logging():
                 learn.fit_one_cycle(fit.epochs, fit.rates(discriminative), start_epoch=first,
                                     cbs=[progress_log, epoch_end])
-        except DiskFull as exc:  # the checkpoint's own message, without fastai's callback preface
-            raise DiskFull(str(exc).split("\n\t", 1)[-1]) from None
+        except (DiskFull, Stopped) as exc:  # their own message, without fastai's callback preface
+            raise type(exc)(str(exc).split("\n\t", 1)[-1]) from None
         finally:
             progress_log.close_bar()  # also when the fit stops with an error or on request
             for cb in learn.cbs:  # an error inside a batch leaves its autocast entered, and on
