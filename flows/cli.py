@@ -187,7 +187,7 @@ def run_params(args: argparse.Namespace) -> RunParams:
     return RunParams(**{**given, "out": str(Path(args.out).resolve())})
 
 
-def _stop_on_signals() -> None:
+def _stop_on_signals(interrupt: bool = False) -> None:
     """Ctrl-C (SIGINT) and SIGTERM ask this command to stop (`STOP`), which its work does at the
     next step it takes: a training after its current batch, ingest after its current document,
     the wait for shard tasks within a second, any task as it starts. The run is then marked
@@ -195,15 +195,27 @@ def _stop_on_signals() -> None:
     whatever the main thread runs: one raised inside a library's callback comes out as another
     error (pydantic's serializers wrap it) or is lost (a garbage collector's callback). SIGTERM
     is taken by a thread of its own (`sigwait`, the signal blocked in every other thread), since
-    Prefect sets a SIGTERM handler of its own, raising into the flow, while a flow runs."""
+    Prefect sets a SIGTERM handler of its own, raising into the flow, while a flow runs; this
+    must be called while the process has one thread.
+
+    With `interrupt` (`ulmfit serve`, which waits in Prefect's runner until a KeyboardInterrupt),
+    either signal also raises KeyboardInterrupt in the main thread."""
     STOP.clear()
+    main = threading.main_thread().ident
+
+    def on_sigint(signum, frame):
+        STOP.request("SIGINT")
+        if interrupt:
+            raise KeyboardInterrupt(STOP.why)
 
     def relay_sigterm():
         while True:
             signal.sigwait({signal.SIGTERM})
             STOP.request("SIGTERM")
+            if interrupt:
+                signal.pthread_kill(main, signal.SIGINT)
 
-    signal.signal(signal.SIGINT, lambda signum, frame: STOP.request("SIGINT"))
+    signal.signal(signal.SIGINT, on_sigint)
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
     threading.Thread(target=relay_sigterm, name="sigterm", daemon=True).start()
 
@@ -265,7 +277,12 @@ def _serve(params: RunParams, args: argparse.Namespace) -> int:
               pipeline.preprocess_job.to_deployment(name="preprocess-scheduled",
                                                     cron=args.preprocess_cron, parameters=common,
                                                     tags=["ulmfit"], entrypoint_type=by_module))
-    return 0
+    if STOP.why not in ("SIGINT", "SIGTERM"):
+        return 0
+    how = signal.Signals[STOP.why]
+    print(f"ulmfit: stopped serving ({how.name}); a run it had started resumes from "
+          f"{params.out} with the next one", file=sys.stderr)
+    return 128 + how.value
 
 
 def _check_predict(args: argparse.Namespace) -> None:
@@ -376,8 +393,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command in ("run", "preprocess", "train-lm", "train-classifier", "label-curve", "serve"):
             params = run_params(args)  # every option checked before any server or cluster starts
-            if args.command != "serve":
-                _stop_on_signals()  # while this process has one thread: all later ones block SIGTERM
+            # While this process has one thread: all later ones block SIGTERM.
+            _stop_on_signals(interrupt=args.command == "serve")
             if args.command in ("run", "preprocess", "serve"):
                 from ulmfit_core.ingest import check_source, resolve_source
 

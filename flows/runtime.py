@@ -248,7 +248,7 @@ class ApiWatch:
     or more, so a command whose flow engine still waits on the API after `grace_s` more marks
     its run directory stopped and exits (`API_LOST`) from here, its processes ending with it."""
 
-    def __init__(self, api: str, run: RunDir, grace_s: float = 30, every_s: float = 2) -> None:
+    def __init__(self, api: str, run: RunDir, grace_s: float = 15, every_s: float = 2) -> None:
         self.api, self.run, self.grace_s, self.every_s = api, run, grace_s, every_s
         self.lost: str | None = None
         self._done = threading.Event()

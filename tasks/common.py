@@ -15,7 +15,7 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.assets import Asset
 from prefect.tasks import MaterializingTask
 
-from ulmfit_core.errors import BAD_INPUT, DiskFull, Stopped, check_stop
+from ulmfit_core.errors import BAD_INPUT, DiskFull, Stopped, check_stop, out_of_space
 from ulmfit_core.rundir import RunDir
 
 
@@ -58,7 +58,9 @@ def task(writes: Files | None = None, reads: Files | None = None, **options):
             check_stop(fn.__name__.replace("_", " "))
             try:
                 return fn(*args, **kwargs)
-            except DiskFull as exc:  # which stage, for the command's one line
+            except Exception as exc:  # a full disk, with its stage: the command's one line
+                if not out_of_space(exc):
+                    raise
                 raise DiskFull(f"{fn.__name__.replace('_', ' ')}: {exc}") from None
 
         if writes is None:

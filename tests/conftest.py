@@ -89,32 +89,32 @@ def ulmfit(*args, timeout=900) -> subprocess.CompletedProcess:
 
 class Command:
     """The `ulmfit` command started as a terminal starts it: the leader of a process group of its
-    own, which a terminal's Ctrl-C (or a container's stop) signals as a whole. Its stderr is
-    read as it comes."""
+    own, which a terminal's Ctrl-C (or a container's stop) signals as a whole. What it prints
+    (stdout and stderr, as on a terminal) is read as it comes."""
 
     def __init__(self, *args, **env: str) -> None:
         import psutil
 
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **env}
         self.proc = subprocess.Popen([sys.executable, "-m", "flows.cli", *map(str, args)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                      env=env, start_new_session=True)
         self.lines: list[str] = []
-        self.reader = threading.Thread(target=lambda: self.lines.extend(self.proc.stderr), daemon=True)
+        self.reader = threading.Thread(target=lambda: self.lines.extend(self.proc.stdout), daemon=True)
         self.reader.start()
         self.started: list = []  # what the command started, seen while it ran
         self.psutil = psutil
 
     @property
-    def stderr(self) -> str:
+    def output(self) -> str:
         return "".join(self.lines)
 
     def wait_for(self, ready, timeout: float = 300) -> None:
         """Until `ready()` (a check, or a text the command prints); fails if the command ends first."""
-        check = (lambda: ready in self.stderr) if isinstance(ready, str) else ready
+        check = (lambda: ready in self.output) if isinstance(ready, str) else ready
         deadline = time.time() + timeout
         while not check():
-            assert self.proc.poll() is None and time.time() < deadline, self.stderr[-3000:]
+            assert self.proc.poll() is None and time.time() < deadline, self.output[-3000:]
             time.sleep(0.02)
         self.started = self.psutil.Process(self.proc.pid).children(recursive=True)
 

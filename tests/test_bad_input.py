@@ -137,7 +137,8 @@ def test_damaged_and_truncated_model_files_are_refused(tmp_path, trained):
     run = RunDir(tmp_path / "run")
     shutil.copytree(trained.root, run.root)
     _damage(run.classifier / "model.pth")
-    with pytest.raises(DamagedFile, match=r"classifier/model\.pth: damaged .* restore it or rerun"):
+    with pytest.raises(DamagedFile, match=rf"classifier/model\.pth: damaged .* rebuild it with `ulmfit "
+                                          rf"train-classifier --out {run.root}`"):
         Classifier.load(run.root)
     line = error_line(ulmfit("predict", "--model", run.root, "Fine."))
     assert "classifier/model.pth: damaged" in line

@@ -319,6 +319,8 @@ def test_serve_schedules_both_flows_and_runs_them(server, tmp_path, sample_tarba
         log.close()
     served = (tmp_path / "serve.log").read_text()
     assert [r["state_type"] for r in ended] == ["COMPLETED", "COMPLETED"], served[-4000:]
+    assert proc.returncode == 143 and served.strip().splitlines()[-1].startswith(
+        "ulmfit: stopped serving (SIGTERM)"), served[-4000:]
     assert "is in use by a run still going" in served and "waiting up to 43200 s" in served
     assert len(list((out / "ids").glob("part-*.parquet"))) == 4
     status = json.loads((out / "run.json").read_text())  # the preprocessing's, which ended last

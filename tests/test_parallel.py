@@ -196,9 +196,9 @@ def test_ranks_on_a_local_cluster_stop_on_a_signal_and_a_rerun_resumes(tmp_path,
     command = Command("train-lm", "--out", out, "--train-workers", 2)
     command.wait_for(checkpoint.exists)
     signalled = command.signal_group(signal.SIGINT)
-    assert command.finish() == 130, command.stderr[-3000:]
-    assert time.time() - signalled < 30, command.stderr[-3000:]
-    assert "Traceback" not in command.stderr
+    assert command.finish() == 130, command.output[-3000:]
+    assert time.time() - signalled < 30, command.output[-3000:]
+    assert "Traceback" not in command.output
     assert command.leftovers() == []
     assert read_json(out / "run.json")["status"] == "stopped"
     assert not (out / "lm" / "model.pth").exists()

@@ -35,16 +35,14 @@ def _worker_processes(command: Command) -> int:
         return 0
 
 
-def _stopped_cleanly(command: Command, stop: signal.Signals, signalled: float, out: Path) -> str:
-    assert command.finish() == 128 + stop.value, command.stderr[-3000:]
-    assert time.time() - signalled <= 30, command.stderr[-3000:]
-    stderr = command.stderr
+def _stopped_cleanly(command: Command, stop: signal.Signals, signalled: float, out: Path) -> None:
+    assert command.finish() == 128 + stop.value, command.output[-3000:]
+    assert time.time() - signalled <= 30, command.output[-3000:]
     for noise in ("Traceback", "Logging error", "EventsWorker", "ConnectError"):
-        assert noise not in stderr, stderr[-3000:]
-    assert stderr.strip().splitlines()[-1].startswith(f"ulmfit: stopped ({stop.name}); {out} keeps")
+        assert noise not in command.output, command.output[-3000:]
+    assert command.output.strip().splitlines()[-1].startswith(f"ulmfit: stopped ({stop.name}); {out} keeps")
     assert read_json(out / "run.json")["status"] == "stopped"
     assert command.leftovers() == []  # the temporary server, the cluster's workers
-    return stderr
 
 
 @pytest.mark.slow
@@ -145,15 +143,15 @@ def test_a_prefect_server_that_goes_away_stops_the_command_with_one_line(tmp_pat
         command.wait_for((out / "lm" / "checkpoint.pth").exists)
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(30)
-        assert command.finish(timeout=120) == 75, command.stderr[-3000:]
+        assert command.finish(timeout=120) == 75, command.output[-3000:]
     finally:
         if server.poll() is None:
             os.killpg(server.pid, signal.SIGKILL)
-    last = command.stderr.strip().splitlines()[-1]
+    last = command.output.strip().splitlines()[-1]
     assert last == (f"ulmfit: stopped: the Prefect API at {api} has not answered for 5 s; {out} "
                     "keeps what was finished (shards, each training's last finished epoch): run the "
-                    "same command again to resume"), command.stderr[-3000:]
-    assert "Traceback" not in command.stderr and command.stderr.count("Service 'EventsWorker'") < 5
+                    "same command again to resume"), command.output[-3000:]
+    assert "Traceback" not in command.output and command.output.count("Service 'EventsWorker'") < 5
     status = read_json(out / "run.json")
     assert status["status"] == "stopped" and "has not answered" in status["error"]
     assert (out / "lm" / "checkpoint.pth").exists() and command.leftovers() == []
@@ -162,6 +160,22 @@ def test_a_prefect_server_that_goes_away_stops_the_command_with_one_line(tmp_pat
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert "resuming from" in rerun.stderr
     assert read_json(out / "run.json")["status"] == "complete"
+
+
+@pytest.mark.slow
+def test_serve_stops_on_ctrl_c_in_its_terminal(tmp_path, sample_tarball):
+    out = tmp_path / "served"
+    command = Command("serve", "--data", sample_tarball, "--out", out, "--preset", "tiny",
+                      "--cron", "0 3 1 1 *", "--preprocess-cron", "0 3 1 1 *")
+    command.wait_for("serving on the Prefect API", timeout=120)
+    time.sleep(3)  # the runner polls for its scheduled runs
+    signalled = command.signal_group(signal.SIGINT)
+    assert command.finish(timeout=60) == 130, command.output[-3000:]
+    assert time.time() - signalled <= 30
+    assert "Traceback" not in command.output and "ConnectError" not in command.output
+    assert command.output.strip().splitlines()[-1] == (
+        f"ulmfit: stopped serving (SIGINT); a run it had started resumes from {out} with the next one")
+    assert command.leftovers() == []
 
 
 # A full disk: a small tmpfs where this machine lets the tests mount one, and a write failing

@@ -21,7 +21,7 @@ from tasks import train
 from tasks.common import for_run, retry_transient, task
 from tasks.ranks import Ranks
 from ulmfit_core import stages
-from ulmfit_core.errors import DamagedFile, DataError, Stopped
+from ulmfit_core.errors import DamagedFile, DataError, DiskFull, Stopped
 from ulmfit_core.rundir import RunDir
 
 
@@ -36,11 +36,13 @@ def harness():
 
 FAILURES = {"bad input": DataError("x.csv: row 3: no text"), "damaged file": DamagedFile("model.pth"),
             "diverged": FloatingPointError("nan"), "stopped": Stopped("stop"),
-            "lost worker": OSError("connection reset"), "rank failed": RuntimeError("rank 1 died")}
+            "lost worker": OSError("connection reset"), "rank failed": RuntimeError("rank 1 died"),
+            "disk full": DiskFull("lm/checkpoint.pth: no space left on its device")}
 
 
 @pytest.mark.parametrize("failure, attempts", [("bad input", 1), ("damaged file", 1), ("diverged", 1),
-                                               ("stopped", 1), ("lost worker", 3), ("rank failed", 3)])
+                                               ("stopped", 1), ("lost worker", 3), ("rank failed", 3),
+                                               ("disk full", 1)])
 def test_only_transient_failures_are_retried(failure, attempts):
     calls = []
 

@@ -34,7 +34,7 @@ def out_of_space(exc: BaseException) -> bool:
     """Whether `exc` (or what caused it) is a write that met a full disk or quota."""
     seen = exc
     while seen is not None:
-        if isinstance(seen, OSError) and seen.errno in NO_SPACE:
+        if isinstance(seen, DiskFull) or isinstance(seen, OSError) and seen.errno in NO_SPACE:
             return True
         seen = seen.__cause__ or seen.__context__
     return False
