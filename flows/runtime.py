@@ -21,8 +21,8 @@ from prefect_dask import DaskTaskRunner
 from tasks.processes import RUN_LOG, LocalCluster, start_tied
 from tasks.ranks import Ranks
 from ulmfit_core.errors import STOP
-from ulmfit_core.rundir import RunDir, mark_stopped
 from ulmfit_core.progress import use_console
+from ulmfit_core.rundir import RunDir, mark_stopped
 
 log = logging.getLogger("ulmfit")
 
@@ -44,8 +44,9 @@ def dask_task_runner(address: str | None = None, workers: int | None = None) -> 
 
 
 class TrainingThreads(ThreadPoolTaskRunner):
-    """Prefect's thread pool, for trainings in this process. When its flow is interrupted
-    (Ctrl-C, a termination signal), the pool would wait for its threads, each running its
+    """Prefect's thread pool, for trainings in this process. When its flow ends with an error
+    while they run (a stop the command was asked for, or Prefect's TerminationSignal when a
+    work pool's worker cancels the run), the pool would wait for its threads, each running its
     training to the end; instead the trainings stop after their current batch (`STOP`),
     keeping the checkpoint of their last finished epoch for a rerun to resume from."""
 
