@@ -77,6 +77,8 @@ def test_a_signal_to_the_process_group_during_training_stops_after_its_batch_and
     _stopped_cleanly(command, stop, command.signal_group(stop), out)
     assert "lm: stopped at epoch 2, batch" in (out / "logs" / "ulmfit.log").read_text()
     assert checkpoint.exists() and not (out / "lm" / "model.pth").exists()
+    if stop == signal.SIGINT:
+        return  # the rerun is the same after either signal
     stopped = read_json(out / "run.json")
 
     result = ulmfit("train-lm", "--out", out, "--preset", "tiny")
