@@ -187,7 +187,7 @@ def run_params(args: argparse.Namespace) -> RunParams:
     return RunParams(**{**given, "out": str(Path(args.out).resolve())})
 
 
-def _stop_on_signals(interrupt: bool = False) -> None:
+def _stop_on_signals() -> None:
     """Ctrl-C (SIGINT) and SIGTERM ask this command to stop (`STOP`), which its work does at the
     next step it takes: a training after its current batch, ingest after its current document,
     the wait for shard tasks within a second, any task as it starts. The run is then marked
@@ -196,26 +196,15 @@ def _stop_on_signals(interrupt: bool = False) -> None:
     error (pydantic's serializers wrap it) or is lost (a garbage collector's callback). SIGTERM
     is taken by a thread of its own (`sigwait`, the signal blocked in every other thread), since
     Prefect sets a SIGTERM handler of its own, raising into the flow, while a flow runs; this
-    must be called while the process has one thread.
-
-    With `interrupt` (`ulmfit serve`, which waits in Prefect's runner until a KeyboardInterrupt),
-    either signal also raises KeyboardInterrupt in the main thread."""
+    must be called while the process has one thread."""
     STOP.clear()
-    main = threading.main_thread().ident
-
-    def on_sigint(signum, frame):
-        STOP.request("SIGINT")
-        if interrupt:
-            raise KeyboardInterrupt(STOP.why)
 
     def relay_sigterm():
         while True:
             signal.sigwait({signal.SIGTERM})
             STOP.request("SIGTERM")
-            if interrupt:
-                signal.pthread_kill(main, signal.SIGINT)
 
-    signal.signal(signal.SIGINT, on_sigint)
+    signal.signal(signal.SIGINT, lambda signum, frame: STOP.request("SIGINT"))
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
     threading.Thread(target=relay_sigterm, name="sigterm", daemon=True).start()
 
@@ -256,8 +245,12 @@ def _run_flow(params: RunParams, command: str) -> int:
 
 
 def _serve(params: RunParams, args: argparse.Namespace) -> int:
-    """Both flows as served deployments with cron schedules, until interrupted."""
-    from prefect import serve
+    """Both flows as served deployments with cron schedules, until Ctrl-C (a KeyboardInterrupt
+    in Prefect's runner) or SIGTERM (the runner's own graceful shutdown: its flow runs, started
+    with the signal unblocked, get it too)."""
+    import asyncio
+
+    from prefect.runner import Runner
     from prefect.types.entrypoint import EntrypointType
 
     from flows import pipeline
@@ -269,14 +262,26 @@ def _serve(params: RunParams, args: argparse.Namespace) -> int:
     # Flow runs import the flows as the package module (flows.pipeline), as the work-pool
     # deployments do: what Dask workers unpickle then imports the same way.
     by_module = EntrypointType.MODULE_PATH
+    def on_sigint(signum, frame):
+        STOP.request("SIGINT")
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_sigint)
+    runner = Runner(pause_on_shutdown=True)
     with prefect_api() as api:
+        runner.add_deployment(pipeline.ulmfit_flow.to_deployment(
+            name="ulmfit-scheduled", cron=args.cron, parameters=common, tags=["ulmfit"],
+            entrypoint_type=by_module))
+        runner.add_deployment(pipeline.preprocess_job.to_deployment(
+            name="preprocess-scheduled", cron=args.preprocess_cron, parameters=common,
+            tags=["ulmfit"], entrypoint_type=by_module))
         print(f"serving on the Prefect API at {api}; Ctrl-C stops")
-        serve(pipeline.ulmfit_flow.to_deployment(name="ulmfit-scheduled", cron=args.cron,
-                                                 parameters=common, tags=["ulmfit"],
-                                                 entrypoint_type=by_module),
-              pipeline.preprocess_job.to_deployment(name="preprocess-scheduled",
-                                                    cron=args.preprocess_cron, parameters=common,
-                                                    tags=["ulmfit"], entrypoint_type=by_module))
+        try:
+            asyncio.run(runner.start())
+        except KeyboardInterrupt:
+            pass
+    if runner.stopping:
+        STOP.request("SIGTERM")
     if STOP.why not in ("SIGINT", "SIGTERM"):
         return 0
     how = signal.Signals[STOP.why]
@@ -393,8 +398,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command in ("run", "preprocess", "train-lm", "train-classifier", "label-curve", "serve"):
             params = run_params(args)  # every option checked before any server or cluster starts
-            # While this process has one thread: all later ones block SIGTERM.
-            _stop_on_signals(interrupt=args.command == "serve")
+            if args.command != "serve":
+                _stop_on_signals()  # while this process has one thread: all later ones block SIGTERM
             if args.command in ("run", "preprocess", "serve"):
                 from ulmfit_core.ingest import check_source, resolve_source
 

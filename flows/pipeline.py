@@ -18,7 +18,6 @@ import time
 from functools import partial
 
 from prefect import flow, unmapped
-from prefect.futures import wait
 from prefect.runtime import deployment
 
 from tasks import preprocess as prep
@@ -26,28 +25,24 @@ from tasks import train
 from tasks.common import for_run, progress_artifact, set_up_process
 from tasks.report import report
 from ulmfit_core.config import EXPECTED, get_preset
-from ulmfit_core.errors import check_stop
 from ulmfit_core.ingest import resolve_source
 from ulmfit_core.params import DIRECTIONS, RunParams, curve_points
 from ulmfit_core.progress import Bar
 from ulmfit_core.rundir import RunDir, tracked_run
 
-from flows.runtime import Training, dask_task_runner
+from flows.runtime import Training, dask_task_runner, settled
 
 
 def _as_done(futures, stage: str, done_what: str) -> list:
     """The results of mapped shard tasks, in order, once all are done; meanwhile how many are
     done shows as a progress artifact in the UI and as a bar on a terminal."""
     progress = progress_artifact(stage)
-    pending, done = list(futures), 0
     with Bar(done_what, len(futures)) as bar:
-        while pending:
-            pending = list(wait(pending, timeout=1).not_done)
-            check_stop(stage)  # a stop asked for while the workers tokenize
-            if len(futures) - len(pending) > done:
-                done = len(futures) - len(pending)
-                progress(done / len(futures), f"{done}/{len(futures)} {done_what}")
-                bar.update(completed=done)
+        def one_more(done: int) -> None:
+            progress(done / len(futures), f"{done}/{len(futures)} {done_what}")
+            bar.update(completed=done)
+
+        settled(futures, stage, one_more)
     return futures.result()
 
 
@@ -87,6 +82,7 @@ def train_lm_flow(out: str, preset: str = "tiny", seed: int = 0, pretrained: str
                 out, settings, seed, pretrained, backwards, training.ranks))
             exports[backwards] = chain(for_run(train.export_encoder, run).submit(
                 out, backwards, wait_for=[lms[backwards]]))
+    settled([*lms.values(), *exports.values()], "language model")  # side by side: still going
     results = {}
     for backwards, lm in lms.items():
         name, metrics = train.direction_name(backwards), lm.result()
@@ -116,6 +112,7 @@ def train_classifier_flow(out: str, preset: str = "tiny", seed: int = 0, directi
                 out, settings, seed, backwards, train_labels, training.ranks))
             tested[backwards] = chain(for_run(train.evaluate, run).submit(
                 out, backwards, training.ranks, wait_for=[trained[backwards]]))
+    settled([*trained.values(), *tested.values()], "classifier")  # side by side: still going
     results = {}
     for backwards in tested:
         name, metrics = train.direction_name(backwards), trained[backwards].result()
@@ -154,10 +151,12 @@ def _job(command: str, given: dict, work) -> dict:
     if "tokenizer" in given:
         record["tokenizer"] = params.settings().tokenizer.kind
     wait_s = SCHEDULED_WAIT_S if deployment.id else 0
-    with tracked_run(RunDir(params.out), record, params.reset, wait_s):
+    def check() -> None:
         if command in READS_ENCODER:
             for backwards in params.backwards:
                 prep.check_inputs(params.out, backwards, READS_ENCODER[command])
+
+    with tracked_run(RunDir(params.out), record, params.reset, wait_s, check):
         result = work()
         metrics = for_run(report, RunDir(params.out))(params.out, record, params.seed)
     print(f"report: {RunDir(params.out).report}")
@@ -216,6 +215,7 @@ def label_curve_flow(out: str, labels: list[str], preset: str = "tiny", seed: in
         with training.chain() as chain:
             points.append(chain(for_run(train.label_curve_point, run.label_curve_point(n)).submit(
                 out, settings, seed, n)))
+    settled(points, "label curve")
     curve = for_run(train.write_label_curve, run)(out, [point.result() for point in points])
     for point in curve["points"]:
         print(f"{point['labels']} labelled reviews: ULMFiT {point['ulmfit']:.4f}, NB-LR "

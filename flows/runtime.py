@@ -5,22 +5,23 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import sys
 import threading
 import time
 from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import dask
-from prefect.futures import PrefectFuture, wait
+from prefect.futures import PrefectFuture
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect_dask import DaskTaskRunner
 
-from tasks.processes import RUN_LOG, LocalCluster, start_tied
+from tasks.processes import RUN_LOG, LocalCluster, RunLog, start_tied
 from tasks.ranks import Ranks
-from ulmfit_core.errors import STOP
+from ulmfit_core.errors import STOP, check_stop
 from ulmfit_core.progress import use_console
 from ulmfit_core.rundir import RunDir, mark_stopped
 
@@ -101,7 +102,24 @@ class Training:
         with dask.annotate(resources={self.resource: 1}) if self.side_by_side else nullcontext():
             yield add
         if not self.side_by_side:
-            wait(futures)
+            settled(futures, "training")
+
+
+def settled(futures: Sequence[PrefectFuture], stage: str, on_done=None) -> None:
+    """Wait until every future is done, acting on a stop asked for (`check_stop`) within a
+    second. `on_done(n)` is told each time one more is done. Prefect's `wait` with a timeout
+    arms an alarm signal in the main thread, raising into whatever runs there."""
+    finished: queue.SimpleQueue = queue.SimpleQueue()
+    for future in futures:
+        future.add_done_callback(finished.put)
+    done = 0
+    while done < len(futures):
+        with suppress(queue.Empty):
+            finished.get(timeout=1)
+            done += 1
+            if on_done is not None:
+                on_done(done)
+        check_stop(stage)
 
 
 def _console_handlers() -> list:
@@ -123,29 +141,13 @@ def bars_with_logs() -> None:
         use_console(handlers[0].console)
 
 
-class _RunLog(logging.FileHandler):
-    """The run's log file. A write that fails (a full disk) is said once, on stderr, and the
-    file left alone from then on, instead of a `Logging error` traceback for every record."""
-
-    failed = False
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if not self.failed:
-            super().emit(record)
-
-    def handleError(self, record: logging.LogRecord) -> None:
-        self.failed = True
-        print(f"ulmfit: warning: {self.baseFilename}: the run's log stops here "
-              f"({sys.exc_info()[1]})", file=sys.stderr)
-
-
 @contextmanager
 def tracebacks_to_file(log_file: Path) -> Iterator[Path]:
     """While a command runs, log records go in full (tracebacks included) to `log_file`, and the
     terminal shows each error as its one-line message with a pointer to that file: a failed
     stage ends in a line that names the problem, not under pages of Prefect engine frames."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
-    to_file = _RunLog(log_file, encoding="utf-8")
+    to_file = RunLog(log_file, encoding="utf-8")
     to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     consoles = {h.formatter for h in _console_handlers() if h.formatter is not None}
@@ -261,23 +263,22 @@ class ApiWatch:
     def __exit__(self, *exc) -> None:
         self._done.set()
 
-    def _answers(self) -> bool:
-        import httpx
-
-        try:
-            return httpx.get(f"{self.api}/health", timeout=5).status_code == 200
-        except httpx.HTTPError:
-            return False
-
     def _watch(self) -> None:
-        answered = time.monotonic()
-        while not self._done.wait(self.every_s):
-            if self._answers():
-                answered = time.monotonic()
-            elif time.monotonic() - answered >= API_PATIENCE_S:
-                break
-        else:
-            return
+        from prefect.client.orchestration import get_client
+        from prefect.settings import PREFECT_API_URL, PREFECT_CLIENT_MAX_RETRIES, temporary_settings
+
+        # Prefect's own client (its auth and TLS settings), asking once per check: this thread
+        # keeps the time since the API last answered.
+        with temporary_settings({PREFECT_API_URL: self.api, PREFECT_CLIENT_MAX_RETRIES: 0}), \
+                get_client(sync_client=True) as client:
+            answered = time.monotonic()
+            while not self._done.wait(self.every_s):
+                if client.api_healthcheck() is None:
+                    answered = time.monotonic()
+                elif time.monotonic() - answered >= API_PATIENCE_S:
+                    break
+            else:
+                return
         self.lost = (f"stopped: the Prefect API at {self.api} has not answered for "
                      f"{API_PATIENCE_S:g} s; {self.run.root} keeps what was finished (shards, each "
                      "training's last finished epoch): run the same command again to resume")

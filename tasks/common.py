@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 import prefect
+from distributed import get_worker
 from prefect import Task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.assets import Asset
@@ -55,7 +56,8 @@ def task(writes: Files | None = None, reads: Files | None = None, **options):
         @functools.wraps(fn)
         def set_up_then_run(*args, **kwargs):
             set_up_process()
-            check_stop(fn.__name__.replace("_", " "))
+            if not _on_dask_worker():  # a worker's STOP is its ranks' (`tasks.ranks`), not a run's
+                check_stop(fn.__name__.replace("_", " "))
             try:
                 return fn(*args, **kwargs)
             except Exception as exc:  # a full disk, with its stage: the command's one line
@@ -70,6 +72,14 @@ def task(writes: Files | None = None, reads: Files | None = None, **options):
         return made
 
     return decorate
+
+
+def _on_dask_worker() -> bool:
+    try:
+        get_worker()
+    except ValueError:
+        return False
+    return True
 
 
 def retry_transient(task, task_run, state) -> bool:

@@ -40,6 +40,26 @@ RUN_LOG = "ULMFIT_RUN_LOG"
 GRACE_S = 10
 
 
+class RunLog(logging.FileHandler):
+    """The run's log file (`logs/ulmfit.log`), for the command and its local workers. A write
+    that fails (a full disk) is said once, on stderr, and the file left alone from then on,
+    instead of a `Logging error` traceback for every record."""
+
+    failed = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.failed:
+            super().emit(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        error = sys.exc_info()[1]
+        if not isinstance(error, OSError):
+            return super().handleError(record)
+        self.failed = True
+        print(f"ulmfit: warning: {self.baseFilename}: the run's log stops here ({error})",
+              file=sys.stderr)
+
+
 class LocalCluster(distributed.LocalCluster):
     """A Dask LocalCluster whose workers leave the command's session as they start.
 
@@ -73,7 +93,7 @@ def dask_setup(worker) -> None:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {sig})
         signal.signal(sig, handler)
     if os.environ.get(RUN_LOG):
-        to_file = logging.FileHandler(os.environ[RUN_LOG], encoding="utf-8")
+        to_file = RunLog(os.environ[RUN_LOG], encoding="utf-8")
         to_file.setFormatter(logging.Formatter(
             f"%(asctime)s %(levelname)s %(name)s (worker pid {os.getpid()}): %(message)s"))
         dask_log = logging.getLogger("distributed")

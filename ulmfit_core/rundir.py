@@ -302,16 +302,19 @@ def _say_if_died(run: RunDir) -> None:
 
 
 @contextmanager
-def tracked_run(run: RunDir, params: dict, reset: bool = False, wait_s: float = 0) -> Iterator[RunDir]:
+def tracked_run(run: RunDir, params: dict, reset: bool = False, wait_s: float = 0,
+                check=lambda: None) -> Iterator[RunDir]:
     """Hold the run directory (waiting up to `wait_s` for another run to end), mark it running,
     then complete, failed or stopped; drop the old summary while it runs. A run whose shaping
-    settings (`SHAPING`) differ from those the directory was made with is refused unless `reset`.
+    settings (`SHAPING`) differ from those the directory was made with is refused unless `reset`,
+    and so is one whose `check()` raises (what it reads is damaged): before anything changes.
 
     metrics.json and report.md are the marks of a finished run, so they are removed first and
     only written again by a run that gets to its end.
     """
     with run_lock(run, wait_s):
         settings = _check_settings(run, params, reset)
+        check()
         _say_if_died(run)
         for stale in (run.metrics, run.report):
             stale.unlink(missing_ok=True)

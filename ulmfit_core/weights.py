@@ -154,11 +154,21 @@ def save_model(path: str | Path, kind: str, state_dict: dict, **meta) -> Path:
 _MADE_BY = {"language_model": "train-lm", "encoder": "train-lm", "classifier": "train-classifier"}
 
 
+def _remedy(path: Path, kind: str) -> str:
+    """What makes a damaged model file again: the command, where the file is a run directory's
+    (lm/, export/, classifier/ or their -bwd twins)."""
+    folder = path.parent.name
+    if folder.removesuffix("-bwd") not in ("lm", "export", "classifier"):
+        return "restore it or rerun the stage that writes it"
+    backwards = " --backwards" if folder.endswith("-bwd") else ""
+    return f"rebuild it with `ulmfit {_MADE_BY[kind]} --out {path.parent.parent}{backwards}`"
+
+
 def load_model_file(path: str | Path, kind: str) -> dict:
     """Read a file written by `save_model`, refusing anything but plain data, after checking the
     files of its folder against the hashes their manifest recorded."""
     path = Path(path)
-    remedy = f"rebuild it with `ulmfit {_MADE_BY[kind]} --out {path.parent.parent}`"
+    remedy = _remedy(path, kind)
     verify_outputs(path, remedy)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
