@@ -120,6 +120,8 @@ def settled(futures: Sequence[PrefectFuture], stage: str, on_done=None) -> None:
             if on_done is not None:
                 on_done(done)
         check_stop(stage)
+    for future in futures:
+        future.wait()  # done: this only records its final state on the future
 
 
 def _console_handlers() -> list:
