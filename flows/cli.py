@@ -209,6 +209,11 @@ def _stop_on_signals() -> None:
     threading.Thread(target=relay_sigterm, name="sigterm", daemon=True).start()
 
 
+def _stopped_by() -> signal.Signals | None:
+    """The signal this command was asked to stop by, if any (`STOP` also records other causes)."""
+    return signal.Signals[STOP.why] if STOP.why in ("SIGINT", "SIGTERM") else None
+
+
 def _run_flow(params: RunParams, command: str) -> int:
     import inspect
 
@@ -229,8 +234,8 @@ def _run_flow(params: RunParams, command: str) -> int:
         with tracebacks_to_file(run.log), prefect_api() as api, ApiWatch(api, run) as watch:
             job(**{k: v for k, v in params.to_dict().items() if k in takes})
     except Exception:
-        if STOP.why in ("SIGINT", "SIGTERM"):
-            how = signal.Signals[STOP.why]
+        how = _stopped_by()
+        if how is not None:
             mark_stopped(run, f"stopped by {how.name}")  # whatever error the stop surfaced as
             print(f"ulmfit: stopped ({how.name}); {params.out} keeps what was finished (shards, "
                   "each training's last finished epoch): run the same command again to resume",
@@ -282,9 +287,9 @@ def _serve(params: RunParams, args: argparse.Namespace) -> int:
             pass
     if runner.stopping:
         STOP.request("SIGTERM")
-    if STOP.why not in ("SIGINT", "SIGTERM"):
+    how = _stopped_by()
+    if how is None:
         return 0
-    how = signal.Signals[STOP.why]
     print(f"ulmfit: stopped serving ({how.name}); a run it had started resumes from "
           f"{params.out} with the next one", file=sys.stderr)
     return 128 + how.value

@@ -53,17 +53,19 @@ def task(writes: Files | None = None, reads: Files | None = None, **options):
     process runs it. A task that `writes` files of a run directory, from those it `reads`,
     materializes them as Prefect assets once `for_run` names the run."""
     def decorate(fn):
+        stage = fn.__name__.replace("_", " ")
+
         @functools.wraps(fn)
         def set_up_then_run(*args, **kwargs):
             set_up_process()
             if not _on_dask_worker():  # a worker's STOP is its ranks' (`tasks.ranks`), not a run's
-                check_stop(fn.__name__.replace("_", " "))
+                check_stop(stage)
             try:
                 return fn(*args, **kwargs)
             except Exception as exc:  # a full disk, with its stage: the command's one line
                 if not out_of_space(exc):
                     raise
-                raise DiskFull(f"{fn.__name__.replace('_', ' ')}: {exc}") from None
+                raise DiskFull(f"{stage}: {exc}") from None
 
         if writes is None:
             return prefect.task(**options)(set_up_then_run)
