@@ -16,7 +16,7 @@ from pathlib import Path
 
 # Nothing imported here may start a thread (NumPy's OpenBLAS does as it loads): the commands
 # that run flows block SIGTERM first, in a process of one thread (`_stop_on_signals`).
-from ulmfit_core.config import PRESETS
+from ulmfit_core.config import PRESETS, TEST_SHARE
 from ulmfit_core.errors import BAD_INPUT, STOP, DataError
 from ulmfit_core.params import RunParams
 
@@ -81,7 +81,20 @@ def _add_pretrained(p: argparse.ArgumentParser) -> None:
 def _add_data(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default="imdb",
                    help="'imdb' ($ULMFIT_IMDB or fastai's download), an aclImdb .tar.gz or folder, "
-                        "or a .csv/.parquet file with a 'text' column")
+                        "or a .csv/.parquet file: a text column, and optionally a label column "
+                        "(any number of classes), a split column (train, test or unsup; without "
+                        "one, labelled rows train and the others are unsup) and an id column")
+    columns = p.add_argument_group("columns of a .csv/.parquet source")
+    for field, what in (("text", "the text"), ("label", "the label"),
+                        ("split", "train, test or unsup"), ("id", "an id for each row")):
+        columns.add_argument(f"--{field}-column", default=field, metavar="NAME",
+                             help=f"the column that holds {what}")
+    p.add_argument("--test-share", type=float, default=TEST_SHARE, metavar="F",
+                   help="without a labelled test split, this share of each label's train "
+                        "documents is held out as test (seeded, stratified)")
+    p.add_argument("--lang", default="en",
+                   help="language of the text, for spaCy's tokenizer (fastai's rules stay): en, "
+                        "de, fr, es, ... or xx (multi-language)")
     p.add_argument("--limit", type=int, default=None,
                    help="keep at most N documents per (split, label), chosen by the seed")
     p.add_argument("--workers", type=int, default=None,
@@ -132,7 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="classify texts with a trained classifier")
     p.add_argument("--model", required=True, help="run directory or its classifier/ folder")
     p.add_argument("texts", nargs="*", help="texts to classify")
-    p.add_argument("--input", help="CSV or Parquet file with a 'text' column")
+    p.add_argument("--input", help="CSV or Parquet file with a text column")
+    p.add_argument("--text-column", default="text", metavar="NAME", help="--input's text column")
     p.add_argument("--output", help="where to write --input's rows with predictions (.csv/.parquet)")
     p.add_argument("--bs", type=int, default=64, help="texts per batch (memory, not results: a "
                                                        "prediction does not depend on its batch)")
@@ -331,7 +345,7 @@ def _predict(args: argparse.Namespace) -> int:
         return 0
     from ulmfit_core.tables import read_texts_table, write_table
 
-    table, texts = read_texts_table(Path(args.input))
+    table, texts = read_texts_table(Path(args.input), args.text_column)
     probs, skipped = classifier.predict_raw(texts, args.bs)
     keep = [why is None for why in skipped]
     table = table.append_column("pred", [[classifier.labels[p.argmax()] if k else None
@@ -408,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.command in ("run", "preprocess", "serve"):
                 from ulmfit_core.ingest import check_source, resolve_source
 
-                check_source(resolve_source(params.data))
+                check_source(resolve_source(params.data), params.columns())
             return _serve(params, args) if args.command == "serve" else _run_flow(params, args.command)
         return {"predict": _predict, "generate": _generate, "lineage": _lineage,
                 "show-batch": _show_batch}[args.command](args)

@@ -24,7 +24,7 @@ from tasks import preprocess as prep
 from tasks import train
 from tasks.common import for_run, progress_artifact, set_up_process
 from tasks.report import report
-from ulmfit_core.config import EXPECTED, get_preset
+from ulmfit_core.config import EXPECTED, TEST_SHARE, Columns, get_preset
 from ulmfit_core.ingest import resolve_source
 from ulmfit_core.params import DIRECTIONS, RunParams, curve_points
 from ulmfit_core.progress import Bar
@@ -49,12 +49,20 @@ def _as_done(futures, stage: str, done_what: str) -> list:
 @flow(name="ulmfit-preprocess", log_prints=True)
 def preprocess_flow(out: str, data: str = "imdb", preset: str = "tiny", limit: int | None = None,
                     seed: int = 0, shard_docs: int = 2000, tokenizer: str | None = None,
-                    vocab_size: int | None = None) -> dict:
-    """Raw shards → (subword model) → token shards (in parallel) → vocab → id shards (in parallel)."""
-    settings, run, t0 = get_preset(preset, tokenizer, vocab_size), RunDir(out), time.time()
-    ingested = for_run(prep.ingest, run, resolve_source(data))(out, data, limit, seed, shard_docs)
+                    vocab_size: int | None = None, text_column: str = "text",
+                    label_column: str = "label", split_column: str = "split", id_column: str = "id",
+                    test_share: float = TEST_SHARE, lang: str = "en") -> dict:
+    """Raw shards (a test split held out when the corpus has none) → (subword model) → token
+    shards (in parallel) → vocab → id shards (in parallel)."""
+    settings, run, t0 = get_preset(preset, tokenizer, vocab_size, lang), RunDir(out), time.time()
+    columns = Columns(text_column, label_column, split_column, id_column)
+    ingested = for_run(prep.ingest, run, resolve_source(data))(out, data, limit, seed, shard_docs,
+                                                                columns, test_share)
     print(f"ingested {ingested['docs']} documents into {len(ingested['shards'])} shards "
           f"(skipped {ingested['skipped']['total']})")
+    if ingested["test_split"]["from"] == "held out":
+        print(f"no labelled test split: held out {test_share:.0%} of each label's train documents "
+              f"as test ({', '.join(f'{y} {n}' for y, n in ingested['test_split']['docs'].items())})")
     for_run(prep.train_tokenizer, run).submit(out, settings, seed).result()
     tokenized = _as_done(for_run(prep.tokenize_shard, run).map(
         unmapped(out), ingested["shards"], unmapped(settings)), "tokenization", "shards tokenized")
@@ -131,6 +139,17 @@ def train_classifier_flow(out: str, preset: str = "tiny", seed: int = 0, directi
     return results
 
 
+def check_labels(out: str, preset: str, seed: int, train_labels: int | None) -> None:
+    """The labelled data checked before any training starts (`stages.check_classifier_data`)."""
+    labelled = prep.check_classifier_data(out, get_preset(preset), seed, train_labels)
+    print(f"classifier data: {labelled['train_docs']} train / {labelled['valid_docs']} valid "
+          f"reviews, labels {labelled['labels']}")
+    if labelled["few"]:
+        print("warning: few training documents for "
+              + ", ".join(f"'{y}' ({n})" for y, n in labelled["few"].items())
+              + ": their per-class scores rest on very little")
+
+
 # How long a scheduled run waits for another run to leave its run directory (`ulmfit serve`'s
 # two schedules share one, and their default crons both fire at 02:00) before it fails.
 SCHEDULED_WAIT_S = 12 * 3600
@@ -155,6 +174,8 @@ def _job(command: str, given: dict, work) -> dict:
         if command in READS_ENCODER:
             for backwards in params.backwards:
                 prep.check_inputs(params.out, backwards, READS_ENCODER[command])
+        if command == "train-classifier":
+            check_labels(params.out, params.preset, params.seed, params.train_labels)
 
     with tracked_run(RunDir(params.out), record, params.reset, wait_s, check):
         result = work()
@@ -167,13 +188,16 @@ def _job(command: str, given: dict, work) -> dict:
 def preprocess_job(out: str, data: str = "imdb", preset: str = "tiny", limit: int | None = None,
                    seed: int = 0, dask_address: str | None = None, workers: int | None = None,
                    shard_docs: int = 2000, tokenizer: str | None = None,
-                   vocab_size: int | None = None, reset: bool = False) -> dict:
+                   vocab_size: int | None = None, text_column: str = "text",
+                   label_column: str = "label", split_column: str = "split", id_column: str = "id",
+                   test_share: float = TEST_SHARE, lang: str = "en", reset: bool = False) -> dict:
     """Preprocessing alone, as a run of its own (lock, status, report): what the `cpu` work
     pool runs on a schedule to keep token shards and vocab current."""
     given = dict(locals())
     return _job("preprocess", given, partial(
         preprocess_flow.with_options(task_runner=dask_task_runner(dask_address, workers)),
-        out, data, preset, limit, seed, shard_docs, tokenizer, vocab_size))
+        out, data, preset, limit, seed, shard_docs, tokenizer, vocab_size, text_column,
+        label_column, split_column, id_column, test_share, lang))
 
 
 @flow(name="ulmfit-train-lm-job", log_prints=True)
@@ -238,7 +262,9 @@ def label_curve_job(out: str, labels: list[str], preset: str = "tiny", seed: int
 def ulmfit_flow(out: str, data: str = "imdb", preset: str = "tiny", limit: int | None = None,
                 seed: int = 0, dask_address: str | None = None, workers: int | None = None,
                 shard_docs: int = 2000, tokenizer: str | None = None,
-                vocab_size: int | None = None, pretrained: str = "none",
+                vocab_size: int | None = None, text_column: str = "text",
+                label_column: str = "label", split_column: str = "split", id_column: str = "id",
+                test_share: float = TEST_SHARE, lang: str = "en", pretrained: str = "none",
                 direction: str = "forward", train_resource: str | None = None,
                 train_labels: int | None = None, train_workers: int = 1,
                 reset: bool = False) -> dict:
@@ -252,11 +278,9 @@ def ulmfit_flow(out: str, data: str = "imdb", preset: str = "tiny", limit: int |
         print(f"preset {preset}: {EXPECTED[preset]}")
         trainer = Training(dask_address, train_resource, train_workers).task_runner()
         preprocess_flow.with_options(task_runner=dask_task_runner(dask_address, workers))(
-            out, data, preset, limit, seed, shard_docs, tokenizer, vocab_size)
-        labelled = prep.check_classifier_data(out, get_preset(preset, tokenizer, vocab_size), seed,
-                                              train_labels)
-        print(f"classifier data: {labelled['train_docs']} train / {labelled['valid_docs']} valid "
-              f"reviews, labels {labelled['labels']}")
+            out, data, preset, limit, seed, shard_docs, tokenizer, vocab_size, text_column,
+            label_column, split_column, id_column, test_share, lang)
+        check_labels(out, preset, seed, train_labels)
         train_lm_flow.with_options(task_runner=trainer)(out, preset, seed, pretrained, direction,
                                                         train_resource, train_workers, dask_address)
         train_classifier_flow.with_options(task_runner=trainer)(

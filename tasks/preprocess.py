@@ -4,7 +4,7 @@ declares the files of the run directory it writes and reads (`for_run`)."""
 from __future__ import annotations
 
 from ulmfit_core import stages
-from ulmfit_core.config import Preset
+from ulmfit_core.config import Columns, Preset
 from ulmfit_core.rundir import RunDir
 
 from .common import retry_transient, task
@@ -13,8 +13,9 @@ IO_RETRIES = dict(retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=ret
 
 
 @task(name="ingest", writes=lambda run: [run.raw], **IO_RETRIES)
-def ingest(out: str, data: str, limit: int | None, seed: int, shard_docs: int) -> dict:
-    return stages.ingest_stage(RunDir(out), data, limit, seed, shard_docs)
+def ingest(out: str, data: str, limit: int | None, seed: int, shard_docs: int, columns: Columns,
+           test_share: float) -> dict:
+    return stages.ingest_stage(RunDir(out), data, limit, seed, shard_docs, columns, test_share)
 
 
 @task(name="train-tokenizer", writes=lambda run: [run.tokenizer], reads=lambda run: [run.raw],

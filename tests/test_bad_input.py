@@ -172,8 +172,9 @@ def test_too_little_labelled_data_is_found_before_the_language_model(tmp_path, s
     pacsv.write_csv(pa.table({"text": sample_texts[:60], "label": ["pos"] * 60}), src)
     out = tmp_path / "run"
     result = ulmfit("run", "--data", src, "--out", out, "--workers", 1)
-    assert error_line(result) == ("ulmfit: error: classifier: need labelled train reviews of at "
-                                  "least two labels, found ['pos']; add labelled train rows to the corpus")
+    assert error_line(result) == (f"ulmfit: error: {src}: label column 'label': the classifier "
+                                  "needs train documents of at least two labels, found ['pos']; add "
+                                  "labelled train rows to the corpus")
     assert not (out / "lm").exists()  # the LM never started
     assert read_json(out / "run.json")["status"] == "failed"
 

@@ -1,7 +1,9 @@
 """The classical baseline beside ULMFiT: NB-weighted logistic regression on binary uni+bigrams.
 
 Wang & Manning's NBSVM idea with a logistic loss: each binary n-gram feature is scaled by its
-naive-Bayes log-count ratio between the two classes, then a linear classifier is fitted.
+naive-Bayes log-count ratio between a class and the rest, then a linear classifier is fitted.
+Two classes make one such model; k > 2 make one per class (one-vs-rest, each on features scaled
+by its own class's ratios), and the class whose model scores highest is predicted.
 """
 
 from __future__ import annotations
@@ -11,27 +13,40 @@ from typing import Sequence
 
 import numpy as np
 
+from .scoring import classification_scores
+
+
+def _log_count_ratio(x, is_class: np.ndarray) -> np.ndarray:
+    """log((p / |p|) / (q / |q|)) of smoothed feature counts in the class (p) and outside it (q)."""
+    p = np.asarray(x[is_class].sum(0)).ravel() + 1
+    q = np.asarray(x[~is_class].sum(0)).ravel() + 1
+    return np.log((p / p.sum()) / (q / q.sum()))
+
 
 def nb_logistic_regression(train_texts: Sequence[str], train_labels: Sequence[str],
                            test_texts: Sequence[str], test_labels: Sequence[str]) -> dict:
-    """Fit on train, score on test; labels must be two classes."""
+    """Fit on train, score on test (labels of test must be among those of train)."""
     from sklearn.feature_extraction.text import CountVectorizer
     from sklearn.linear_model import LogisticRegression
 
     t0 = time.time()
     classes = sorted(set(train_labels))
-    if len(classes) != 2:
-        raise ValueError(f"NB-LR baseline needs two labels, found {classes}")
+    if len(classes) < 2:
+        raise ValueError(f"NB-LR baseline needs at least two labels, found {classes}")
     vectorizer = CountVectorizer(ngram_range=(1, 2), binary=True, token_pattern=r"(?u)\b\w+\b|[!?]")
     x_train = vectorizer.fit_transform(train_texts)
+    x_test = vectorizer.transform(test_texts)
     y = np.array([classes.index(label) for label in train_labels])
-    p = np.asarray(x_train[y == 1].sum(0)).ravel() + 1  # smoothed feature counts per class
-    q = np.asarray(x_train[y == 0].sum(0)).ravel() + 1
-    ratio = np.log((p / p.sum()) / (q / q.sum()))
-    model = LogisticRegression(C=0.1, max_iter=1000)
-    model.fit(x_train.multiply(ratio).tocsr(), y)
-    pred = model.predict(vectorizer.transform(test_texts).multiply(ratio).tocsr())
-    truth = np.array([classes.index(label) for label in test_labels])
-    return {"model": "NB-weighted logistic regression, binary uni+bigrams",
-            "accuracy": float((pred == truth).mean()) if len(truth) else None,
-            "n": int(len(truth)), "train_n": int(len(train_texts)), "seconds": time.time() - t0}
+    positives = [1] if len(classes) == 2 else range(len(classes))
+    scores = []
+    for c in positives:  # two classes: one model, the second class against the first
+        ratio = _log_count_ratio(x_train, y == c)
+        model = LogisticRegression(C=0.1, max_iter=1000)
+        model.fit(x_train.multiply(ratio).tocsr(), y == c)
+        scores.append(model.decision_function(x_test.multiply(ratio).tocsr()))
+    pred = (scores[0] > 0).astype(int) if len(classes) == 2 else np.argmax(np.stack(scores, 1), 1)
+    truth = [classes.index(label) for label in test_labels]
+    kind = "" if len(classes) == 2 else f", one-vs-rest over {len(classes)} classes"
+    return {"model": f"NB-weighted logistic regression, binary uni+bigrams{kind}",
+            **classification_scores(pred, truth, classes),
+            "train_n": int(len(train_texts)), "seconds": time.time() - t0}

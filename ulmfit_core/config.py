@@ -12,6 +12,28 @@ from dataclasses import asdict, dataclass, field, replace
 # so a slice over four groups spans lr / 2.6**4 .. lr.
 LR_DIV = 2.6**4
 
+TEST_SHARE = 0.2  # of each label's train documents, held out when a corpus has no test split
+
+
+@dataclass(frozen=True)
+class Columns:
+    """The columns of a CSV or Parquet source that hold each field. The text column must exist;
+    the others may be absent while they keep their default names (a corpus without labels,
+    splits or ids), but a column named otherwise must be there."""
+
+    text: str = "text"
+    label: str = "label"
+    split: str = "split"
+    id: str = "id"
+
+    def named(self) -> dict[str, str]:
+        """{field: column} of the fields given a name other than their default."""
+        return {k: v for k, v in asdict(self).items() if v != k}
+
+    def option(self, what: str) -> str:
+        """The command-line option that names the column of field `what`."""
+        return f"--{what}-column"
+
 
 @dataclass(frozen=True)
 class TokenizerConfig:
@@ -192,14 +214,16 @@ EXPECTED = {
 }
 
 
-def get_preset(name: str, tokenizer: str | None = None, vocab_size: int | None = None) -> Preset:
-    """The preset called `name`, optionally with another tokenizer kind or subword vocab size."""
+def get_preset(name: str, tokenizer: str | None = None, vocab_size: int | None = None,
+               lang: str | None = None) -> Preset:
+    """The preset called `name`, optionally with another tokenizer kind, subword vocab size or
+    language of the text."""
     try:
         preset = PRESETS[name]
     except KeyError:
         raise ValueError(f"unknown preset '{name}' (choose from {', '.join(PRESETS)})") from None
-    if tokenizer is None and vocab_size is None:
+    if tokenizer is None and vocab_size is None and lang is None:
         return preset
     tok = preset.tokenizer
-    return replace(preset, tokenizer=TokenizerConfig(kind=tokenizer or tok.kind, lang=tok.lang,
+    return replace(preset, tokenizer=TokenizerConfig(kind=tokenizer or tok.kind, lang=lang or tok.lang,
                                                      subword_vocab_size=vocab_size or tok.subword_vocab_size))

@@ -1,8 +1,10 @@
 """Ingest: stream a source into Parquet shards of raw documents (id, split, label, text).
 
 Sources: the aclImdb tarball (read as a stream, never extracted), an extracted aclImdb folder,
-or a CSV / Parquet table with a `text` column and optional `id`, `label` and `split` columns.
-Documents that cannot be used (empty text, bytes that are not UTF-8) are skipped and counted.
+or a CSV / Parquet table with a text column and optional id, label and split columns (named by
+`Columns`). Documents that cannot be used (empty text, bytes that are not UTF-8) are skipped and
+counted. A corpus without a labelled test split gets one: a seeded, stratified share of its
+labelled train documents (`hold_out_test`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import os
 import re
 import tarfile
 import zlib
+from array import array
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +25,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from .config import TEST_SHARE, Columns
 from .data import seeded_unit
 from .errors import DataError, check_stop
 from .manifests import file_sha256
@@ -59,6 +63,7 @@ class IngestResult:
     docs: int
     groups: dict  # "split/label" -> documents
     skipped: dict
+    test_split: dict  # where the test split comes from (`hold_out_test`)
 
 
 def source_digest(source: Path) -> str:
@@ -93,26 +98,35 @@ def resolve_source(data: str) -> Path:
         ) from exc
 
 
-def check_source(source: Path) -> None:
-    """Fail fast on a source that cannot work: wrong kind, unreadable, or no 'text' column.
+def check_source(source: Path, columns: Columns = Columns()) -> None:
+    """Fail fast on a source that cannot work: wrong kind, unreadable, or without the columns
+    it is asked to read.
 
     Reads only the start of the file; damage further in is found (and named) during ingest.
     """
     name = source.name.lower()
+    table = name.endswith((".csv", ".parquet"))
+    if not table and columns.named():
+        field, column = next(iter(columns.named().items()))
+        raise DataError(f"{source}: {columns.option(field)} {column} names a column of a CSV or "
+                        "Parquet source; an aclImdb corpus has its own layout")
     try:
         if name.endswith(".csv"):  # every CSV value can be read as text
-            schema = pacsv.open_csv(source, convert_options=_CSV_TYPES).schema
+            first = next(csv_batches(source, _csv_types(columns)), None)
+            if first is None:  # a header alone: ingest finds the corpus empty
+                return
+            schema = first.schema
         elif name.endswith(".parquet"):
             schema = pq.read_schema(source)
         else:
-            next(_raw_records(source), None)  # the first review, or an error naming the file
+            next(_raw_records(source, columns), None)  # the first review, or an error naming the file
             return
     except (pa.ArrowInvalid, OSError) as exc:
         raise DataError(f"{source}: cannot read ({exc})") from exc
-    check_text_column(source, schema)
+    check_columns(source, schema, columns)
 
 
-def _raw_records(source: Path) -> Iterator[tuple]:
+def _raw_records(source: Path, columns: Columns) -> Iterator[tuple]:
     """(id, split, label, text as str or bytes) for each record of `source`."""
     name = source.name.lower()
     if source.is_dir():
@@ -120,9 +134,9 @@ def _raw_records(source: Path) -> Iterator[tuple]:
     if name.endswith((".tar.gz", ".tgz", ".tar")):
         return _iter_imdb_tarball(source)
     if name.endswith(".csv"):
-        return _iter_table(source, _csv_batches(source))
+        return _iter_table(source, csv_batches(source, _csv_types(columns)), columns)
     if name.endswith(".parquet"):
-        return _iter_table(source, pq.ParquetFile(source).iter_batches(batch_size=4096))
+        return _iter_table(source, pq.ParquetFile(source).iter_batches(batch_size=4096), columns)
     raise DataError(
         f"{source}: unsupported source (expected an aclImdb .tar.gz or folder, .csv or .parquet)"
     )
@@ -141,19 +155,30 @@ def usable_text(raw: str | bytes | None) -> tuple[str | None, str | None]:
     return raw, None
 
 
-def check_text_column(path: Path, schema: pa.Schema) -> None:
-    """A table's `text` column must exist and hold text (strings, or bytes of a CSV)."""
-    if "text" not in schema.names:
-        raise DataError(f"{path}: no 'text' column (columns: {', '.join(schema.names) or 'none'})")
-    kind = schema.field("text").type
+def check_text_column(path: Path, schema: pa.Schema, column: str = "text") -> None:
+    """A table's text column must exist and hold text (strings, or bytes of a CSV)."""
+    if column not in schema.names:
+        option = "" if column == "text" else " (--text-column)"
+        raise DataError(f"{path}: no '{column}' column{option} (columns: "
+                        f"{', '.join(schema.names) or 'none'})")
+    kind = schema.field(column).type
     if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_binary(kind)
             or pa.types.is_large_binary(kind) or pa.types.is_null(kind)):
-        raise DataError(f"{path}: the 'text' column holds {kind}, not text")
+        raise DataError(f"{path}: the '{column}' column holds {kind}, not text")
 
 
-def iter_documents(source: Path, skips: SkipLog) -> Iterator[dict]:
+def check_columns(path: Path, schema: pa.Schema, columns: Columns) -> None:
+    """The text column, and every column named otherwise than by default, are in the table."""
+    check_text_column(path, schema, columns.text)
+    for field, column in columns.named().items():
+        if column not in schema.names:
+            raise DataError(f"{path}: no '{column}' column ({columns.option(field)}; columns: "
+                            f"{', '.join(schema.names)})")
+
+
+def iter_documents(source: Path, skips: SkipLog, columns: Columns = Columns()) -> Iterator[dict]:
     """Yield usable documents of `source` in its natural order; count the rest in `skips`."""
-    for doc_id, split, label, raw in _raw_records(source):
+    for doc_id, split, label, raw in _raw_records(source, columns):
         text, why = usable_text(raw)
         if why:
             skips.add(why, doc_id)
@@ -200,24 +225,41 @@ def _iter_imdb_folder(path: Path):
 
 
 # Text is read as bytes so that one undecodable row is a counted skip, not a failed file.
-_CSV_TYPES = pacsv.ConvertOptions(column_types={"text": pa.binary(), "label": pa.string(),
-                                                "split": pa.string(), "id": pa.string()})
+def _csv_types(columns: Columns) -> pacsv.ConvertOptions:
+    return pacsv.ConvertOptions(column_types={columns.text: pa.binary(), columns.label: pa.string(),
+                                              columns.split: pa.string(), columns.id: pa.string()})
 
 
-def _csv_batches(path: Path):
-    try:
-        reader = pacsv.open_csv(path, convert_options=_CSV_TYPES)
-        yield from reader
-    except pa.ArrowInvalid as exc:
-        raise DataError(f"{path}: cannot parse CSV ({exc})") from exc
+def csv_batches(path: Path, convert: pacsv.ConvertOptions) -> Iterator[pa.RecordBatch]:
+    """A CSV file's rows in record batches, read in blocks as large as its longest row needs:
+    a row longer than a block (pyarrow's "straddling object") reopens the file with blocks
+    eight times larger, from the first row not yet given."""
+    block, given = 1 << 20, 0  # pyarrow's default block
+    while True:
+        try:
+            seen = 0
+            for batch in pacsv.open_csv(path, read_options=pacsv.ReadOptions(block_size=block),
+                                        convert_options=convert):
+                if seen + batch.num_rows > given:
+                    fresh = batch.slice(max(0, given - seen))
+                    given += fresh.num_rows
+                    yield fresh
+                seen += batch.num_rows
+            return
+        except pa.ArrowInvalid as exc:
+            if "straddl" not in str(exc) or block > path.stat().st_size:
+                raise DataError(f"{path}: cannot parse CSV ({exc})") from exc
+            block *= 8
 
 
-def _iter_table(path: Path, batches: Iterable[pa.RecordBatch]):
+def _iter_table(path: Path, batches: Iterable[pa.RecordBatch], columns: Columns):
     row = 0
+    fields = {"id": columns.id, "split": columns.split, "label": columns.label, "text": columns.text}
     for batch in batches:
         names = batch.schema.names
-        check_text_column(path, batch.schema)
-        cols = {n: batch.column(n).to_pylist() for n in ("id", "split", "label", "text") if n in names}
+        if row == 0:
+            check_columns(path, batch.schema, columns)
+        cols = {f: batch.column(c).to_pylist() for f, c in fields.items() if c in names}
         for i in range(batch.num_rows):
             label = cols["label"][i] if "label" in cols else None
             label = None if label is None or str(label).strip() == "" else str(label)
@@ -225,13 +267,31 @@ def _iter_table(path: Path, batches: Iterable[pa.RecordBatch]):
             if "split" in cols:
                 split = cols["split"][i]
                 if split not in SPLITS:
-                    raise DataError(
-                        f"{path}: row {row}: split {split!r} is not one of {', '.join(SPLITS)}"
-                    )
+                    raise DataError(f"{path}: row {row}: split {split!r} is not one of "
+                                    f"{', '.join(SPLITS)} (column '{columns.split}')")
+                if label is None and split != "unsup" and "label" in cols:
+                    raise DataError(f"{path}: row {row}: empty value in the label column "
+                                    f"'{columns.label}' of a {split} row (give text without a "
+                                    "label the split 'unsup')")
             else:
                 split = "train" if label is not None else "unsup"
             yield doc_id, split, label, cols["text"][i]
             row += 1
+
+
+# Fewer training documents of a class than this draw a warning (the run's output, its report).
+FEW_PER_CLASS = 5
+
+
+def label_counts(groups: dict[str, int]) -> dict[str, dict[str, int]]:
+    """{split: {label: documents}} of the labelled documents, from an ingest's "split/label"
+    counts."""
+    counts: dict[str, dict[str, int]] = defaultdict(dict)
+    for group, n in groups.items():
+        split, label = group.split("/", 1)
+        if label != "-" and n:
+            counts[split][label] = n
+    return dict(counts)
 
 
 def limit_per_group(docs: Iterable[dict], limit: int, seed: int) -> list[dict]:
@@ -277,11 +337,47 @@ def write_raw_shards(docs: Iterable[dict], out_dir: Path, shard_docs: int) -> li
     return shards
 
 
+def hold_out_test(shards: list[Path], share: float, seed: int) -> dict:
+    """Give a corpus without labelled test documents a test split: of each label's train
+    documents, the `share` (rounded, at least one kept for training) with the lowest seeded
+    draws move to test, rewritten in place in the raw shards; the draws, not the shards or
+    the order of the source, decide. No classifier trains on them. Returns what was held out,
+    per label."""
+    draws: dict[str, tuple[array, array]] = defaultdict(lambda: (array("d"), array("q")))
+    for s, shard in enumerate(shards):
+        table = pq.read_table(shard, columns=["id", "split", "label"])
+        for row, (doc_id, split, label) in enumerate(zip(*(c.to_pylist() for c in table.columns))):
+            if split == "train" and label is not None:
+                draw, where = draws[label]
+                draw.append(seeded_unit(seed, doc_id, "test-holdout"))
+                where.append(s << 32 | row)
+    held: dict[int, list[int]] = defaultdict(list)  # shard -> rows moved to test
+    per_label = {}
+    for label, (draw, where) in sorted(draws.items()):
+        n = min(len(draw) - 1, int(share * len(draw) + 0.5))
+        order = sorted(range(len(draw)), key=draw.__getitem__)[:n]
+        for i in order:
+            held[where[i] >> 32].append(where[i] & 0xFFFFFFFF)
+        per_label[label] = n
+    for s, rows in sorted(held.items()):
+        check_stop("ingest")
+        table = pq.read_table(shards[s])
+        split = table.column("split").to_pylist()
+        for row in rows:
+            split[row] = "test"
+        with atomic_path(shards[s]) as tmp:
+            column = table.schema.get_field_index("split")
+            pq.write_table(table.set_column(column, "split", pa.array(split, pa.string())), tmp)
+    return {"from": "held out", "share": share, "seed": seed, "docs": per_label}
+
+
 def ingest(source: Path, out_dir: Path, *, limit: int | None = None, seed: int = 0,
-           shard_docs: int = 2000) -> IngestResult:
-    """Read `source` into raw shards under `out_dir`; fail clearly when nothing usable is left."""
+           shard_docs: int = 2000, columns: Columns = Columns(),
+           test_share: float = TEST_SHARE) -> IngestResult:
+    """Read `source` into raw shards under `out_dir`, holding out a test split when it has no
+    labelled one; fail clearly when nothing usable is left."""
     skips = SkipLog()
-    docs = iter_documents(source, skips)
+    docs = iter_documents(source, skips, columns)
     if limit is not None:
         docs = limit_per_group(docs, limit, seed)
     groups: Counter = Counter()
@@ -295,4 +391,13 @@ def ingest(source: Path, out_dir: Path, *, limit: int | None = None, seed: int =
     n_docs = sum(groups.values())
     if n_docs == 0:
         raise DataError(f"{source}: empty corpus (no usable documents; skipped: {dict(skips.counts)})")
-    return IngestResult([str(p) for p in shards], n_docs, dict(sorted(groups.items())), skips.to_dict())
+    labelled = {g for g in groups if not g.endswith("/-")}
+    test_split = {"from": "corpus"}
+    if any(g.startswith("train/") for g in labelled) and not any(g.startswith("test/") for g in labelled):
+        test_split = hold_out_test(shards, test_share, seed)
+        for label, n in test_split["docs"].items():
+            if n:
+                groups[f"train/{label}"] -= n
+                groups[f"test/{label}"] += n
+    return IngestResult([str(p) for p in shards], n_docs, dict(sorted(groups.items())),
+                        skips.to_dict(), test_split)

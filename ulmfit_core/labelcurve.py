@@ -29,6 +29,7 @@ def curve_point(run: RunDir, preset: Preset, seed: int, n: int | None, progress=
     return {"labels": clas["train_docs"] + clas["valid_docs"], "all": n is None,
             "train_docs": clas["train_docs"], "valid_docs": clas["valid_docs"],
             "folder": run.rel(at.classifier), "ulmfit": test["accuracy"], "nblr": base["accuracy"],
+            "ulmfit_macro_f1": test["macro_f1"], "nblr_macro_f1": base["macro_f1"],
             "test_reviews": test["n"], "seconds": clas.get("seconds")}
 
 

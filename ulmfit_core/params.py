@@ -7,11 +7,12 @@ cluster or model starts.
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .config import PRESETS, get_preset
+from .config import PRESETS, TEST_SHARE, Columns, get_preset
 from .errors import DataError
 
 DIRECTIONS = {"forward": (False,), "backward": (True,), "bidirectional": (False, True)}
@@ -23,6 +24,14 @@ _DASK_ADDRESS = re.compile(r"^(tcp|tls|inproc|ucx)://[^\s/]+$")
 def _at_least(name: str, value, low: int) -> None:
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
         raise DataError(f"{name} must be an integer >= {low}, got {value!r}")
+
+
+def _spacy_languages() -> list[str]:
+    """The language codes spaCy's blank tokenizer knows, read from its package without importing
+    it (spaCy loads NumPy, whose threads must not start before the command's signal mask)."""
+    spec = importlib.util.find_spec("spacy")
+    root = Path(next(iter(spec.submodule_search_locations))) / "lang"
+    return sorted(p.parent.name for p in root.glob("*/__init__.py"))
 
 
 def curve_points(labels) -> list[int | None]:
@@ -62,6 +71,12 @@ class RunParams:
     train_labels: int | None = None  # train the classifier on a balanced sample of N reviews
     train_workers: int = 1  # data-parallel ranks per training stage
     labels: tuple[str, ...] | list[str] | None = None  # the label curve's points: N or "all"
+    text_column: str = "text"  # the columns of a CSV or Parquet source
+    label_column: str = "label"
+    split_column: str = "split"
+    id_column: str = "id"
+    test_share: float = TEST_SHARE  # held out as test when the corpus has no test split
+    lang: str = "en"  # the language of the text, for spaCy's tokenizer rules
     reset: bool = False  # accept settings other than those the run directory was made with
 
     def __post_init__(self) -> None:
@@ -85,6 +100,16 @@ class RunParams:
             _at_least("--vocab-size", self.vocab_size, SUBWORD_VOCAB[0])
             if self.vocab_size > SUBWORD_VOCAB[1]:
                 raise DataError(f"--vocab-size must be at most {SUBWORD_VOCAB[1]:,}, got {self.vocab_size}")
+        for field in ("text", "label", "split", "id"):
+            if not str(getattr(self, f"{field}_column")).strip():
+                raise DataError(f"--{field}-column must name a column")
+        if isinstance(self.test_share, bool) or not isinstance(self.test_share, (int, float)) \
+                or not 0 < self.test_share < 1:
+            raise DataError(f"--test-share must be a fraction between 0 and 1 (exclusive), got "
+                            f"{self.test_share!r}")
+        if self.lang not in _spacy_languages():
+            raise DataError(f"--lang {self.lang!r}: not a language spaCy knows (e.g. en, de, fr, "
+                            "es, it, nl, pt, xx for many)")
         if self.direction not in DIRECTIONS:
             raise DataError(f"unknown direction '{self.direction}' (choose {', '.join(DIRECTIONS)})")
         if self.pretrained not in ("none", "wt103"):
@@ -107,7 +132,10 @@ class RunParams:
 
     def settings(self):
         """The preset, with this run's tokenizer choices applied."""
-        return get_preset(self.preset, self.tokenizer, self.vocab_size)
+        return get_preset(self.preset, self.tokenizer, self.vocab_size, self.lang)
+
+    def columns(self) -> Columns:
+        return Columns(self.text_column, self.label_column, self.split_column, self.id_column)
 
     def to_dict(self) -> dict:
         return asdict(self)

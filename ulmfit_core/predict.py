@@ -20,6 +20,7 @@ from .errors import check_stop
 from .ingest import usable_text
 from .models import build_classifier, build_language_model, pad_front, pick_device
 from .progress import Bar
+from .scoring import classification_scores
 from .rundir import TOKENIZER_SPEC, ModelDir, read_json
 from .subword import detokenize_pieces
 from .tokenize import text_tokenizer
@@ -57,14 +58,9 @@ def predict_proba(model: torch.nn.Module, ids: Sequence[np.ndarray], bs: int = 6
 
 
 def evaluate(probs: np.ndarray, labels: Sequence[str], truth: Sequence[str]) -> dict:
-    """Accuracy and confusion matrix (rows: true label, columns: predicted)."""
+    """Scores of the most probable label against the truth (`scoring.classification_scores`)."""
     index = {y: i for i, y in enumerate(labels)}
-    y = np.array([index[t] for t in truth])
-    pred = probs.argmax(1)
-    confusion = np.zeros((len(labels), len(labels)), dtype=int)
-    np.add.at(confusion, (y, pred), 1)
-    return {"n": int(len(y)), "accuracy": float((pred == y).mean()) if len(y) else None,
-            "labels": list(labels), "confusion": confusion.tolist()}
+    return classification_scores(probs.argmax(1), [index[t] for t in truth], labels)
 
 
 def load_tokenizer(folder: Path):

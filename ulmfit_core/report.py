@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from .ingest import FEW_PER_CLASS, label_counts
 from .lineage import write_lineage
 from .rundir import RunDir, atomic_path, read_json, write_json, write_text
 
@@ -32,7 +33,8 @@ def _direction(run: RunDir) -> dict | None:
                        **{k: clas.get(k) for k in ("labels", "train_labels", "train_docs", "valid_docs",
                                                    "device", "gpu", "peak_gpu_memory_mb",
                                                    "precision", "tokens_per_s", "resumed", "seconds")}},
-        "test": {k: test.get(k) for k in ("accuracy", "n", "labels", "confusion", "top_losses", "seconds")},
+        "test": {k: test.get(k) for k in ("accuracy", "macro_f1", "n", "labels", "per_class",
+                                          "confusion", "top_losses", "seconds")},
     }
 
 
@@ -58,7 +60,8 @@ def collect_metrics(run: RunDir, params: dict) -> dict:
         "precision": main["lm"].get("precision"),
         "direction": "bidirectional" if ensemble else ("backward" if main is bwd else "forward"),
         "preprocess": {k: pre.get(k) for k in ("docs", "tokens", "skipped", "skipped_by_reason",
-                                               "groups", "shards", "unknown_tokens", "source")},
+                                               "groups", "shards", "unknown_tokens", "source",
+                                               "columns", "test_split")},
         "vocab": {"size": pre.get("vocab_size"), "distinct_tokens": pre.get("distinct_tokens")},
         **main,
         "backward": bwd if fwd and bwd else None,
@@ -142,11 +145,13 @@ def _headline(metrics: dict, trained: bool) -> list[str]:
                     f"{pre.get('tokens')} tokens, vocab {metrics['vocab']['size']} · preset "
                     f"`{run.get('preset')}`")
     else:
-        headline = (f"**Test accuracy: {_pct(ensemble['ensemble']['accuracy'])}** (forward + backward) "
-                    if ensemble else f"**Test accuracy: {_pct(test.get('accuracy'))}** "
-                                     f"({metrics.get('direction')}) ")
+        best = ensemble["ensemble"] if ensemble else test
+        headline = (f"**Test accuracy: {_pct(best.get('accuracy'))}** "
+                    f"({'forward + backward' if ensemble else metrics.get('direction')}), "
+                    f"macro-F1 {_fmt(best.get('macro_f1'), '.3f')} ")
         headline += (f"on {test.get('n')} reviews · NB-LR baseline on the same split: "
-                     f"{_pct(base.get('accuracy'))} · LM perplexity {_fmt(lm.get('perplexity'), '.1f')} "
+                     f"{_pct(base.get('accuracy'))}, macro-F1 {_fmt(base.get('macro_f1'), '.3f')} · "
+                     f"LM perplexity {_fmt(lm.get('perplexity'), '.1f')} "
                      f"· preset `{run.get('preset')}` on `{metrics.get('device')}` "
                      f"({metrics.get('precision')})")
     return ["# ULMFiT run report", "", headline, "",
@@ -155,6 +160,11 @@ def _headline(metrics: dict, trained: bool) -> list[str]:
 
 def _data(metrics: dict) -> list[str]:
     run, pre, vocab_size = metrics["run"], metrics["preprocess"], metrics["vocab"]["size"]
+    groups = pre.get("groups") or {}
+    splits = [s for s in ("train", "test", "unsup") if any(g.startswith(f"{s}/") for g in groups)]
+    labels = sorted({g.split("/", 1)[1] for g in groups}, key=lambda y: (y == "-", y))
+    counts = label_counts(groups)
+    few = [f"'{y}' ({n})" for y, n in sorted(counts.get("train", {}).items()) if n < FEW_PER_CLASS]
     return [
         "## Data",
         f"- source: `{pre.get('source')}` (limit per split/label: {run.get('limit') or 'none'}, "
@@ -163,12 +173,27 @@ def _data(metrics: dict) -> list[str]:
         f"- skipped: {pre.get('skipped')} {pre.get('skipped_by_reason') or ''}",
         f"- vocab: {vocab_size} entries (ln = {_fmt(math.log(vocab_size) if vocab_size else None, '.2f')}); "
         f"unknown tokens after numericalizing: {pre.get('unknown_tokens')}",
+        *_test_origin(pre.get("test_split")),
+        *([f"- **warning: few training documents for {', '.join(few)}**: per-class scores of "
+           "these classes rest on very little"] if few else []),
         "",
-        "| split/label | documents |",
-        "|---|---|",
-        *[f"| {group} | {n} |" for group, n in (pre.get("groups") or {}).items()],
+        "| label | " + " | ".join(splits) + " |",
+        "|---|" + "---|" * len(splits),
+        *[f"| {'(none)' if y == '-' else y} | " + " | ".join(str(groups.get(f"{s}/{y}", 0)) for s in splits)
+          + " |" for y in labels],
         "",
     ]
+
+
+def _test_origin(test_split: dict | None) -> list[str]:
+    if not test_split:
+        return []
+    if test_split["from"] == "corpus":
+        return ["- test split: the corpus's own"]
+    held = ", ".join(f"{y} {n}" for y, n in test_split["docs"].items())
+    return [f"- test split: held out from the labelled train documents, {test_split['share']:.0%} "
+            f"of each label (seed {test_split['seed']}; {held}); no model saw them before its "
+            "evaluation"]
 
 
 def _language_model(lm: dict) -> list[str]:
@@ -223,16 +248,25 @@ def _test_set(metrics: dict) -> list[str]:
     test, ensemble, base = metrics["test"], metrics.get("ensemble"), metrics.get("baseline") or {}
     lines = ["## Test set"]
     if ensemble:
-        lines += ["| model | test accuracy |", "|---|---|",
-                  *[f"| {name} | {_pct(r['accuracy'])} |" for name, r in ensemble.items()],
-                  f"| NB-LR baseline | {_pct(base.get('accuracy'))} |", "",
+        lines += ["| model | test accuracy | macro-F1 |", "|---|---|---|",
+                  *[f"| {name} | {_pct(r['accuracy'])} | {_fmt(r.get('macro_f1'), '.3f')} |"
+                    for name, r in ensemble.items()],
+                  f"| NB-LR baseline | {_pct(base.get('accuracy'))} | {_fmt(base.get('macro_f1'), '.3f')} |", "",
                   "Forward model on the test set:", ""]
     if test.get("confusion"):
         labels = test["labels"]
+        f1 = {c["label"]: c["f1"] for c in base.get("per_class") or []}
         lines += ["| true \\ predicted | " + " | ".join(labels) + " |",
                   "|---|" + "---|" * len(labels),
                   *[f"| {labels[i]} | " + " | ".join(map(str, row)) + " |"
-                    for i, row in enumerate(test["confusion"])]]
+                    for i, row in enumerate(test["confusion"])],
+                  "", "| label | precision | recall | F1 | NB-LR F1 | test reviews |",
+                  "|---|---|---|---|---|---|",
+                  *[f"| {c['label']} | {c['precision']:.3f} | {c['recall']:.3f} | {c['f1']:.3f} | "
+                    f"{_fmt(f1.get(c['label']), '.3f')} | {c['support']} |" for c in test["per_class"]],
+                  f"| **macro** | | | **{_fmt(test.get('macro_f1'), '.3f')}** | "
+                  f"{_fmt(base.get('macro_f1'), '.3f')} | {test.get('n')} |",
+                  "", f"Baseline: {base.get('model', '—')}."]
     else:
         lines.append("No labelled test split in this corpus.")
     if test.get("top_losses"):
@@ -247,8 +281,10 @@ def _label_curve(curve: dict | None) -> list[str]:
     if not curve:
         return []
     return ["## What labels buy (`ulmfit label-curve`)", "", f"![label curve]({curve['plot']})", "",
-            "| labelled reviews | ULMFiT test accuracy | NB-LR on the same reviews |", "|---|---|---|",
-            *[f"| {p['labels']}{' (all)' if p['all'] else ''} | {_pct(p['ulmfit'])} | {_pct(p['nblr'])} |"
+            "| labelled reviews | ULMFiT test accuracy | NB-LR on the same reviews | ULMFiT macro-F1 "
+            "| NB-LR macro-F1 |", "|---|---|---|---|---|",
+            *[f"| {p['labels']}{' (all)' if p['all'] else ''} | {_pct(p['ulmfit'])} | {_pct(p['nblr'])} "
+              f"| {_fmt(p.get('ulmfit_macro_f1'), '.3f')} | {_fmt(p.get('nblr_macro_f1'), '.3f')} |"
               for p in curve["points"]], ""]
 
 
@@ -296,15 +332,20 @@ def headline_figures(metrics: dict) -> list[dict]:
     """The run's headline figures as rows {figure, value}: what a glance at a run should show
     (the Prefect UI's table artifact)."""
     test, lm, base = metrics["test"], metrics["lm"], metrics.get("baseline") or {}
-    rows = [("test accuracy", test.get("accuracy")), ("test reviews", test.get("n")),
+    rows = [("test accuracy", test.get("accuracy")), ("test macro-F1", test.get("macro_f1")),
+            *[(f"test F1: {c['label']}", c["f1"]) for c in test.get("per_class") or []],
+            ("test reviews", test.get("n")),
             ("NB-LR baseline accuracy", base.get("accuracy")),
+            ("NB-LR baseline macro-F1", base.get("macro_f1")),
             ("LM valid loss", lm.get("valid_loss")), ("LM accuracy", lm.get("accuracy")),
             ("LM perplexity", lm.get("perplexity")), ("vocab size", metrics["vocab"]["size"]),
             ("documents", metrics["preprocess"].get("docs")),
             ("tokens", metrics["preprocess"].get("tokens")),
             ("skipped documents", metrics["preprocess"].get("skipped"))]
     if metrics.get("ensemble"):
-        rows.insert(0, ("ensemble test accuracy", metrics["ensemble"]["ensemble"]["accuracy"]))
+        ensemble = metrics["ensemble"]["ensemble"]
+        rows[:0] = [("ensemble test accuracy", ensemble["accuracy"]),
+                    ("ensemble test macro-F1", ensemble.get("macro_f1"))]
     rows += [(f"seconds: {k}", v) for k, v in metrics["seconds"].items()]
     return [{"figure": k, "value": v} for k, v in rows if v is not None]
 

@@ -256,7 +256,8 @@ def _holder(lock: Path) -> str:
 
 # The parameters that shape a run directory's artifacts (vocab, model sizes, splits). Two
 # schedules writing one directory with different values would rebuild each other's work forever.
-SHAPING = ("preset", "tokenizer", "vocab_size", "seed")
+SHAPING = ("preset", "tokenizer", "vocab_size", "seed", "lang", "text_column", "label_column",
+           "split_column", "id_column", "test_share")
 
 
 def made_with(run: RunDir) -> dict:

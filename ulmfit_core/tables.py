@@ -9,19 +9,22 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from .errors import DataError
-from .ingest import check_text_column, usable_text
+from .ingest import check_text_column, csv_batches, usable_text
 from .rundir import atomic_path
 
 
-def read_table(path: Path) -> pa.Table:
-    """A CSV or Parquet file; a CSV's `text` column is read as bytes, to be decoded row by row."""
+def read_table(path: Path, text_column: str = "text") -> pa.Table:
+    """A CSV or Parquet file; a CSV's text column is read as bytes, to be decoded row by row."""
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file")
     suffix = path.suffix.lower()
     try:
         if suffix == ".csv":
-            types = pacsv.ConvertOptions(column_types={"text": pa.binary()})
-            return pacsv.read_csv(path, convert_options=types)
+            types = pacsv.ConvertOptions(column_types={text_column: pa.binary()})
+            batches = list(csv_batches(path, types))
+            if not batches:  # a header alone
+                return pacsv.open_csv(path, convert_options=types).read_all()
+            return pa.Table.from_batches(batches)
         if suffix == ".parquet":
             return pq.read_table(path)
     except pa.ArrowInvalid as exc:
@@ -29,16 +32,17 @@ def read_table(path: Path) -> pa.Table:
     raise DataError(f"{path}: expected a .csv or .parquet file")
 
 
-def read_texts_table(path: Path) -> tuple[pa.Table, list[str | bytes | None]]:
+def read_texts_table(path: Path, text_column: str = "text") -> tuple[pa.Table, list[str | bytes | None]]:
     """A table to classify and its texts as read (bytes from a CSV, to be checked as
-    preprocessing checks them); the table's `text` column comes back as strings, null where the
+    preprocessing checks them); the table's text column comes back as strings, null where the
     bytes are not UTF-8."""
-    table = read_table(path)
-    check_text_column(path, table.schema)
-    raw = table.column("text").to_pylist()
+    table = read_table(path, text_column)
+    check_text_column(path, table.schema, text_column)
+    raw = table.column(text_column).to_pylist()
     shown = [t if not isinstance(t, bytes) else None if usable_text(t)[1] == "not_utf8"
              else t.decode("utf-8") for t in raw]
-    table = table.set_column(table.schema.get_field_index("text"), "text", pa.array(shown, pa.string()))
+    column = table.schema.get_field_index(text_column)
+    table = table.set_column(column, text_column, pa.array(shown, pa.string()))
     return table, raw
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from .. import __version__
 from ..config import Preset
 from ..data import load_docs, load_raw_labelled
+from ..errors import DataError
 from ..manifests import file_inputs, made_once, verify_outputs
 from ..rundir import TEXT_ASSETS, ModelDir, RunDir, atomic_path, read_json, write_json
 
@@ -52,12 +53,32 @@ def training_docs(run: RunDir, **kwargs):
 
 def check_classifier_data(run: RunDir, preset: Preset, seed: int,
                           train_labels: int | None = None) -> dict:
-    """Refuse, before the language model trains, labelled data the classifier could not use."""
+    """Refuse, before the language model trains, labelled data the classifier, its evaluation
+    or the baseline could not use: fewer than two labels among the train documents, a label
+    only in the test split, a validation or sample the train documents cannot give. Errors name
+    the source (and its label column). Returns the classifier's labels and split sizes, and the
+    classes with fewer than FEW_PER_CLASS training documents."""
     from ..data import classifier_split
+    from ..ingest import FEW_PER_CLASS, label_counts
 
+    ingested = read_json(run.ingest_summary)
+    where = ingested["source"]
+    if where.lower().endswith((".csv", ".parquet")):
+        where += f": label column '{(ingested.get('columns') or {}).get('label', 'label')}'"
+    counts = label_counts(ingested["groups"])
+    train, test = counts.get("train", {}), counts.get("test", {})
+    if len(train) < 2:
+        raise DataError(f"{where}: the classifier needs train documents of at least two labels, "
+                        f"found {sorted(train) or 'none'}; add labelled train rows to the corpus")
+    unseen = {y: n for y, n in test.items() if y not in train}
+    if unseen:
+        raise DataError(f"{where}: label(s) {sorted(unseen)} are in the test split "
+                        f"({sum(unseen.values())} documents) but in no train document, so the "
+                        "classifier could never predict them")
     docs = training_docs(run, splits=["train"], labelled=True)  # what the classifier will train on
-    labels, train, valid = classifier_split(docs, preset.classifier.valid_pct, seed, train_labels)
-    return {"labels": labels, "train_docs": len(train), "valid_docs": len(valid)}
+    labels, train_docs, valid = classifier_split(docs, preset.classifier.valid_pct, seed, train_labels)
+    return {"labels": labels, "train_docs": len(train_docs), "valid_docs": len(valid),
+            "few": {y: n for y, n in sorted(train.items()) if n < FEW_PER_CLASS}}
 
 
 def check_inputs(run: RunDir, encoder: bool) -> None:
@@ -215,7 +236,8 @@ def evaluate_stage(run: RunDir, progress=None) -> dict:
             result["top_losses"] = _top_losses(run, docs, probs, classifier.labels)
             outputs.append(write_predictions(run.classifier.predictions, docs, probs, classifier.labels))
         else:
-            result = {"n": 0, "accuracy": None, "labels": classifier.labels, "confusion": None}
+            result = {"n": 0, "accuracy": None, "macro_f1": None, "labels": classifier.labels,
+                      "per_class": [], "confusion": None}
         result["label_counts"] = dict(Counter(docs.labels))
         result["backwards"] = run.backwards
         result["seconds"] = time.time() - t0

@@ -14,29 +14,33 @@ from importlib.metadata import version
 from pathlib import Path
 
 from .. import __version__
-from ..config import Preset
+from ..config import TEST_SHARE, Columns, Preset
 from ..data import iter_raw_texts, seeded_unit
 from ..ingest import ingest, resolve_source, source_digest
 from ..manifests import file_inputs, file_sha256, made_once, manifest_path
 from ..rundir import SUBWORD_MODEL, TOKENIZER_SPEC, VOCAB, RunDir, read_json, write_json
 
 def ingest_stage(run: RunDir, data: str, limit: int | None, seed: int,
-                 shard_docs: int = 2000) -> dict:
-    """Read the source into raw shards; reused when the source's content and the settings are
-    those of the raw shards already there. They are written into a folder beside raw/ that
-    replaces it only once the whole source was read, so a failed ingest leaves the earlier run
-    as it was instead of raw shards of two sources side by side."""
+                 shard_docs: int = 2000, columns: Columns = Columns(),
+                 test_share: float = TEST_SHARE) -> dict:
+    """Read the source (its `columns`, for a table) into raw shards, holding out `test_share` of
+    the labelled train documents as test when it has no test split; reused when the source's
+    content and the settings are those of the raw shards already there. They are written into
+    a folder beside raw/ that replaces it only once the whole source was read, so a failed
+    ingest leaves the earlier run as it was instead of raw shards of two sources side by side."""
     t0 = time.time()
     source = resolve_source(data)
     inputs = {"source": source_digest(source)}
-    settings = {"limit": limit, "seed": seed, "shard_docs": shard_docs}
+    settings = {"limit": limit, "seed": seed, "shard_docs": shard_docs,
+                "columns": vars(columns), "test_share": test_share}
 
     def read():
         partial, old = run.root / ".raw.partial", run.root / ".raw.old"
         for folder in (partial, old):
             shutil.rmtree(folder, ignore_errors=True)
         try:
-            result = ingest(source, partial, limit=limit, seed=seed, shard_docs=shard_docs)
+            result = ingest(source, partial, limit=limit, seed=seed, shard_docs=shard_docs,
+                            columns=columns, test_share=test_share)
         except BaseException:
             shutil.rmtree(partial, ignore_errors=True)
             raise
@@ -49,6 +53,7 @@ def ingest_stage(run: RunDir, data: str, limit: int | None, seed: int,
         summary = {"source": str(source), "limit": limit, "seed": seed,
                    "shards": [run.rel(p) for p in shards],
                    "docs": result.docs, "groups": result.groups, "skipped": result.skipped,
+                   "columns": vars(columns), "test_split": result.test_split,
                    "seconds": time.time() - t0}
         write_json(run.ingest_summary, summary)
         return summary, [run.ingest_summary, *shards]
@@ -175,6 +180,8 @@ def summarize_preprocess(run: RunDir, tokenized: list[dict], numericalized: list
         "skipped_by_reason": manifest["skipped"]["by_reason"],
         "skipped_examples": manifest["skipped"]["examples"],
         "groups": manifest["groups"],
+        "columns": manifest.get("columns"),
+        "test_split": manifest.get("test_split"),
         "shards": len(tokenized),
         "reused_shards": {"tokens": sum(r["reused"] for r in tokenized),
                           "ids": sum(r["reused"] for r in numericalized)},
@@ -188,12 +195,13 @@ def summarize_preprocess(run: RunDir, tokenized: list[dict], numericalized: list
 
 
 def preprocess_in_process(run: RunDir, data: str, preset: Preset, limit: int | None = None,
-                          seed: int = 0, shard_docs: int = 2000) -> dict:
+                          seed: int = 0, shard_docs: int = 2000, columns: Columns = Columns(),
+                          test_share: float = TEST_SHARE) -> dict:
     """The preprocess flow's stages one after another in this process, without Prefect or Dask
     (notebooks, benchmarks, tests): raw shards, tokenizer, token shards, vocab, id shards and
     preprocess.json. Returns its summary with each shard's `tokenized` and `numericalized`."""
     t0 = time.time()
-    ingested = ingest_stage(run, data, limit, seed, shard_docs)
+    ingested = ingest_stage(run, data, limit, seed, shard_docs, columns, test_share)
     tokenizer_stage(run, preset, seed)
     tokenized = [tokenize_stage(run, shard, preset) for shard in ingested["shards"]]
     vocab = vocab_stage(run, preset, [t["counts"] for t in tokenized])
