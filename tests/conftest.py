@@ -19,6 +19,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+import httpx
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pytest
@@ -26,6 +27,7 @@ import pytest
 from ulmfit_core import stages
 from ulmfit_core.config import get_preset
 from ulmfit_core.ingest import IMDB_ENV, SkipLog, iter_documents
+from ulmfit_core.rendezvous import free_port
 from ulmfit_core.rundir import RunDir
 
 GROUPS = ["train/pos", "train/neg", "train/unsup", "test/pos", "test/neg"]
@@ -78,6 +80,94 @@ def write_tarball(path: Path, reviews: dict[str, list[tuple[str, bytes]]]) -> Pa
                 info.size = len(data)
                 tar.addfile(info, io.BytesIO(data))
     return path
+
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+
+
+def until(check, timeout: float, what: str):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise TimeoutError(what)
+
+
+class Server:
+    """`prefect server start` on a free loopback port, with a Prefect home of its own; `env` is
+    the environment of a process that uses it."""
+
+    def __init__(self, home: Path) -> None:
+        port = free_port()
+        self.ui = f"http://127.0.0.1:{port}"
+        self.api = f"{self.ui}/api"
+        self.env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_API_URL": self.api,
+                    "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PYTHONUNBUFFERED": "1"}
+        self.log = open(home / "server.log", "w")
+        self.proc = subprocess.Popen([BIN / "prefect", "server", "start", "--host", "127.0.0.1",
+                                      "--port", str(port)], env=self.env, stdout=self.log,
+                                     stderr=subprocess.STDOUT)
+
+        def healthy():
+            try:
+                return httpx.get(f"{self.api}/health", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        until(healthy, 120, "prefect server health")
+
+    def cli(self, *args: str, **env) -> str:
+        result = subprocess.run([BIN / "prefect", *args], env={**self.env, **env}, cwd=ROOT,
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+        return result.stdout
+
+    def request(self, method: str, path: str, body: dict | None = None):
+        """One API call, retried like Prefect's own client does when the server answers 503
+        (a retryable error, e.g. its SQLite database busy with a scheduler's writes)."""
+        for attempt in range(10):
+            response = httpx.request(method, f"{self.api}{path}", json=body, timeout=30)
+            if response.status_code != 503:
+                break
+            time.sleep(0.5 * (attempt + 1))
+        response.raise_for_status()
+        return response.json()
+
+    def get(self, path: str):
+        return self.request("GET", path)
+
+    def post(self, path: str, body: dict):
+        return self.request("POST", path, body)
+
+    def start_deployment(self, deployment_id: str, parameters: dict | None = None) -> dict:
+        """Create a flow run of the deployment through the API (with its own parameters when
+        `parameters` is None)."""
+        body = {} if parameters is None else {"parameters": parameters}
+        return self.post(f"/deployments/{deployment_id}/create_flow_run", body)
+
+    def ended(self, flow_run: dict, what: str, timeout: float = 400) -> dict:
+        """The flow run once it has ended."""
+        def state():
+            now = self.get(f"/flow_runs/{flow_run['id']}")
+            return now if now["state_type"] in TERMINAL else None
+
+        return until(state, timeout, what)
+
+    def run_deployment(self, deployment_id: str, parameters: dict | None, what: str) -> dict:
+        """A flow run of the deployment, once it has ended."""
+        return self.ended(self.start_deployment(deployment_id, parameters), what)
+
+    def close(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
 
 
 def ulmfit(*args, timeout=900) -> subprocess.CompletedProcess:
@@ -242,3 +332,26 @@ def dask_cluster(tmp_path):
     yield start
     for cluster in clusters:
         cluster.close()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def prefect_server(tmp_path_factory):
+    """One Prefect server for the commands the tests run, as a user's PREFECT_API_URL: each
+    command would otherwise start a temporary server of its own (about 7 s a command here).
+    Tests of that temporary server ask for `own_prefect_server`."""
+    server = Server(tmp_path_factory.mktemp("prefect-home"))
+    saved = {k: os.environ.get(k) for k in ("PREFECT_API_URL", "PREFECT_HOME")}
+    os.environ.update(PREFECT_API_URL=server.api, PREFECT_HOME=server.env["PREFECT_HOME"])
+    yield server
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    server.close()
+
+
+@pytest.fixture
+def own_prefect_server(monkeypatch):
+    """Commands of this test start their own temporary Prefect server, as without PREFECT_API_URL."""
+    monkeypatch.delenv("PREFECT_API_URL")

@@ -78,6 +78,7 @@ def test_training_is_routed_to_the_worker_with_the_resource(dask_cluster, tmp_pa
     assert (out / "export" / "encoder.pth").exists()
 
 
+@pytest.mark.usefixtures("own_prefect_server")
 def test_two_runs_side_by_side_do_not_interfere(tmp_path, sample_tarball, reference):
     """Each run has its own directory, Prefect server and LocalCluster: same results as alone."""
     outs = [tmp_path / "a", tmp_path / "b"]

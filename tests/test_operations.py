@@ -9,100 +9,14 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from ulmfit_core.rendezvous import free_port
+from conftest import BIN, ROOT, Server, until as _until
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
-TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
-
-
-def _until(check, timeout: float, what: str):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise TimeoutError(what)
-
-
-class Server:
-    def __init__(self, home: Path) -> None:
-        port = free_port()
-        self.ui = f"http://127.0.0.1:{port}"
-        self.api = f"{self.ui}/api"
-        self.env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_API_URL": self.api,
-                    "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PYTHONUNBUFFERED": "1"}
-        self.log = open(home / "server.log", "w")
-        self.proc = subprocess.Popen([BIN / "prefect", "server", "start", "--host", "127.0.0.1",
-                                      "--port", str(port)], env=self.env, stdout=self.log,
-                                     stderr=subprocess.STDOUT)
-
-        def healthy():
-            try:
-                return httpx.get(f"{self.api}/health", timeout=2).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        _until(healthy, 120, "prefect server health")
-
-    def cli(self, *args: str, **env) -> str:
-        result = subprocess.run([BIN / "prefect", *args], env={**self.env, **env}, cwd=ROOT,
-                                capture_output=True, text=True, timeout=300)
-        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-        return result.stdout
-
-    def request(self, method: str, path: str, body: dict | None = None):
-        """One API call, retried like Prefect's own client does when the server answers 503
-        (a retryable error, e.g. its SQLite database busy with a scheduler's writes)."""
-        for attempt in range(10):
-            response = httpx.request(method, f"{self.api}{path}", json=body, timeout=30)
-            if response.status_code != 503:
-                break
-            time.sleep(0.5 * (attempt + 1))
-        response.raise_for_status()
-        return response.json()
-
-    def get(self, path: str):
-        return self.request("GET", path)
-
-    def post(self, path: str, body: dict):
-        return self.request("POST", path, body)
-
-    def start_deployment(self, deployment_id: str, parameters: dict | None = None) -> dict:
-        """Create a flow run of the deployment through the API (with its own parameters when
-        `parameters` is None)."""
-        body = {} if parameters is None else {"parameters": parameters}
-        return self.post(f"/deployments/{deployment_id}/create_flow_run", body)
-
-    def ended(self, flow_run: dict, what: str, timeout: float = 400) -> dict:
-        """The flow run once it has ended."""
-        def state():
-            now = self.get(f"/flow_runs/{flow_run['id']}")
-            return now if now["state_type"] in TERMINAL else None
-
-        return _until(state, timeout, what)
-
-    def run_deployment(self, deployment_id: str, parameters: dict | None, what: str) -> dict:
-        """A flow run of the deployment, once it has ended."""
-        return self.ended(self.start_deployment(deployment_id, parameters), what)
-
-    def close(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self.log.close()
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     s = Server(tmp_path_factory.mktemp("prefect-home"))

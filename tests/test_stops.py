@@ -45,6 +45,7 @@ def _stopped_cleanly(command: Command, stop: signal.Signals, signalled: float, o
     assert command.leftovers() == []  # the temporary server, the cluster's workers
 
 
+@pytest.mark.usefixtures("own_prefect_server")  # the temporary server is theirs to end
 @pytest.mark.slow
 @pytest.mark.parametrize("stop", STOPS, ids=lambda s: s.name)
 def test_a_signal_to_the_process_group_during_tokenization_stops_the_run(tmp_path, sample_tarball, stop):
@@ -65,6 +66,7 @@ def test_a_signal_to_the_process_group_during_tokenization_stops_the_run(tmp_pat
     assert read_json(out / "metrics.json")["preprocess"]["docs"] == 125
 
 
+@pytest.mark.usefixtures("own_prefect_server")  # the temporary server is theirs to end
 @pytest.mark.slow
 @pytest.mark.parametrize("stop", STOPS, ids=lambda s: s.name)
 def test_a_signal_to_the_process_group_during_training_stops_after_its_batch_and_a_rerun_resumes(
@@ -90,6 +92,7 @@ def test_a_signal_to_the_process_group_during_training_stops_after_its_batch_and
     assert read_json(out / "run.json")["started"] > stopped["started"]
 
 
+@pytest.mark.usefixtures("own_prefect_server")  # the temporary server is theirs to end
 @pytest.mark.slow
 def test_a_killed_command_leaves_nothing_running_and_the_next_says_it_died(tmp_path, sample_tarball):
     out = tmp_path / "run"
@@ -164,6 +167,7 @@ def test_a_prefect_server_that_goes_away_stops_the_command_with_one_line(tmp_pat
     assert read_json(out / "run.json")["status"] == "complete"
 
 
+@pytest.mark.usefixtures("own_prefect_server")  # the temporary server is theirs to end
 @pytest.mark.slow
 def test_serve_stops_on_ctrl_c_in_its_terminal(tmp_path, sample_tarball):
     out = tmp_path / "served"
