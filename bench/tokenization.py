@@ -23,7 +23,8 @@ from distributed import Client, LocalCluster
 from fastai.text.core import WordTokenizer, defaults, parallel_tokenize
 
 from ulmfit_core.config import TokenizerConfig
-from ulmfit_core.ingest import SkipLog, iter_documents, resolve_source, write_raw_shards
+from ulmfit_core.ingest import SkipLog, iter_documents, write_raw_shards
+from ulmfit_core.sources import resolve_source
 from ulmfit_core.tokenize import tokenize_shard
 
 

@@ -25,7 +25,7 @@ from tasks import train
 from tasks.common import for_run, progress_artifact, set_up_process
 from tasks.report import report
 from ulmfit_core.config import EXPECTED, TEST_SHARE, Columns, get_preset
-from ulmfit_core.ingest import resolve_source
+from ulmfit_core.sources import resolve_source
 from ulmfit_core.params import DIRECTIONS, RunParams, curve_points
 from ulmfit_core.progress import Bar
 from ulmfit_core.rundir import RunDir, tracked_run

@@ -16,10 +16,11 @@ from ulmfit_core.baseline import nb_logistic_regression
 from ulmfit_core.config import Columns
 from ulmfit_core.data import read_shard
 from ulmfit_core.errors import DataError
-from ulmfit_core.ingest import IMDB_ENV, ingest
+from ulmfit_core.ingest import ingest
 from ulmfit_core.report import headline_figures
 from ulmfit_core.rundir import read_json
-from ulmfit_core.scoring import classification_scores
+from ulmfit_core.metrics import classification_scores
+from ulmfit_core.sources import IMDB_ENV
 from ulmfit_core.tables import read_texts_table
 
 from conftest import error_line, real_reviews, ulmfit

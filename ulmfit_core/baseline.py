@@ -13,7 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .scoring import classification_scores
+from .metrics import classification_scores
 
 
 def _log_count_ratio(x, is_class: np.ndarray) -> np.ndarray:

@@ -17,10 +17,10 @@ from fastai.text.learner import decode_spec_tokens
 
 from .config import ClassifierConfig, ModelConfig, TokenizerConfig
 from .errors import check_stop
-from .ingest import usable_text
+from .sources import usable_text
 from .models import build_classifier, build_language_model, pad_front, pick_device
 from .progress import Bar
-from .scoring import classification_scores
+from .metrics import classification_scores
 from .rundir import TOKENIZER_SPEC, ModelDir, read_json
 from .subword import detokenize_pieces
 from .tokenize import text_tokenizer
@@ -58,7 +58,7 @@ def predict_proba(model: torch.nn.Module, ids: Sequence[np.ndarray], bs: int = 6
 
 
 def evaluate(probs: np.ndarray, labels: Sequence[str], truth: Sequence[str]) -> dict:
-    """Scores of the most probable label against the truth (`scoring.classification_scores`)."""
+    """Scores of the most probable label against the truth (`metrics.classification_scores`)."""
     index = {y: i for i, y in enumerate(labels)}
     return classification_scores(probs.argmax(1), [index[t] for t in truth], labels)
 

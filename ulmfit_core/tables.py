@@ -9,7 +9,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from .errors import DataError
-from .ingest import check_text_column, csv_batches, usable_text
+from .sources import check_text_column, csv_batches, usable_text
 from .rundir import atomic_path
 
 

@@ -16,9 +16,11 @@ from pathlib import Path
 from .. import __version__
 from ..config import TEST_SHARE, Columns, Preset
 from ..data import iter_raw_texts, seeded_unit
-from ..ingest import ingest, resolve_source, source_digest
+from ..ingest import ingest
 from ..manifests import file_inputs, file_sha256, made_once, manifest_path
 from ..rundir import SUBWORD_MODEL, TOKENIZER_SPEC, VOCAB, RunDir, read_json, write_json
+from ..sources import resolve_source, source_digest
+
 
 def ingest_stage(run: RunDir, data: str, limit: int | None, seed: int,
                  shard_docs: int = 2000, columns: Columns = Columns(),
