@@ -151,6 +151,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bs", type=int, default=64, help="texts per batch (memory, not results: a "
                                                        "prediction does not depend on its batch)")
 
+    p = sub.add_parser("score", help="classify every row of a dataset on the Dask workers, one "
+                                      "task per file; a rerun scores only new or changed files")
+    p.add_argument("--model", required=True, help="run directory or its classifier/ folder")
+    p.add_argument("--data", required=True,
+                   help="a .csv/.parquet file, a folder of them (searched recursively) or a glob "
+                        "(quote it: 'reviews/*.parquet')")
+    p.add_argument("--out", required=True, help="folder of the predictions: one Parquet file per "
+                                                "input file, and score.json")
+    p.add_argument("--text-column", default="text", metavar="NAME", help="the column to classify")
+    p.add_argument("--id-column", default="id", metavar="NAME",
+                   help="the column copied beside each prediction (absent: the row number)")
+    p.add_argument("--bs", type=int, default=64, help="texts per batch")
+    _add_dask_address(p)
+    p.add_argument("--workers", type=int, default=None,
+                   help="LocalCluster worker processes (default: one per core)")
+
     p = sub.add_parser("serve", help="serve the pipeline and preprocessing on their schedules "
                                       "from this process (one machine; see deployments/ for pools)")
     _add_run_dir(p), _add_data(p), _add_training(p), _add_dask_address(p)
@@ -228,30 +244,37 @@ def _stopped_by() -> signal.Signals | None:
     return signal.Signals[STOP.why] if STOP.why in ("SIGINT", "SIGTERM") else None
 
 
-def _run_flow(params: RunParams, command: str) -> int:
+def _run_job(params: RunParams, command: str) -> int:
     import inspect
 
     from flows import pipeline
-    from flows.runtime import API_LOST, ApiWatch, bars_with_logs, prefect_api, tracebacks_to_file
-    from ulmfit_core.rundir import RunDir, mark_stopped
 
     job = {"run": pipeline.ulmfit_flow, "preprocess": pipeline.preprocess_job,
            "train-lm": pipeline.train_lm_job, "train-classifier": pipeline.train_classifier_job,
            "label-curve": pipeline.label_curve_job}[command]
     takes = inspect.signature(job.fn).parameters
+    return _run_flow(job, {k: v for k, v in params.to_dict().items() if k in takes}, params.out)
+
+
+def _run_flow(job, kwargs: dict, out: str) -> int:
+    """Run the flow `job(**kwargs)` with its Prefect API (and the watch on it), its run log in
+    `out`, and the stops of `_stop_on_signals`."""
+    from flows.runtime import API_LOST, ApiWatch, bars_with_logs, prefect_api, tracebacks_to_file
+    from ulmfit_core.rundir import RunDir, mark_stopped
+
     bars_with_logs()
     # The clusters a run starts here log every worker's arrival and departure at INFO: keep
     # their warnings only, on the terminal and in the run's log.
     logging.getLogger("distributed").setLevel(logging.WARNING)
-    run, watch = RunDir(params.out), None
+    run, watch = RunDir(out), None
     try:
         with tracebacks_to_file(run.log), prefect_api() as api, ApiWatch(api, run) as watch:
-            job(**{k: v for k, v in params.to_dict().items() if k in takes})
+            job(**kwargs)
     except Exception:
         how = _stopped_by()
         if how is not None:
             mark_stopped(run, f"stopped by {how.name}")  # whatever error the stop surfaced as
-            print(f"ulmfit: stopped ({how.name}); {params.out} keeps what was finished (shards, "
+            print(f"ulmfit: stopped ({how.name}); {out} keeps what was finished (shards, "
                   "each training's last finished epoch): run the same command again to resume",
                   file=sys.stderr)
             return 128 + how.value
@@ -343,17 +366,11 @@ def _predict(args: argparse.Namespace) -> int:
         if all(skipped):
             raise DataError("predict: nothing to classify (every text is empty)")
         return 0
-    from ulmfit_core.tables import read_texts_table, write_table
+    from ulmfit_core.tables import read_texts_table, with_predictions, write_table
 
     table, texts = read_texts_table(Path(args.input), args.text_column)
     probs, skipped = classifier.predict_raw(texts, args.bs)
-    keep = [why is None for why in skipped]
-    table = table.append_column("pred", [[classifier.labels[p.argmax()] if k else None
-                                         for p, k in zip(probs, keep)]])
-    for j, label in enumerate(classifier.labels):
-        table = table.append_column(f"p_{label}", [[float(p[j]) if k else None
-                                                    for p, k in zip(probs, keep)]])
-    table = table.append_column("skipped", [skipped])
+    table = with_predictions(table, classifier.labels, probs, skipped)
     write_table(table, Path(args.output))
     counts = Counter(why for why in skipped if why)
     if counts:
@@ -362,6 +379,25 @@ def _predict(args: argparse.Namespace) -> int:
     print(f"wrote {table.num_rows} rows, {len(texts) - sum(counts.values())} predictions, "
           f"to {args.output}")
     return 0
+
+
+def _score(args: argparse.Namespace) -> int:
+    """`ulmfit score`: its options and inputs checked before any server or cluster starts."""
+    from ulmfit_core.params import RunParams
+
+    if args.bs < 1:
+        raise DataError(f"--bs must be an integer >= 1, got {args.bs}")
+    RunParams(out=args.out, dask_address=args.dask_address, workers=args.workers)  # their checks
+    _stop_on_signals()  # before NumPy loads (below), while this process has one thread
+    from flows import pipeline
+    from ulmfit_core.stages import scoring
+
+    data, out = os.path.abspath(os.path.expanduser(args.data)), str(Path(args.out).resolve())
+    scoring.list_inputs(data), scoring.scored_model(args.model)
+    return _run_flow(pipeline.score_job, {
+        "model": str(Path(args.model).resolve()), "data": data, "out": out,
+        "text_column": args.text_column, "id_column": args.id_column, "bs": args.bs,
+        "dask_address": args.dask_address, "workers": args.workers}, out)
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -423,9 +459,9 @@ def main(argv: list[str] | None = None) -> int:
                 from ulmfit_core.sources import check_source, resolve_source
 
                 check_source(resolve_source(params.data), params.columns())
-            return _serve(params, args) if args.command == "serve" else _run_flow(params, args.command)
+            return _serve(params, args) if args.command == "serve" else _run_job(params, args.command)
         return {"predict": _predict, "generate": _generate, "lineage": _lineage,
-                "show-batch": _show_batch}[args.command](args)
+                "show-batch": _show_batch, "score": _score}[args.command](args)
     except BAD_INPUT as exc:
         print(f"ulmfit: error: {exc}", file=sys.stderr)
         return 2

@@ -21,6 +21,7 @@ from prefect import flow, unmapped
 from prefect.runtime import deployment
 
 from tasks import preprocess as prep
+from tasks import score as scoring_tasks
 from tasks import train
 from tasks.common import for_run, progress_artifact, set_up_process
 from tasks.report import report
@@ -29,6 +30,7 @@ from ulmfit_core.sources import resolve_source
 from ulmfit_core.params import DIRECTIONS, RunParams, curve_points
 from ulmfit_core.progress import Bar
 from ulmfit_core.rundir import RunDir, tracked_run
+from ulmfit_core.stages import scoring
 
 from flows.runtime import Training, dask_task_runner, settled
 
@@ -287,3 +289,35 @@ def ulmfit_flow(out: str, data: str = "imdb", preset: str = "tiny", limit: int |
             out, preset, seed, direction, train_resource, train_labels, train_workers, dask_address)
 
     return _job("run", given, work)
+
+
+@flow(name="ulmfit-score", log_prints=True)
+def score_flow(model: str, data: str, out: str, text_column: str = "text", id_column: str = "id",
+               bs: int = 64) -> dict:
+    """Every row of a dataset classified by a trained classifier: one task per input file, on
+    the Dask workers, each writing that file's predictions under `out` (reused when the file
+    and the model are unchanged); then score.json."""
+    t0 = time.time()
+    files, scored_by = scoring.list_inputs(data), scoring.scored_model(model)
+    gone = scoring.prune_outputs(out, [name for _, name in files])
+    if gone:
+        print(f"removed the predictions of {len(gone)} files no longer in {data}")
+    results = _as_done(scoring_tasks.score_file.map(
+        unmapped(out), [str(path) for path, _ in files], [name for _, name in files],
+        unmapped(scored_by), unmapped(text_column), unmapped(id_column), unmapped(bs)),
+        "scoring", "files scored")
+    summary = scoring_tasks.summarize(out, data, scored_by, results, time.time() - t0)
+    print(f"scored {summary['scored']} of {summary['rows']} rows in {len(files)} files "
+          f"({summary['reused_files']} reused) into {out} with {scored_by['path']} "
+          f"(sha256 {scored_by['sha256'][:12]})")
+    return summary
+
+
+@flow(name="ulmfit-score-job", log_prints=True)
+def score_job(model: str, data: str, out: str, text_column: str = "text", id_column: str = "id",
+              bs: int = 64, dask_address: str | None = None, workers: int | None = None) -> dict:
+    """`ulmfit score` as a flow of its own, on the Dask cluster at `dask_address` (else a local
+    one of `workers` processes): what a deployment schedules."""
+    set_up_process()
+    return score_flow.with_options(task_runner=dask_task_runner(dask_address, workers))(
+        model, data, out, text_column, id_column, bs)

@@ -10,6 +10,7 @@ import io
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -252,6 +253,19 @@ def preprocessed(tmp_path_factory, sample_tarball) -> Path:
     run = RunDir(tmp_path_factory.mktemp("preprocessed") / "run")
     stages.preprocess_in_process(run, str(sample_tarball), get_preset("tiny"), shard_docs=60)
     return run.root
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, preprocessed) -> RunDir:
+    """The sample's tiny run trained (LM, encoder, classifier) by the stage functions; tests that
+    write into it copy it first."""
+    run = RunDir(tmp_path_factory.mktemp("trained") / "run")
+    shutil.copytree(preprocessed, run.root)
+    preset = get_preset("tiny")
+    stages.lm_stage(run, preset, 0)
+    stages.export_stage(run)
+    stages.classifier_stage(run, preset, 0)
+    return run
 
 
 @pytest.fixture(scope="session")

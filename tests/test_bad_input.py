@@ -64,18 +64,6 @@ def test_a_text_column_that_is_not_text_is_refused(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, preprocessed) -> RunDir:
-    """A tiny trained run (LM, encoder, classifier), by the stage functions."""
-    run = RunDir(tmp_path_factory.mktemp("bad-input") / "run")
-    shutil.copytree(preprocessed, run.root)
-    preset = get_preset("tiny")
-    stages.lm_stage(run, preset, 0)
-    stages.export_stage(run)
-    stages.classifier_stage(run, preset, 0)
-    return run
-
-
 PREDICT_OPTIONS = [
     (["--bs", "0", "fine"], "--bs must be an integer >= 1, got 0"),
     (["--output", "x.csv", "fine"], "predict: --output writes the rows of --input; plain texts are printed"),

@@ -21,7 +21,7 @@ from .sources import usable_text
 from .models import build_classifier, build_language_model, pad_front, pick_device
 from .progress import Bar
 from .metrics import classification_scores
-from .rundir import TOKENIZER_SPEC, ModelDir, read_json
+from .rundir import TOKENIZER_SPEC, ModelDir, model_folder, read_json
 from .subword import detokenize_pieces
 from .tokenize import text_tokenizer
 from .vocab import PAD_ID, UNK_ID, Vocab, FAKE
@@ -70,18 +70,9 @@ def load_tokenizer(folder: Path):
     return config, text_tokenizer(config, folder)
 
 
-def _model_dir(path: str | Path, sub: str) -> ModelDir:
-    """Accept a run directory or the model folder inside it."""
-    inside, given = ModelDir(Path(path) / sub), ModelDir(Path(path))
-    for folder in (inside, given):
-        if folder.vocab.exists():
-            return folder
-    raise FileNotFoundError(f"{path}: no {sub} model here (expected {inside.vocab})")
-
-
 def _open(path: str | Path, sub: str, kind: str | None = None) -> tuple[ModelDir, dict, Vocab]:
     """A model folder (given directly or as a run directory), its weights and vocab."""
-    folder = _model_dir(path, sub)
+    folder = model_folder(path, sub)
     return folder, load_model_file(folder.model, kind or sub), Vocab.load(folder.vocab)
 
 

@@ -87,6 +87,16 @@ class ModelDir:
         return str(self.path)
 
 
+def model_folder(path: str | Path, sub: str) -> ModelDir:
+    """The model folder `sub` (classifier, lm) of a run directory, or `path` itself when it is
+    one: what `--model` of predict, generate and score accepts."""
+    inside, given = ModelDir(Path(path) / sub), ModelDir(Path(path))
+    for folder in (inside, given):
+        if folder.vocab.exists():
+            return folder
+    raise FileNotFoundError(f"{path}: no {sub} model here (expected {inside.vocab})")
+
+
 @dataclass(frozen=True)
 class RunDir:
     """Paths of a run; with `backwards`, the model folders are those of the backward direction;

@@ -46,6 +46,18 @@ def read_texts_table(path: Path, text_column: str = "text") -> tuple[pa.Table, l
     return table, raw
 
 
+def with_predictions(table: pa.Table, labels: list[str], probs, skipped: list[str | None]) -> pa.Table:
+    """`table` with a classifier's predictions appended: `pred`, one `p_<label>` column per class
+    and `skipped` (why a row got no label; its `pred` and `p_*` are null)."""
+    keep = [why is None for why in skipped]
+    table = table.append_column("pred", pa.array([labels[p.argmax()] if k else None
+                                                  for p, k in zip(probs, keep)], pa.string()))
+    for j, label in enumerate(labels):
+        table = table.append_column(f"p_{label}", pa.array([float(p[j]) if k else None
+                                                            for p, k in zip(probs, keep)], pa.float64()))
+    return table.append_column("skipped", pa.array(skipped, pa.string()))
+
+
 def check_output(path: Path) -> None:
     """Refuse an output file whose extension says neither CSV nor Parquet."""
     if path.suffix.lower() not in (".csv", ".parquet"):

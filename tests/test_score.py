@@ -1,0 +1,73 @@
+"""`ulmfit score`: a dataset (a folder or glob of CSV/Parquet files) classified on Dask workers,
+one task per file, into one predictions file each; a rerun scores only what changed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from conftest import error_line, ulmfit
+from ulmfit_core.manifests import file_sha256
+from ulmfit_core.predict import Classifier
+from ulmfit_core.rundir import read_json
+
+
+def test_a_folder_is_scored_file_by_file_as_predict_scores_it_and_a_rerun_resumes(tmp_path, trained,
+                                                                                    sample_texts):
+    data = tmp_path / "reviews"
+    (data / "2024").mkdir(parents=True)
+    texts = sample_texts[:60]
+    pq.write_table(pa.table({"review_id": [f"r{i}" for i in range(30)], "body": texts[:30]}),
+                   data / "a.parquet")
+    pacsv.write_csv(pa.table({"body": texts[30:58] + ["", None], "stars": list(range(30))}),
+                    data / "2024" / "b.csv")
+    (data / "_SUCCESS").write_text("")  # not a table: left alone
+    out = tmp_path / "scored"
+    command = ["score", "--model", trained.root, "--data", data, "--out", out, "--workers", 2,
+               "--text-column", "body", "--id-column", "review_id"]
+    result = ulmfit(*command)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    summary = read_json(out / "score.json")
+    assert summary["model"] == {"path": str(trained.classifier.model),
+                                "sha256": file_sha256(trained.classifier.model)}
+    assert [(f["output"], f["rows"], f["scored"]) for f in summary["files"]] == [
+        ("2024/b.csv.parquet", 30, 28), ("a.parquet", 30, 30)]
+    assert (summary["rows"], summary["scored"], summary["skipped"]) == (60, 58, {"empty": 2})
+    classifier = Classifier.load(trained.root)
+    labels = classifier.labels
+    for name, ids, rows in (("a.parquet", [f"r{i}" for i in range(30)], texts[:30]),
+                            ("2024/b.csv.parquet", [str(i) for i in range(30)], texts[30:58] + ["", None])):
+        table = pq.read_table(out / name)
+        assert table.column_names == ["id", "pred", *[f"p_{y}" for y in labels], "skipped"]
+        assert table.column("id").to_pylist() == ids
+        probs, skipped = classifier.predict_raw(rows)
+        got = np.array([table.column(f"p_{y}").to_pylist() for y in labels], dtype=float).T
+        assert np.allclose(got, probs, atol=1e-5, equal_nan=True)  # what `predict` gives
+        assert table.column("skipped").to_pylist() == skipped
+
+    # A rerun scores only the new file, and drops the predictions of a file that left.
+    made = (out / "a.parquet").stat().st_mtime_ns
+    pq.write_table(pa.table({"body": texts[:5]}), data / "2024" / "c.parquet")
+    (data / "2024" / "b.csv").unlink()
+    again = ulmfit(*command)
+    assert again.returncode == 0, again.stderr[-3000:]
+    summary = read_json(out / "score.json")
+    assert [(f["output"], f["reused"]) for f in summary["files"]] == [("2024/c.parquet", False),
+                                                                     ("a.parquet", True)]
+    assert (out / "a.parquet").stat().st_mtime_ns == made
+    assert not (out / "2024" / "b.csv.parquet").exists()
+    assert "removed the predictions of 1 files no longer in" in again.stdout + again.stderr
+
+
+def test_a_dataset_or_model_that_is_not_there_is_one_line(tmp_path, trained):
+    (tmp_path / "empty").mkdir()
+    for data, message in ((tmp_path / "empty", f"{tmp_path / 'empty'}: no .csv or .parquet file here"),
+                          (f"{tmp_path}/none-*.parquet", f"{tmp_path}/none-*.parquet: no .csv or .parquet file here")):
+        result = ulmfit("score", "--model", trained.root, "--data", data, "--out", tmp_path / "o")
+        assert error_line(result) == f"ulmfit: error: {message}"
+    result = ulmfit("score", "--model", tmp_path, "--data", trained.root, "--out", tmp_path / "o")
+    assert error_line(result).startswith(f"ulmfit: error: {tmp_path}: no classifier model here")
+    assert not (tmp_path / "o").exists()

@@ -1,0 +1,124 @@
+"""Scoring a dataset with a trained classifier, one input file at a time: what `ulmfit score`
+runs on Dask workers. Each input file's predictions go to one Parquet file of the output folder
+(its rows' ids, `pred`, a `p_<label>` per class, `skipped`), written once (`made_once`): a rerun
+scores only the files not scored yet, changed since, or scored by another model. `score.json`,
+written last, says what was scored, by which model (its SHA-256), with what.
+"""
+
+from __future__ import annotations
+
+import glob
+import time
+from collections import Counter
+from pathlib import Path
+
+from ..errors import DataError
+from ..manifests import file_sha256, made_once, manifest_path
+from ..rundir import model_folder, write_json
+
+SUMMARY = "score.json"
+TABLES = (".csv", ".parquet")
+_LOADED: dict[tuple[str, str], object] = {}  # (model file, its SHA-256) -> Classifier, per process
+
+
+def list_inputs(data: str) -> list[tuple[Path, str]]:
+    """The files of a dataset in a fixed order, each with the name of its predictions file
+    (its path under the dataset's folder, ending .parquet: `2024/reviews.csv` gives
+    `2024/reviews.csv.parquet`): one .csv/.parquet file, the .csv/.parquet files under a
+    folder, or those a glob matches (other files, such as a `_SUCCESS` marker, are left alone)."""
+    path = Path(data).expanduser()
+    if any(c in data for c in "*?["):
+        root = Path(*[p for p in path.parts[:next(i for i, p in enumerate(path.parts)
+                                                  if any(c in p for c in "*?["))]])
+        found = [Path(p) for p in glob.glob(str(path), recursive=True)]
+    elif path.exists():
+        root, found = (path.parent, [path]) if path.is_file() else (path, list(path.rglob("*")))
+    else:
+        raise DataError(f"{data}: no such file or folder")
+    files = sorted(p for p in found if p.is_file() and p.suffix.lower() in TABLES)
+    if not files:
+        raise DataError(f"{data}: no .csv or .parquet file here")
+    return [(p, _output_name(p.relative_to(root).as_posix())) for p in files]
+
+
+def _output_name(relative: str) -> str:
+    return relative if relative.lower().endswith(".parquet") else relative + ".parquet"
+
+
+def prune_outputs(out: str | Path, names: list[str]) -> list[str]:
+    """Remove predictions files this command wrote earlier (they have a manifest) for input
+    files that are no longer in the dataset; returns their names."""
+    out, keep = Path(out), set(names)
+    gone = [p for p in out.rglob("*.parquet") if manifest_path(p).exists()
+            and p.relative_to(out).as_posix() not in keep]
+    for p in gone:
+        p.unlink()
+        manifest_path(p).unlink()
+    return sorted(p.relative_to(out).as_posix() for p in gone)
+
+
+def scored_model(model: str) -> dict:
+    """The classifier `model` names (a run directory or its classifier/ folder): its weights
+    file and their SHA-256, which every output records."""
+    folder = model_folder(model, "classifier")
+    return {"path": str(folder.model.resolve()), "sha256": file_sha256(folder.model)}
+
+
+def _classifier(model: dict):
+    key = (model["path"], model["sha256"])
+    if key not in _LOADED:  # a worker loads the model once for all the files it scores
+        from ..predict import Classifier
+
+        _LOADED.clear()
+        _LOADED[key] = Classifier.load(Path(model["path"]).parent)
+    return _LOADED[key]
+
+
+def score_file_stage(out: str | Path, source: str | Path, name: str, model: dict,
+                     text_column: str = "text", id_column: str = "id", bs: int = 64) -> dict:
+    """Predict every row of the input file `source` into the output folder's file `name`: the
+    id column (or the row number, when the file has none) and the predictions. Reused when the
+    file, the model and the settings are those it was scored with."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from ..rundir import atomic_path
+    from ..tables import read_texts_table, with_predictions
+
+    source, target = Path(source), Path(out) / name
+    inputs = {"input": file_sha256(source), "model": model["sha256"]}
+    settings = {"text_column": text_column, "id_column": id_column}
+
+    def score():
+        t0 = time.time()
+        classifier = _classifier(model)
+        table, texts = read_texts_table(source, text_column)
+        ids = (table.column(id_column).cast(pa.string()) if id_column in table.column_names
+               else pa.array([str(i) for i in range(table.num_rows)], pa.string()))
+        probs, skipped = classifier.predict_raw(texts, bs)
+        scored = with_predictions(pa.table({"id": ids}), classifier.labels, probs, skipped)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(target) as tmp:
+            pq.write_table(scored, tmp)
+        skips = Counter(why for why in skipped if why)
+        return {"input": str(source), "output": name, "rows": table.num_rows,
+                "scored": table.num_rows - sum(skips.values()), "skipped": dict(skips),
+                "labels": classifier.labels, "seconds": time.time() - t0}, [target]
+
+    return made_once(target, inputs, settings, score)
+
+
+def summarize_scores(out: str | Path, data: str, model: dict, results: list[dict],
+                     seconds: float) -> dict:
+    """score.json: the model, and per input file its output, rows scored and skipped."""
+    skipped: Counter = Counter()
+    for r in results:
+        skipped.update(r["skipped"])
+    summary = {"data": data, "model": model, "labels": results[0]["labels"],
+               "files": [{k: r[k] for k in ("input", "output", "rows", "scored", "skipped", "reused")}
+                         for r in results],
+               "rows": sum(r["rows"] for r in results), "scored": sum(r["scored"] for r in results),
+               "skipped": dict(skipped), "reused_files": sum(r["reused"] for r in results),
+               "seconds": seconds}
+    write_json(Path(out) / SUMMARY, summary)
+    return summary
