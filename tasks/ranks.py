@@ -29,7 +29,7 @@ from urllib.parse import urlparse
 from distributed import Client, get_worker, wait
 
 from tasks.processes import LocalCluster
-from ulmfit_core.errors import BAD_INPUT, STOP, Stopped
+from ulmfit_core.errors import BAD_INPUT, STOP, RankFailed, Stopped
 from ulmfit_core.rendezvous import RENDEZVOUS_TIMEOUT_S, free_port
 
 log = logging.getLogger("ulmfit")
@@ -46,10 +46,6 @@ class Ranks:
     resource: str | None = None
     timeout_s: float = RENDEZVOUS_TIMEOUT_S
     threads: int | None = None
-
-
-class RankFailed(RuntimeError):
-    """A rank of a data-parallel stage failed or lost its worker; a retry starts all ranks again."""
 
 
 @contextmanager

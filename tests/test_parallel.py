@@ -19,11 +19,12 @@ import torch
 from fastai.callback.core import Callback, CancelBatchException, CancelValidException
 from fastai.text.models.awdlstm import WeightDropout
 
-from tasks.ranks import RankFailed, Ranks, run_ranks
+from tasks.ranks import Ranks, run_ranks
+from ulmfit_core.errors import RankFailed, RendezvousFailed
 from conftest import Command, ulmfit
 from ulmfit_core import stages
 from ulmfit_core.config import get_preset
-from ulmfit_core.parallel import RendezvousFailed, process_group, unwrap
+from ulmfit_core.parallel import process_group, unwrap
 from ulmfit_core.rendezvous import free_port
 from ulmfit_core.rundir import RunDir, read_json
 from ulmfit_core.train import classifier_learner, lm_learner

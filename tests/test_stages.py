@@ -20,7 +20,8 @@ from ulmfit_core.manifests import file_sha256
 from ulmfit_core.models import pad_front
 from ulmfit_core.predict import Classifier, LanguageModel
 from ulmfit_core.report import headline_figures, write_report
-from ulmfit_core.rundir import RunDir, RunInUse, read_json, tracked_run
+from ulmfit_core.errors import RunInUse
+from ulmfit_core.rundir import RunDir, read_json, tracked_run
 from ulmfit_core.train import classifier_dataloaders, lm_dataloaders, train_language_model
 from ulmfit_core.vocab import PAD_ID
 from ulmfit_core.weights import load_model_file

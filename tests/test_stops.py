@@ -161,7 +161,7 @@ def test_a_prefect_server_that_goes_away_stops_the_command_with_one_line(tmp_pat
     assert status["status"] == "stopped" and "has not answered" in status["error"]
     assert (out / "lm" / "checkpoint.pth").exists() and command.leftovers() == []
 
-    rerun = ulmfit("train-lm", "--out", out, "--preset", "tiny")  # its own temporary server
+    rerun = ulmfit("train-lm", "--out", out, "--preset", "tiny")  # on the tests' server
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert "resuming from" in rerun.stderr
     assert read_json(out / "run.json")["status"] == "complete"

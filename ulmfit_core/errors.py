@@ -1,6 +1,7 @@
-"""The errors that are never retried. Bad input or settings fail the same way every time: the
-command line ends with exit status 2 and their one-line message. A stop on request (Ctrl-C,
-SIGTERM) ends training after its current batch, to be resumed by a rerun."""
+"""The project's errors. Most are never retried: bad input or settings fail the same way every
+time, and the command line ends with exit status 2 and their one-line message; a stop on request
+(Ctrl-C, SIGTERM) ends training after its current batch, to be resumed by a rerun. The ranks of
+a data-parallel stage fail in ways a retry may get past (`RendezvousFailed`, `RankFailed`)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,23 @@ class DataError(ValueError):
 
 class DamagedFile(DataError):
     """A file that no longer matches the SHA-256 recorded when it was written, or cannot be read."""
+
+
+class OutOfDeviceMemory(DataError):
+    """A training stage did not fit in the GPU's memory. Its settings must change (a smaller
+    batch), so like bad input it ends the command with one line and is never retried."""
+
+
+class RunInUse(ValueError):
+    """Another live process is writing into this run directory."""
+
+
+class RendezvousFailed(RuntimeError):
+    """The ranks of a stage did not all meet; a retry may find the workers it needs."""
+
+
+class RankFailed(RuntimeError):
+    """A rank of a data-parallel stage failed or lost its worker; a retry starts all ranks again."""
 
 
 class DiskFull(OSError):

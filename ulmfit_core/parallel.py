@@ -32,13 +32,10 @@ import torch.distributed as dist
 from fastai.callback.core import Callback, CancelBatchException
 from torch.nn.parallel import DistributedDataParallel
 
+from .errors import RendezvousFailed
 from .rendezvous import RENDEZVOUS_TIMEOUT_S
 
 log = logging.getLogger("ulmfit")
-
-
-class RendezvousFailed(RuntimeError):
-    """The ranks of a stage did not all meet; a retry may find the workers it needs."""
 
 
 def rank() -> int:

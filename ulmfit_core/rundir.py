@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from .errors import DataError, DiskFull, Stopped, free_bytes, out_of_space
+from .errors import DataError, DiskFull, RunInUse, Stopped, free_bytes, out_of_space
 
 log = logging.getLogger("ulmfit")
 
@@ -220,10 +220,6 @@ def write_json(path: str | os.PathLike, obj) -> Path:
 
 def read_json(path: str | os.PathLike):
     return json.loads(Path(path).read_text(encoding="utf-8"))
-
-
-class RunInUse(ValueError):
-    """Another live process is writing into this run directory."""
 
 
 @contextmanager

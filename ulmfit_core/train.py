@@ -34,7 +34,7 @@ from fastai.torch_core import set_seed
 from . import parallel
 from .config import ClassifierConfig, LMConfig, Preset, Stage
 from .data import Docs, classifier_split, seeded_unit
-from .errors import STOP, DataError, DiskFull, Stopped
+from .errors import STOP, DataError, DiskFull, OutOfDeviceMemory, Stopped
 from .lmdata import DeviceLMDataLoader
 from .models import build_classifier, build_language_model, encoder_of, pad_front, pick_device
 from .progress import Bar
@@ -331,11 +331,6 @@ def gpu_usage(device: torch.device) -> dict:
         return {"gpu": None, "peak_gpu_memory_mb": None}
     return {"gpu": gpu_name(device),
             "peak_gpu_memory_mb": round(torch.cuda.max_memory_allocated(device) / 2**20, 1)}
-
-
-class OutOfDeviceMemory(DataError):
-    """A training stage did not fit in the GPU's memory. Its settings must change (a smaller
-    batch), so like bad input it ends the command with one line and is never retried."""
 
 
 @contextmanager
