@@ -18,7 +18,7 @@ from pathlib import Path
 # that run flows block SIGTERM first, in a process of one thread (`_stop_on_signals`).
 from ulmfit_core.config import PRESETS, TEST_SHARE
 from ulmfit_core.errors import BAD_INPUT, STOP, DataError
-from ulmfit_core.params import RunParams
+from ulmfit_core.params import RunParams, at_least
 
 
 def _prefect_settings() -> None:
@@ -78,6 +78,11 @@ def _add_pretrained(p: argparse.ArgumentParser) -> None:
                         "folder/.pth with fastai's .pth weights and .pkl vocabulary")
 
 
+def _add_workers(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workers", type=int, default=None,
+                   help="LocalCluster worker processes (default: one per core)")
+
+
 def _add_data(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default="imdb",
                    help="'imdb' ($ULMFIT_IMDB or fastai's download), an aclImdb .tar.gz or folder, "
@@ -97,8 +102,7 @@ def _add_data(p: argparse.ArgumentParser) -> None:
                         "de, fr, es, ... or xx (multi-language)")
     p.add_argument("--limit", type=int, default=None,
                    help="keep at most N documents per (split, label), chosen by the seed")
-    p.add_argument("--workers", type=int, default=None,
-                   help="LocalCluster worker processes (default: one per core)")
+    _add_workers(p)
     p.add_argument("--shard-docs", type=int, default=2000, help="documents per shard")
     p.add_argument("--tokenizer", choices=["word", "subword"], default=None,
                    help="word: spaCy + fastai rules (default); subword: SentencePiece unigram")
@@ -163,9 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--id-column", default="id", metavar="NAME",
                    help="the column copied beside each prediction (absent: the row number)")
     p.add_argument("--bs", type=int, default=64, help="texts per batch")
-    _add_dask_address(p)
-    p.add_argument("--workers", type=int, default=None,
-                   help="LocalCluster worker processes (default: one per core)")
+    _add_dask_address(p), _add_workers(p)
 
     p = sub.add_parser("serve", help="serve the pipeline and preprocessing on their schedules "
                                       "from this process (one machine; see deployments/ for pools)")
@@ -335,8 +337,7 @@ def _serve(params: RunParams, args: argparse.Namespace) -> int:
 def _check_predict(args: argparse.Namespace) -> None:
     from ulmfit_core.tables import check_output
 
-    if args.bs < 1:
-        raise DataError(f"--bs must be an integer >= 1, got {args.bs}")
+    at_least("--bs", args.bs, 1)
     if bool(args.texts) == bool(args.input):
         raise DataError("predict: give texts, or --input FILE --output FILE")
     if args.texts and args.output:
@@ -383,10 +384,7 @@ def _predict(args: argparse.Namespace) -> int:
 
 def _score(args: argparse.Namespace) -> int:
     """`ulmfit score`: its options and inputs checked before any server or cluster starts."""
-    from ulmfit_core.params import RunParams
-
-    if args.bs < 1:
-        raise DataError(f"--bs must be an integer >= 1, got {args.bs}")
+    at_least("--bs", args.bs, 1)
     RunParams(out=args.out, dask_address=args.dask_address, workers=args.workers)  # their checks
     _stop_on_signals()  # before NumPy loads (below), while this process has one thread
     from flows import pipeline
@@ -404,8 +402,7 @@ def _generate(args: argparse.Namespace) -> int:
     from ulmfit_core.predict import LanguageModel
 
     for name in ("words", "n"):
-        if getattr(args, name) < 1:
-            raise DataError(f"--{name} must be an integer >= 1, got {getattr(args, name)}")
+        at_least(f"--{name}", getattr(args, name), 1)
     if not args.temperature > 0:
         raise DataError(f"--temperature must be > 0, got {args.temperature}")
     lm = LanguageModel.load(args.model)
@@ -421,8 +418,7 @@ def _show_batch(args: argparse.Namespace) -> int:
     from ulmfit_core.show import first_batch, format_batch
     from ulmfit_core.stages import check_inputs
 
-    if args.n < 1:
-        raise DataError(f"--n must be an integer >= 1, got {args.n}")
+    at_least("--n", args.n, 1)
     run = RunDir(Path(args.run), args.backwards)
     made = made_with(run)
     preset, seed = args.preset or made.get("preset"), made.get("seed", 0) if args.seed is None else args.seed

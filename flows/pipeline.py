@@ -26,10 +26,10 @@ from tasks import train
 from tasks.common import for_run, progress_artifact, set_up_process
 from tasks.report import report
 from ulmfit_core.config import EXPECTED, TEST_SHARE, Columns, get_preset
-from ulmfit_core.sources import resolve_source
 from ulmfit_core.params import DIRECTIONS, RunParams, curve_points
 from ulmfit_core.progress import Bar
 from ulmfit_core.rundir import RunDir, tracked_run
+from ulmfit_core.sources import resolve_source
 from ulmfit_core.stages import scoring
 
 from flows.runtime import Training, dask_task_runner, settled
@@ -299,11 +299,12 @@ def score_flow(model: str, data: str, out: str, text_column: str = "text", id_co
     and the model are unchanged); then score.json."""
     t0 = time.time()
     files, scored_by = scoring.list_inputs(data), scoring.scored_model(model)
-    gone = scoring.prune_outputs(out, [name for _, name in files])
+    names = [name for _, name in files]
+    gone = scoring.prune_outputs(out, names)
     if gone:
         print(f"removed the predictions of {len(gone)} files no longer in {data}")
     results = _as_done(scoring_tasks.score_file.map(
-        unmapped(out), [str(path) for path, _ in files], [name for _, name in files],
+        unmapped(out), [str(path) for path, _ in files], names,
         unmapped(scored_by), unmapped(text_column), unmapped(id_column), unmapped(bs)),
         "scoring", "files scored")
     summary = scoring_tasks.summarize(out, data, scored_by, results, time.time() - t0)

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .config import TEST_SHARE, Columns
-from .data import seeded_unit
+from .data import read_shard, seeded_unit
 from .errors import DataError, check_stop
 from .rundir import atomic_path
 from .sources import raw_records, usable_text
@@ -25,6 +25,8 @@ from .sources import raw_records, usable_text
 RAW_SCHEMA = pa.schema(
     [("id", pa.string()), ("split", pa.string()), ("label", pa.string()), ("text", pa.string())]
 )
+
+
 @dataclass
 class SkipLog:
     """Documents left out, by reason, with the first few ids of each for the report."""
@@ -127,7 +129,7 @@ def hold_out_test(shards: list[Path], share: float, seed: int) -> dict:
     per label."""
     draws: dict[str, tuple[array, array]] = defaultdict(lambda: (array("d"), array("q")))
     for s, shard in enumerate(shards):
-        table = pq.read_table(shard, columns=["id", "split", "label"])
+        table = read_shard(shard, ["id", "split", "label"])
         for row, (doc_id, split, label) in enumerate(zip(*(c.to_pylist() for c in table.columns))):
             if split == "train" and label is not None:
                 draw, where = draws[label]
@@ -143,7 +145,7 @@ def hold_out_test(shards: list[Path], share: float, seed: int) -> dict:
         per_label[label] = n
     for s, rows in sorted(held.items()):
         check_stop("ingest")
-        table = pq.read_table(shards[s])
+        table = read_shard(shards[s])
         split = table.column("split").to_pylist()
         for row in rows:
             split[row] = "test"
@@ -173,9 +175,9 @@ def ingest(source: Path, out_dir: Path, *, limit: int | None = None, seed: int =
     n_docs = sum(groups.values())
     if n_docs == 0:
         raise DataError(f"{source}: empty corpus (no usable documents; skipped: {dict(skips.counts)})")
-    labelled = {g for g in groups if not g.endswith("/-")}
+    labelled = label_counts(groups)
     test_split = {"from": "corpus"}
-    if any(g.startswith("train/") for g in labelled) and not any(g.startswith("test/") for g in labelled):
+    if "train" in labelled and "test" not in labelled:
         test_split = hold_out_test(shards, test_share, seed)
         for label, n in test_split["docs"].items():
             if n:

@@ -21,7 +21,9 @@ def classification_scores(pred: Sequence[int], truth: Sequence[int], labels: Seq
 
     Rows of the confusion matrix are the true label, columns the predicted one. A class never
     predicted has precision 0, one absent from the truth recall 0 (scikit-learn's
-    `zero_division=0`), so macro-F1 counts them against the model.
+    `zero_division=0`). Macro-F1 averages the classes in the truth or the predictions, as
+    scikit-learn's `f1_score(average="macro")` does: a class the test split lacks counts only
+    where the model predicted it.
     """
     k = len(labels)
     pred, truth = np.asarray(pred, dtype=int), np.asarray(truth, dtype=int)

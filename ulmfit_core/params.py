@@ -21,7 +21,7 @@ SUBWORD_VOCAB = (100, 1_000_000)  # SentencePiece needs some room beyond its spe
 _DASK_ADDRESS = re.compile(r"^(tcp|tls|inproc|ucx)://[^\s/]+$")
 
 
-def _at_least(name: str, value, low: int) -> None:
+def at_least(name: str, value, low: int) -> None:
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
         raise DataError(f"{name} must be an integer >= {low}, got {value!r}")
 
@@ -84,12 +84,12 @@ class RunParams:
             raise DataError("--out must name a directory")
         if self.preset not in PRESETS:
             raise DataError(f"unknown preset '{self.preset}' (choose from {', '.join(PRESETS)})")
-        _at_least("--limit", self.limit, 1)
-        _at_least("--seed", self.seed, 0)
-        _at_least("--workers", self.workers, 1)
-        _at_least("--shard-docs", self.shard_docs, 1)
-        _at_least("--train-labels", self.train_labels, 2)
-        _at_least("--train-workers", self.train_workers, 1)
+        at_least("--limit", self.limit, 1)
+        at_least("--seed", self.seed, 0)
+        at_least("--workers", self.workers, 1)
+        at_least("--shard-docs", self.shard_docs, 1)
+        at_least("--train-labels", self.train_labels, 2)
+        at_least("--train-workers", self.train_workers, 1)
         if self.labels is not None:
             curve_points(self.labels)
         if self.tokenizer is not None and self.tokenizer not in TOKENIZERS:
@@ -97,7 +97,7 @@ class RunParams:
         if self.vocab_size is not None:
             if (self.tokenizer or get_preset(self.preset).tokenizer.kind) != "subword":
                 raise DataError("--vocab-size sets the subword vocabulary: give it with --tokenizer subword")
-            _at_least("--vocab-size", self.vocab_size, SUBWORD_VOCAB[0])
+            at_least("--vocab-size", self.vocab_size, SUBWORD_VOCAB[0])
             if self.vocab_size > SUBWORD_VOCAB[1]:
                 raise DataError(f"--vocab-size must be at most {SUBWORD_VOCAB[1]:,}, got {self.vocab_size}")
         for field in ("text", "label", "split", "id"):

@@ -26,6 +26,8 @@ from .progress import Bar
 SPLITS = ("train", "test", "unsup")
 IMDB_ENV = "ULMFIT_IMDB"
 _IMDB_MEMBER = re.compile(r"(?:^|/)(train|test)/(pos|neg|unsup)/([^/]+)\.txt$")
+
+
 def source_digest(source: Path) -> str:
     """What identifies a source's content: a file's SHA-256; for a folder, the SHA-256 of each
     file's path, size and modification time (hashing 100,000 reviews would take longer than
@@ -204,7 +206,7 @@ def csv_batches(path: Path, convert: pacsv.ConvertOptions) -> Iterator[pa.Record
 
 def _iter_table(path: Path, batches: Iterable[pa.RecordBatch], columns: Columns):
     row = 0
-    fields = {"id": columns.id, "split": columns.split, "label": columns.label, "text": columns.text}
+    fields = vars(columns)  # field -> its column
     for batch in batches:
         names = batch.schema.names
         if row == 0:
