@@ -24,12 +24,12 @@ from fastai.text.core import WordTokenizer, defaults, parallel_tokenize
 
 from ulmfit_core.config import TokenizerConfig
 from ulmfit_core.ingest import SkipLog, iter_documents, write_raw_shards
-from ulmfit_core.sources import resolve_source
+from ulmfit_core.sources import open_source
 from ulmfit_core.tokenize import tokenize_shard
 
 
 def load_texts(data: str, n: int) -> list[dict]:
-    return list(itertools.islice(iter_documents(resolve_source(data), SkipLog()), n))
+    return list(itertools.islice(iter_documents(open_source(data).files[0], SkipLog()), n))
 
 
 def run_fastai(texts: list[str], workers: int) -> tuple[float, list[list[str]]]:

@@ -452,9 +452,9 @@ def main(argv: list[str] | None = None) -> int:
             if args.command != "serve":
                 _stop_on_signals()  # while this process has one thread: all later ones block SIGTERM
             if args.command in ("run", "preprocess", "serve"):
-                from ulmfit_core.sources import check_source, resolve_source
+                from ulmfit_core.sources import check_source, open_source
 
-                check_source(resolve_source(params.data), params.columns())
+                check_source(open_source(params.data), params.columns())
             return _serve(params, args) if args.command == "serve" else _run_job(params, args.command)
         return {"predict": _predict, "generate": _generate, "lineage": _lineage,
                 "show-batch": _show_batch, "score": _score}[args.command](args)

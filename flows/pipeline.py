@@ -29,7 +29,6 @@ from ulmfit_core.config import EXPECTED, TEST_SHARE, Columns, get_preset
 from ulmfit_core.params import DIRECTIONS, RunParams, curve_points
 from ulmfit_core.progress import Bar
 from ulmfit_core.rundir import RunDir, tracked_run
-from ulmfit_core.sources import resolve_source
 from ulmfit_core.stages import scoring
 
 from flows.runtime import Training, dask_task_runner, settled
@@ -48,6 +47,19 @@ def _as_done(futures, stage: str, done_what: str) -> list:
     return futures.result()
 
 
+def _ingest(out: str, run: RunDir, plan) -> dict:
+    """The source's files into raw shards: a dataset's side by side on the Dask workers, one
+    task per file; one file (a tarball, a table) here, where its progress shows."""
+    files = plan.files()
+    if plan.source.dataset:
+        parts = _as_done(prep.ingest_file.map(
+            unmapped(out), files, unmapped(plan.reading), [plan.source.relative(f.path) for f in files]),
+            "ingest", "files read")
+    else:
+        parts = [prep.ingest_file(out, files[0], plan.reading, files[0].path.name)]
+    return for_run(prep.finish_ingest, run, plan.source.location)(out, plan, parts)
+
+
 @flow(name="ulmfit-preprocess", log_prints=True)
 def preprocess_flow(out: str, data: str = "imdb", preset: str = "tiny", limit: int | None = None,
                     seed: int = 0, shard_docs: int = 2000, tokenizer: str | None = None,
@@ -58,9 +70,10 @@ def preprocess_flow(out: str, data: str = "imdb", preset: str = "tiny", limit: i
     shards (in parallel) → vocab → id shards (in parallel)."""
     settings, run, t0 = get_preset(preset, tokenizer, vocab_size, lang), RunDir(out), time.time()
     columns = Columns(text_column, label_column, split_column, id_column)
-    ingested = for_run(prep.ingest, run, resolve_source(data))(out, data, limit, seed, shard_docs,
-                                                                columns, test_share)
-    print(f"ingested {ingested['docs']} documents into {len(ingested['shards'])} shards "
+    plan = prep.plan_ingest(out, data, limit, seed, shard_docs, columns, test_share)
+    ingested = plan.done or _ingest(out, run, plan)
+    files = f" from {len(ingested['files'])} files" if len(ingested.get("files", [])) > 1 else ""
+    print(f"ingested {ingested['docs']} documents{files} into {len(ingested['shards'])} shards "
           f"(skipped {ingested['skipped']['total']})")
     if ingested["test_split"]["from"] == "held out":
         print(f"no labelled test split: held out {test_share:.0%} of each label's train documents "

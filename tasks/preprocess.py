@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from ulmfit_core import stages
 from ulmfit_core.config import Columns, Preset
+from ulmfit_core.ingest import Reading, SourceFile
+from ulmfit_core.stages.ingesting import IngestPlan
 from ulmfit_core.rundir import RunDir
 
 from .common import retry_transient, task
@@ -12,10 +14,20 @@ from .common import retry_transient, task
 IO_RETRIES = dict(retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_transient)
 
 
-@task(name="ingest", writes=lambda run: [run.raw], **IO_RETRIES)
-def ingest(out: str, data: str, limit: int | None, seed: int, shard_docs: int, columns: Columns,
-           test_share: float) -> dict:
-    return stages.ingest_stage(RunDir(out), data, limit, seed, shard_docs, columns, test_share)
+@task(name="plan-ingest", **IO_RETRIES)
+def plan_ingest(out: str, data: str, limit: int | None, seed: int, shard_docs: int, columns: Columns,
+                test_share: float) -> IngestPlan:
+    return stages.ingest_plan(RunDir(out), data, limit, seed, shard_docs, columns, test_share)
+
+
+@task(name="ingest-file", task_run_name="ingest {name}", **IO_RETRIES)
+def ingest_file(out: str, file: SourceFile, reading: Reading, name: str) -> dict:
+    return stages.ingest_file_stage(RunDir(out), file, reading)
+
+
+@task(name="finish-ingest", writes=lambda run: [run.raw], **IO_RETRIES)
+def finish_ingest(out: str, plan: IngestPlan, parts: list[dict]) -> dict:
+    return stages.finish_ingest(RunDir(out), plan, parts)
 
 
 @task(name="train-tokenizer", writes=lambda run: [run.tokenizer], reads=lambda run: [run.raw],

@@ -11,7 +11,7 @@ import pytest
 from conftest import GROUPS, PER_GROUP, write_tarball
 from ulmfit_core.errors import DataError
 from ulmfit_core.ingest import SkipLog, ingest, iter_documents, limit_per_group
-from ulmfit_core.sources import resolve_source
+from ulmfit_core.sources import open_source
 
 
 def _read_shards(shards):
@@ -118,7 +118,7 @@ def test_bad_sources_name_the_problem(tmp_path):
     with pytest.raises(DataError, match="empty corpus"):
         ingest(empty, tmp_path / "raw")
     with pytest.raises(DataError, match="no such file"):
-        resolve_source(str(tmp_path / "missing.tar.gz"))
+        open_source(str(tmp_path / "missing.tar.gz"))
     odd = tmp_path / "reviews.json"
     odd.write_text("{}")
     with pytest.raises(DataError, match="unsupported source"):
@@ -127,7 +127,7 @@ def test_bad_sources_name_the_problem(tmp_path):
 
 def test_imdb_means_the_environment_variable(monkeypatch, sample_tarball):
     monkeypatch.setenv("ULMFIT_IMDB", str(sample_tarball))
-    assert resolve_source("imdb") == sample_tarball
+    assert open_source("imdb").files == (sample_tarball,)
 
 
 def test_shards_are_replaced_not_mixed_on_rerun(sample_tarball, tmp_path):

@@ -65,7 +65,7 @@ def test_a_folder_is_scored_file_by_file_as_predict_scores_it_and_a_rerun_resume
 def test_a_dataset_or_model_that_is_not_there_is_one_line(tmp_path, trained):
     (tmp_path / "empty").mkdir()
     for data, message in ((tmp_path / "empty", f"{tmp_path / 'empty'}: no .csv or .parquet file here"),
-                          (f"{tmp_path}/none-*.parquet", f"{tmp_path}/none-*.parquet: no .csv or .parquet file here")):
+                          (f"{tmp_path}/none-*.parquet", f"{tmp_path}/none-*.parquet: no .csv or .parquet file matches")):
         result = ulmfit("score", "--model", trained.root, "--data", data, "--out", tmp_path / "o")
         assert error_line(result) == f"ulmfit: error: {message}"
     result = ulmfit("score", "--model", tmp_path, "--data", trained.root, "--out", tmp_path / "o")

@@ -2,6 +2,11 @@
 text). Documents that cannot be used (empty text, bytes that are not UTF-8) are skipped and
 counted. A corpus without a labelled test split gets one: a seeded, stratified share of its
 labelled train documents (`hold_out_test`).
+
+Each file of a source is read on its own into shards of its own (`ingest_file`: the tasks that
+read a dataset side by side), then `finish` joins what they read: the `--limit` sample across
+files, the counts, the held-out test split. `ingest` does both in this process; the shards are
+the same either way.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from .config import TEST_SHARE, Columns
 from .data import read_shard, seeded_unit
 from .errors import DataError, check_stop
 from .rundir import atomic_path
-from .sources import raw_records, usable_text
+from .sources import Source, open_source, raw_records, usable_text
 
 RAW_SCHEMA = pa.schema(
     [("id", pa.string()), ("split", pa.string()), ("label", pa.string()), ("text", pa.string())]
@@ -44,6 +49,17 @@ class SkipLog:
                 "examples": {k: list(v) for k, v in self.examples.items()}}
 
 
+    @staticmethod
+    def merged(logs: Iterable[dict]) -> dict:
+        """One `to_dict` of several, their examples the first few in the order given."""
+        skips = SkipLog()
+        for log in logs:
+            skips.counts.update(log["by_reason"])
+            for reason, ids in log["examples"].items():
+                skips.examples[reason] = (skips.examples[reason] + ids)[:5]
+        return skips.to_dict()
+
+
 @dataclass
 class IngestResult:
     shards: list[str]
@@ -51,11 +67,13 @@ class IngestResult:
     groups: dict  # "split/label" -> documents
     skipped: dict
     test_split: dict  # where the test split comes from (`hold_out_test`)
+    files: list[dict]  # per file of the source: its path, shards and documents
 
 
-def iter_documents(source: Path, skips: SkipLog, columns: Columns = Columns()) -> Iterator[dict]:
-    """Yield usable documents of `source` in its natural order; count the rest in `skips`."""
-    for doc_id, split, label, raw in raw_records(source, columns):
+def iter_documents(path: Path, skips: SkipLog, columns: Columns = Columns(),
+                   id_prefix: str = "") -> Iterator[dict]:
+    """Yield usable documents of the file `path` in its natural order; count the rest in `skips`."""
+    for doc_id, split, label, raw in raw_records(path, columns, id_prefix):
         text, why = usable_text(raw)
         if why:
             skips.add(why, doc_id)
@@ -87,7 +105,7 @@ def limit_per_group(docs: Iterable[dict], limit: int, seed: int) -> list[dict]:
     heaps: dict[tuple, list] = defaultdict(list)
     for order, doc in enumerate(docs):
         # A heap of the `limit` smallest draws: store negated draws so heap[0] is the largest.
-        item = (-seeded_unit(seed, doc["id"], "sample"), order, doc)
+        item = (-_sample_draw(seed, doc), order, doc)
         heap = heaps[(doc["split"], doc["label"])]
         if len(heap) < limit:
             heapq.heappush(heap, item)
@@ -97,15 +115,20 @@ def limit_per_group(docs: Iterable[dict], limit: int, seed: int) -> list[dict]:
     return [doc for _, _, doc in sorted(kept, key=lambda item: item[1])]
 
 
-def write_raw_shards(docs: Iterable[dict], out_dir: Path, shard_docs: int) -> list[Path]:
-    """Write documents to `out_dir/part-NNNNN.parquet`, `shard_docs` per shard."""
+def _sample_draw(seed: int, doc: dict) -> float:
+    return seeded_unit(seed, doc["id"], "sample")
+
+
+def write_raw_shards(docs: Iterable[dict], out_dir: Path, shard_docs: int,
+                     prefix: str = "part-") -> list[Path]:
+    """Write documents to `out_dir/{prefix}NNNNN.parquet`, `shard_docs` per shard."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    for stale in out_dir.glob("part-*.parquet"):
+    for stale in out_dir.glob(f"{prefix}{'[0-9]' * 5}.parquet"):
         stale.unlink()
     shards, buffer = [], []
 
     def flush():
-        path = out_dir / f"part-{len(shards):05d}.parquet"
+        path = out_dir / f"{prefix}{len(shards):05d}.parquet"
         with atomic_path(path) as tmp:
             pq.write_table(pa.Table.from_pylist(buffer, schema=RAW_SCHEMA), tmp)
         shards.append(path)
@@ -155,33 +178,121 @@ def hold_out_test(shards: list[Path], share: float, seed: int) -> dict:
     return {"from": "held out", "share": share, "seed": seed, "docs": per_label}
 
 
-def ingest(source: Path, out_dir: Path, *, limit: int | None = None, seed: int = 0,
-           shard_docs: int = 2000, columns: Columns = Columns(),
-           test_share: float = TEST_SHARE) -> IngestResult:
-    """Read `source` into raw shards under `out_dir`, holding out a test split when it has no
-    labelled one; fail clearly when nothing usable is left."""
-    skips = SkipLog()
-    docs = iter_documents(source, skips, columns)
+@dataclass(frozen=True)
+class Reading:
+    """How a source's files are read into raw shards: at most `limit` documents per split and
+    label (by seeded draw), `shard_docs` per shard, from `columns`; `test_share` of each label's
+    train documents held out when there is no test split."""
+
+    limit: int | None = None
+    seed: int = 0
+    shard_docs: int = 2000
+    columns: Columns = Columns()
+    test_share: float = TEST_SHARE
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """One file of a source, as its reader needs it (small: one goes to each task)."""
+
+    path: Path
+    prefix: str  # of its shards' names
+    id_prefix: str  # of the ids of rows without an id column
+    draws: bool  # return the draws of the documents kept under a limit, for `finish`
+
+
+def source_file(source: Source, index: int) -> SourceFile:
+    """The source's `index`-th file. Its shards are `part-NNNNN` for a single file,
+    `part-FFFFF-NNNNN` (the file's place in the dataset, then the shard's) for a dataset."""
+    path = source.files[index]
+    prefix = f"part-{index:05d}-" if source.dataset else "part-"
+    return SourceFile(path, prefix, source.id_prefix(path), len(source.files) > 1)
+
+
+def ingest_file(file: SourceFile, out_dir: Path, reading: Reading = Reading()) -> dict:
+    """Read one file into raw shards of its own under `out_dir`. Returns its shards, documents
+    per "split/label", skips and, under a limit, each group's draws kept (for `finish`)."""
+    skips, groups, draws, limit = SkipLog(), Counter(), defaultdict(list), reading.limit
+    docs = iter_documents(file.path, skips, reading.columns, file.id_prefix)
     if limit is not None:
-        docs = limit_per_group(docs, limit, seed)
-    groups: Counter = Counter()
+        docs = limit_per_group(docs, limit, reading.seed)
 
     def counted(stream):
         for doc in stream:
-            groups[f"{doc['split']}/{doc['label'] or '-'}"] += 1
+            groups[_group(doc)] += 1
+            if limit is not None and file.draws:
+                draws[_group(doc)].append(_sample_draw(reading.seed, doc))
             yield doc
 
-    shards = write_raw_shards(counted(docs), out_dir, shard_docs)
+    shards = write_raw_shards(counted(docs), out_dir, reading.shard_docs, file.prefix)
+    part = {"file": str(file.path), "shards": [p.name for p in shards], "groups": dict(groups),
+            "skipped": skips.to_dict()}
+    if limit is not None and file.draws:
+        part["draws"] = dict(draws)
+    return part
+
+
+def _group(doc: dict) -> str:
+    return f"{doc['split']}/{doc['label'] or '-'}"
+
+
+def _cut_to_limit(source: Source, parts: list[dict], out_dir: Path, reading: Reading) -> None:
+    """Each file kept up to `limit` documents per group; keep, across files, the `limit` with
+    the lowest draws (ties to the earlier file), rewriting the shards of the files that lose
+    some, their documents in source order."""
+    quota: dict[tuple[int, str], int] = Counter()  # (file, group) -> documents it keeps
+    for group in {g for part in parts for g in part["draws"]}:
+        ranked = sorted((d, i) for i, part in enumerate(parts) for d in part["draws"].get(group, []))
+        for _, i in ranked[:reading.limit]:
+            quota[i, group] += 1
+    for i, part in enumerate(parts):
+        if all(quota[i, g] == n for g, n in part["groups"].items()):
+            continue
+        docs = pa.concat_tables(read_shard(out_dir / name) for name in part["shards"]).to_pylist()
+        keep = set()
+        for group in part["groups"]:
+            ranked = sorted((_sample_draw(reading.seed, d), j) for j, d in enumerate(docs)
+                            if _group(d) == group)
+            keep.update(j for _, j in ranked[:quota[i, group]])
+        kept = (d for j, d in enumerate(docs) if j in keep)
+        shards = write_raw_shards(kept, out_dir, reading.shard_docs, source_file(source, i).prefix)
+        part["shards"] = [p.name for p in shards]
+        part["groups"] = {g: quota[i, g] for g in part["groups"] if quota[i, g]}
+
+
+def finish(source: Source, parts: list[dict], out_dir: Path, reading: Reading = Reading()) -> IngestResult:
+    """Join what `ingest_file` read of each file of `source` (in the files' order): the limit's
+    sample across files, a held-out test split when the corpus has no labelled one; fail
+    clearly when nothing usable is left."""
+    if reading.limit is not None and len(parts) > 1:
+        _cut_to_limit(source, parts, out_dir, reading)
+    groups: Counter = Counter()
+    for part in parts:
+        groups.update(part["groups"])
+    skipped = SkipLog.merged(part["skipped"] for part in parts)
     n_docs = sum(groups.values())
     if n_docs == 0:
-        raise DataError(f"{source}: empty corpus (no usable documents; skipped: {dict(skips.counts)})")
+        raise DataError(f"{source.name}: empty corpus (no usable documents; skipped: "
+                        f"{skipped['by_reason']})")
+    shards = [out_dir / name for part in parts for name in part["shards"]]
     labelled = label_counts(groups)
     test_split = {"from": "corpus"}
     if "train" in labelled and "test" not in labelled:
-        test_split = hold_out_test(shards, test_share, seed)
+        test_split = hold_out_test(shards, reading.test_share, reading.seed)
         for label, n in test_split["docs"].items():
             if n:
                 groups[f"train/{label}"] -= n
                 groups[f"test/{label}"] += n
+    files = [{"file": part["file"], "shards": part["shards"], "docs": sum(part["groups"].values())}
+             for part in parts]
     return IngestResult([str(p) for p in shards], n_docs, dict(sorted(groups.items())),
-                        skips.to_dict(), test_split)
+                        skipped, test_split, files)
+
+
+def ingest(source: str | Path | Source, out_dir: Path, **reading) -> IngestResult:
+    """Read every file of `source` (a `Source`, or what `--data` takes) into raw shards under
+    `out_dir`, one after another, and join them (`finish`); `reading`: `Reading`'s fields."""
+    source = source if isinstance(source, Source) else open_source(str(source))
+    how = Reading(**reading)
+    parts = [ingest_file(source_file(source, i), out_dir, how) for i in range(len(source.files))]
+    return finish(source, parts, out_dir, how)

@@ -71,16 +71,22 @@ def _raw_artifacts(run: RunDir) -> dict:
     if not manifest_file.exists():
         return {}
     manifest = read_json(manifest_file)
-    source = Path(manifest["source"])
-    source_entry = {"path": str(source)}
-    if source.is_file():
-        source_entry["sha256"] = file_sha256(source)
     settings = {k: manifest[k] for k in ("limit", "seed")}
-    shards = [run.raw / Path(p).name for p in manifest["shards"]]  # where they are now
-    return {f"raw/{p.name}": {"kind": "raw shard", "sha256": file_sha256(p),
-                              "made_by": "raw/_ingest.json", "settings": settings,
-                              "source": source_entry, "inputs": []}
-            for p in shards if p.exists()}
+    # each shard's source file (a run ingested before files were recorded: the source)
+    files = manifest.get("files") or [{"file": manifest["source"],
+                                       "shards": [Path(p).name for p in manifest["shards"]]}]
+    artifacts = {}
+    for entry in files:
+        source = Path(entry["file"])
+        source_entry = {"path": str(source)}
+        if source.is_file():
+            source_entry["sha256"] = file_sha256(source)
+        for p in (run.raw / name for name in entry["shards"]):  # where they are now
+            if p.exists():
+                artifacts[f"raw/{p.name}"] = {"kind": "raw shard", "sha256": file_sha256(p),
+                                              "made_by": "raw/_ingest.json", "settings": settings,
+                                              "source": source_entry, "inputs": []}
+    return artifacts
 
 
 def build_lineage(run: RunDir) -> dict:

@@ -1,16 +1,18 @@
-"""Sources of documents: the aclImdb tarball (read as a stream, never extracted), an extracted
-aclImdb folder, or a CSV / Parquet table with a text column and optional id, label and split
-columns (named by `config.Columns`). Each yields raw records (id, split, label, text as read);
-`ingest` turns them into raw shards.
+"""Sources of documents, as `--data` names them: "imdb" (the aclImdb corpus: $ULMFIT_IMDB, else
+fastai's download), an aclImdb tarball or extracted folder (`imdb`), one CSV / Parquet table, or
+a dataset of tables: a folder of them or a glob (`corpus/*.parquet`, `'logs/**/*.csv'`). A table
+has a text column and optional id, label and split columns (named by `config.Columns`).
+
+Each file yields raw records (id, split, label, text as read); `ingest` turns them into raw
+shards, a dataset's files each on their own (in parallel, on the Dask workers).
 """
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
-import re
-import tarfile
-import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -20,36 +22,94 @@ import pyarrow.parquet as pq
 
 from .config import Columns
 from .errors import DataError
+from .imdb import iter_imdb_folder, iter_imdb_tarball
 from .manifests import file_sha256
-from .progress import Bar
 
 SPLITS = ("train", "test", "unsup")
 IMDB_ENV = "ULMFIT_IMDB"
-_IMDB_MEMBER = re.compile(r"(?:^|/)(train|test)/(pos|neg|unsup)/([^/]+)\.txt$")
+TABLES = (".csv", ".parquet")
 
 
-def source_digest(source: Path) -> str:
-    """What identifies a source's content: a file's SHA-256; for a folder, the SHA-256 of each
-    file's path, size and modification time (hashing 100,000 reviews would take longer than
-    reading them)."""
-    if source.is_file():
-        return file_sha256(source)
-    digest = hashlib.sha256()
-    for path in sorted(p for p in source.rglob("*") if p.is_file()):
-        stat = path.stat()
-        digest.update(f"{path.relative_to(source).as_posix()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-    return digest.hexdigest()
+@dataclass(frozen=True)
+class Source:
+    """What `--data` names, resolved: its `files` in a fixed order (the one file of a tarball, an
+    aclImdb folder or a single table) and the folder `root` that a dataset's file names are
+    relative to. A `dataset` (a folder or glob of tables) is read file by file; its rows without
+    an id column are named by file and row (`2024/a.csv:17`), not by row alone."""
+
+    name: str  # as given ("imdb" resolved): for messages and the run's records
+    root: Path
+    files: tuple[Path, ...]
+    dataset: bool = False
+
+    def relative(self, path: Path) -> str:
+        return path.relative_to(self.root).as_posix()
+
+    @property
+    def location(self) -> Path:
+        """The source as one path: its file (or aclImdb folder), or the dataset's folder."""
+        return self.root if self.dataset else self.files[0]
+
+    def id_prefix(self, path: Path) -> str:
+        return f"{self.relative(path)}:" if self.dataset else ""
+
+    def digest(self) -> str:
+        """What identifies the content: a single file's SHA-256; for a folder or dataset, the
+        SHA-256 of each file's path, size and modification time (hashing 100,000 reviews would
+        take longer than reading them)."""
+        if not self.dataset and self.files[0].is_file():
+            return file_sha256(self.files[0])
+        root = self.files[0] if not self.dataset else self.root
+        files = self.files if self.dataset else sorted(p for p in root.rglob("*") if p.is_file())
+        digest = hashlib.sha256()
+        for path in files:
+            stat = path.stat()
+            digest.update(f"{path.relative_to(root).as_posix()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        return digest.hexdigest()
 
 
-def resolve_source(data: str) -> Path:
-    """Turn `--data` into a path: "imdb" means $ULMFIT_IMDB, else fastai's IMDB download."""
-    if data != "imdb":
-        path = Path(data).expanduser()
-        if not path.exists():
-            raise DataError(f"{path}: no such file or folder")
-        return path
+def open_source(data: str) -> Source:
+    """Resolve `--data`: "imdb" means $ULMFIT_IMDB, else fastai's IMDB download; a folder with
+    .csv/.parquet files under it, or a glob, is a dataset of those files."""
+    if data == "imdb":
+        return open_source(str(_imdb_path()))
+    if _is_glob(data) or Path(data).expanduser().is_dir():
+        root, files = dataset_files(data, required=_is_glob(data))
+        if files:
+            return Source(data, root, tuple(files), dataset=True)
+    path = Path(data).expanduser()
+    if not path.exists():
+        raise DataError(f"{path}: no such file or folder")
+    return Source(data, path if path.is_dir() else path.parent, (path,))
+
+
+def dataset_files(data: str, required: bool = True) -> tuple[Path, list[Path]]:
+    """The .csv/.parquet files a glob matches, those under a folder, or one such file, sorted by
+    path, with the folder their names are relative to (the glob's fixed part). Other files (a
+    `_SUCCESS` marker, a README) are left alone; finding none is an error if `required`."""
+    path = Path(data).expanduser()
+    if _is_glob(data):
+        fixed = next(i for i, part in enumerate(path.parts) if _is_glob(part))
+        root, found = Path(*path.parts[:fixed]), [Path(p) for p in glob.glob(str(path), recursive=True)]
+    elif path.is_dir():
+        root, found = path, list(path.rglob("*"))
+    elif path.exists():
+        root, found = path.parent, [path]
+    else:
+        raise DataError(f"{data}: no such file or folder")
+    files = sorted(p for p in found if p.is_file() and p.suffix.lower() in TABLES)
+    if required and not files:
+        raise DataError(f"{data}: no .csv or .parquet file {'matches' if _is_glob(data) else 'here'}")
+    return root, files
+
+
+def _is_glob(data: str) -> bool:
+    return any(c in data for c in "*?[")
+
+
+def _imdb_path() -> Path:
     if os.environ.get(IMDB_ENV):
-        return resolve_source(os.environ[IMDB_ENV])
+        return Path(os.environ[IMDB_ENV]).expanduser()
     from fastai.data.external import URLs, untar_data
 
     try:
@@ -60,47 +120,58 @@ def resolve_source(data: str) -> Path:
         ) from exc
 
 
-def check_source(source: Path, columns: Columns = Columns()) -> None:
-    """Fail fast on a source that cannot work: wrong kind, unreadable, or without the columns
-    it is asked to read.
+def check_source(source: Source, columns: Columns = Columns()) -> None:
+    """Fail fast on a source that cannot work: wrong kind, unreadable, without the columns it is
+    asked to read, or a dataset whose files differ in which of those columns they have.
 
-    Reads only the start of the file; damage further in is found (and named) during ingest.
+    Reads only the start of each file; damage further in is found (and named) during ingest.
     """
-    name = source.name.lower()
-    table = name.endswith((".csv", ".parquet"))
-    if not table and columns.named():
-        field, column = next(iter(columns.named().items()))
-        raise DataError(f"{source}: {columns.option(field)} {column} names a column of a CSV or "
-                        "Parquet source; an aclImdb corpus has its own layout")
+    first = None  # (file, the fields it has) of the first table with a header
+    for path in source.files:
+        if not path.name.lower().endswith(TABLES):
+            if columns.named():
+                field, column = next(iter(columns.named().items()))
+                raise DataError(f"{path}: {columns.option(field)} {column} names a column of a CSV "
+                                "or Parquet source; an aclImdb corpus has its own layout")
+            next(raw_records(path, columns), None)  # the first review, or an error naming the file
+            continue
+        schema = _schema(path, columns)
+        if schema is None:  # a header alone: an empty file, or (alone) an empty corpus
+            continue
+        check_columns(path, schema, columns)
+        fields = {f for f, c in vars(columns).items() if c in schema.names}
+        if first is None:
+            first = (path, fields)
+        elif fields != first[1]:
+            differ = ", ".join(f"'{getattr(columns, f)}'" for f in sorted(fields ^ first[1]))
+            raise DataError(f"{path}: its columns differ from those of {first[0]} ({differ} in one "
+                            "only); every file of a dataset needs the same columns")
+
+
+def _schema(path: Path, columns: Columns) -> pa.Schema | None:
     try:
-        if name.endswith(".csv"):  # every CSV value can be read as text
-            first = next(csv_batches(source, _csv_types(columns)), None)
-            if first is None:  # a header alone: ingest finds the corpus empty
-                return
-            schema = first.schema
-        elif name.endswith(".parquet"):
-            schema = pq.read_schema(source)
-        else:
-            next(raw_records(source, columns), None)  # the first review, or an error naming the file
-            return
+        if path.name.lower().endswith(".csv"):  # every CSV value can be read as text
+            first = next(csv_batches(path, _csv_types(columns)), None)
+            return None if first is None else first.schema
+        return pq.read_schema(path)
     except (pa.ArrowInvalid, OSError) as exc:
-        raise DataError(f"{source}: cannot read ({exc})") from exc
-    check_columns(source, schema, columns)
+        raise DataError(f"{path}: cannot read ({exc})") from exc
 
 
-def raw_records(source: Path, columns: Columns) -> Iterator[tuple]:
-    """(id, split, label, text as str or bytes) for each record of `source`."""
-    name = source.name.lower()
-    if source.is_dir():
-        return _iter_imdb_folder(source)
+def raw_records(path: Path, columns: Columns, id_prefix: str = "") -> Iterator[tuple]:
+    """(id, split, label, text as str or bytes) for each record of the file (or aclImdb folder)
+    `path`; a table's rows without an id column are named `id_prefix` + their row number."""
+    name = path.name.lower()
+    if path.is_dir():
+        return iter_imdb_folder(path)
     if name.endswith((".tar.gz", ".tgz", ".tar")):
-        return _iter_imdb_tarball(source)
+        return iter_imdb_tarball(path)
     if name.endswith(".csv"):
-        return _iter_table(source, csv_batches(source, _csv_types(columns)), columns)
+        return _iter_table(path, csv_batches(path, _csv_types(columns)), columns, id_prefix)
     if name.endswith(".parquet"):
-        return _iter_table(source, pq.ParquetFile(source).iter_batches(batch_size=4096), columns)
+        return _iter_table(path, pq.ParquetFile(path).iter_batches(batch_size=4096), columns, id_prefix)
     raise DataError(
-        f"{source}: unsupported source (expected an aclImdb .tar.gz or folder, .csv or .parquet)"
+        f"{path}: unsupported source (expected an aclImdb .tar.gz or folder, .csv or .parquet)"
     )
 
 
@@ -138,44 +209,6 @@ def check_columns(path: Path, schema: pa.Schema, columns: Columns) -> None:
                             f"{', '.join(schema.names)})")
 
 
-def _imdb_fields(member: str):
-    match = _IMDB_MEMBER.search(member)
-    if not match:
-        return None
-    split, label, stem = match.groups()
-    if label == "unsup":
-        return f"{split}/{label}/{stem}", "unsup", None
-    return f"{split}/{label}/{stem}", split, label
-
-
-def _iter_imdb_tarball(path: Path):
-    try:
-        with open(path, "rb") as raw, tarfile.open(fileobj=raw, mode="r|*") as tar, \
-                Bar(f"reading {path.name} (MB)", max(1, path.stat().st_size >> 20)) as bar:
-            for member in tar:
-                fields = member.isfile() and _imdb_fields(member.name)
-                if fields:
-                    yield (*fields, tar.extractfile(member).read())
-                    bar.update(completed=raw.tell() >> 20)
-    except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
-        raise DataError(f"{path}: unreadable or truncated archive ({exc})") from exc
-
-
-def _iter_imdb_folder(path: Path):
-    root = path / "aclImdb" if (path / "aclImdb").is_dir() else path
-    files = sorted(root.glob("*/*/*.txt"))
-    found = 0
-    with Bar(f"reading {path.name} (files)", len(files)) as bar:
-        for i, file in enumerate(files, 1):
-            fields = _imdb_fields(file.relative_to(root).as_posix())
-            if fields:
-                found += 1
-                yield (*fields, file.read_bytes())
-            bar.update(completed=i)
-    if not found:
-        raise DataError(f"{path}: no aclImdb reviews found (expected train|test/pos|neg|unsup/*.txt)")
-
-
 # Text is read as bytes so that one undecodable row is a counted skip, not a failed file.
 def _csv_types(columns: Columns) -> pacsv.ConvertOptions:
     return pacsv.ConvertOptions(column_types={columns.text: pa.binary(), columns.label: pa.string(),
@@ -204,7 +237,7 @@ def csv_batches(path: Path, convert: pacsv.ConvertOptions) -> Iterator[pa.Record
             block *= 8
 
 
-def _iter_table(path: Path, batches: Iterable[pa.RecordBatch], columns: Columns):
+def _iter_table(path: Path, batches: Iterable[pa.RecordBatch], columns: Columns, id_prefix: str):
     row = 0
     fields = vars(columns)  # field -> its column
     for batch in batches:
@@ -215,7 +248,7 @@ def _iter_table(path: Path, batches: Iterable[pa.RecordBatch], columns: Columns)
         for i in range(batch.num_rows):
             label = cols["label"][i] if "label" in cols else None
             label = None if label is None or str(label).strip() == "" else str(label)
-            doc_id = str(cols["id"][i]) if "id" in cols else str(row)
+            doc_id = str(cols["id"][i]) if "id" in cols else f"{id_prefix}{row}"
             if "split" in cols:
                 split = cols["split"][i]
                 if split not in SPLITS:

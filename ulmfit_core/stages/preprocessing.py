@@ -8,7 +8,6 @@ JSON-able summary. This module never loads torch or fastai: Dask workers that to
 
 from __future__ import annotations
 
-import shutil
 import time
 from importlib.metadata import version
 from pathlib import Path
@@ -16,59 +15,9 @@ from pathlib import Path
 from .. import __version__
 from ..config import TEST_SHARE, Columns, Preset
 from ..data import iter_raw_texts, seeded_unit
-from ..ingest import ingest
 from ..manifests import file_inputs, file_sha256, made_once, manifest_path
 from ..rundir import SUBWORD_MODEL, TOKENIZER_SPEC, VOCAB, RunDir, read_json, write_json
-from ..sources import resolve_source, source_digest
-
-
-def ingest_stage(run: RunDir, data: str, limit: int | None, seed: int,
-                 shard_docs: int = 2000, columns: Columns = Columns(),
-                 test_share: float = TEST_SHARE) -> dict:
-    """Read the source (its `columns`, for a table) into raw shards, holding out `test_share` of
-    the labelled train documents as test when it has no test split; reused when the source's
-    content and the settings are those of the raw shards already there. They are written into
-    a folder beside raw/ that replaces it only once the whole source was read, so a failed
-    ingest leaves the earlier run as it was instead of raw shards of two sources side by side."""
-    t0 = time.time()
-    source = resolve_source(data)
-    inputs = {"source": source_digest(source)}
-    settings = {"limit": limit, "seed": seed, "shard_docs": shard_docs,
-                "columns": vars(columns), "test_share": test_share}
-
-    def read():
-        partial, old = run.root / ".raw.partial", run.root / ".raw.old"
-        for folder in (partial, old):
-            shutil.rmtree(folder, ignore_errors=True)
-        try:
-            result = ingest(source, partial, limit=limit, seed=seed, shard_docs=shard_docs,
-                            columns=columns, test_share=test_share)
-        except BaseException:
-            shutil.rmtree(partial, ignore_errors=True)
-            raise
-        if run.raw.exists():
-            run.raw.rename(old)
-        partial.rename(run.raw)
-        shutil.rmtree(old, ignore_errors=True)
-        shards = [run.raw / Path(p).name for p in result.shards]
-        _prune_stale(run, {p.stem for p in shards})
-        summary = {"source": str(source), "limit": limit, "seed": seed,
-                   "shards": [run.rel(p) for p in shards],
-                   "docs": result.docs, "groups": result.groups, "skipped": result.skipped,
-                   "columns": vars(columns), "test_split": result.test_split,
-                   "seconds": time.time() - t0}
-        write_json(run.ingest_summary, summary)
-        return summary, [run.ingest_summary, *shards]
-
-    return made_once(run.ingest_summary, inputs, settings, read)
-
-
-def _prune_stale(run: RunDir, stems: set[str]) -> None:
-    """Remove token and id shards (and their side files) left from raw shards that are gone."""
-    for folder in (run.tokens, run.ids):
-        for path in folder.glob("*-*.*") if folder.exists() else []:
-            if "part-" + path.stem.split("-")[-1] not in stems:
-                path.unlink()
+from .ingesting import ingest_stage
 
 
 SUBWORD_SAMPLE_DOCS = 20_000

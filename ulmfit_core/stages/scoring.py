@@ -7,37 +7,23 @@ written last, says what was scored, by which model (its SHA-256), with what.
 
 from __future__ import annotations
 
-import glob
 import time
 from collections import Counter
 from pathlib import Path
 
-from ..errors import DataError
 from ..manifests import file_sha256, made_once, manifest_path
 from ..rundir import model_folder, write_json
+from ..sources import dataset_files
 
 SUMMARY = "score.json"
-TABLES = (".csv", ".parquet")
 _LOADED: dict[tuple[str, str], object] = {}  # (model file, its SHA-256) -> Classifier, per process
 
 
 def list_inputs(data: str) -> list[tuple[Path, str]]:
-    """The files of a dataset in a fixed order, each with the name of its predictions file
-    (its path under the dataset's folder, ending .parquet: `2024/reviews.csv` gives
-    `2024/reviews.csv.parquet`): one .csv/.parquet file, the .csv/.parquet files under a
-    folder, or those a glob matches (other files, such as a `_SUCCESS` marker, are left alone)."""
-    path = Path(data).expanduser()
-    if any(c in data for c in "*?["):
-        root = Path(*[p for p in path.parts[:next(i for i, p in enumerate(path.parts)
-                                                  if any(c in p for c in "*?["))]])
-        found = [Path(p) for p in glob.glob(str(path), recursive=True)]
-    elif path.exists():
-        root, found = (path.parent, [path]) if path.is_file() else (path, list(path.rglob("*")))
-    else:
-        raise DataError(f"{data}: no such file or folder")
-    files = sorted(p for p in found if p.is_file() and p.suffix.lower() in TABLES)
-    if not files:
-        raise DataError(f"{data}: no .csv or .parquet file here")
+    """The files of a dataset (`sources.dataset_files`), each with the name of its predictions
+    file: its path under the dataset's folder, ending .parquet (`2024/reviews.csv` gives
+    `2024/reviews.csv.parquet`)."""
+    root, files = dataset_files(data)
     return [(p, _output_name(p.relative_to(root).as_posix())) for p in files]
 
 
