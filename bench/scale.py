@@ -8,7 +8,7 @@ Builds each corpus from the first `--base` reviews of `--data` (all of them with
 copy k of a review has its sentences rotated by k places and the id `<id>~k`, so every copy is
 new text of the same vocabulary. A corpus is a dataset of Parquet files of `--file-docs` rows
 (what a partitioned corpus looks like), read by `ulmfit preprocess --data DIR`, one ingest task
-per file. While the command runs, the resident memory of its processes is sampled every 0.1 s:
+per file. While the command runs, the resident memory of its processes is sampled every 0.2 s:
 the driver (the command: flow, Dask scheduler, ingest's join), each Dask worker, and the
 temporary Prefect server. Prints, per size and worker count, the wall time and each one's peak,
 with ratios against the smallest corpus measured with the same workers in this run.
@@ -83,15 +83,16 @@ def measure(corpus: Path, out: Path, workers: int, preset: str) -> dict:
            "--preset", preset, "--workers", str(workers)]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    driver, peaks = psutil.Process(proc.pid), {}  # (role, pid) -> peak RSS
+    driver, peaks, roles = psutil.Process(proc.pid), {}, {}  # (role, pid) -> peak RSS
     while proc.poll() is None:
         for p in [driver, *driver.children(recursive=True)]:
             try:
-                key = (role(p, proc.pid), p.pid)
+                roles.setdefault(p.pid, role(p, proc.pid))
+                key = (roles[p.pid], p.pid)
                 peaks[key] = max(peaks.get(key, 0), p.memory_info().rss)
             except psutil.Error:
                 continue
-        time.sleep(0.1)
+        time.sleep(0.2)
     wall = time.perf_counter() - t0
     stderr = proc.stderr.read()
     if proc.returncode:

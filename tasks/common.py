@@ -18,6 +18,7 @@ from prefect.tasks import MaterializingTask
 
 from ulmfit_core.errors import BAD_INPUT, DiskFull, Stopped, check_stop, out_of_space
 from ulmfit_core.rundir import RunDir
+from ulmfit_core.storage import ObjectPath, is_url
 
 
 def set_up_process() -> None:
@@ -94,7 +95,7 @@ def retry_transient(task, task_run, state) -> bool:
     return True
 
 
-def for_run(task: MaterializingTask, run: RunDir, *also_reads: str | Path) -> Task:
+def for_run(task: MaterializingTask, run: RunDir, *also_reads: str | Path | ObjectPath) -> Task:
     """`task` materializing the files of `run` it declares it writes, downstream of those it
     reads (and `also_reads`, outside the run), so that the Prefect UI draws the run's lineage
     graph. A path that cannot be an asset key (spaces, '%', ...) leaves the task as it is, with
@@ -109,9 +110,9 @@ def for_run(task: MaterializingTask, run: RunDir, *also_reads: str | Path) -> Ta
     return task.with_options(assets=assets, asset_deps=deps)
 
 
-def _asset(path: str | Path) -> Asset:
-    """A run artifact as a Prefect asset, keyed by its file:// URI."""
-    return Asset(key="file://" + str(Path(path).resolve()))
+def _asset(path: str | Path | ObjectPath) -> Asset:
+    """A file as a Prefect asset, keyed by its URI: file://, or the object's s3://."""
+    return Asset(key=str(path) if is_url(path) else "file://" + str(Path(path).resolve()))
 
 
 def progress_artifact(what: str):

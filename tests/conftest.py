@@ -23,6 +23,7 @@ from pathlib import Path
 import httpx
 import pyarrow as pa
 import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
 import pytest
 
 from ulmfit_core import stages
@@ -347,6 +348,111 @@ def dask_cluster(tmp_path):
     yield start
     for cluster in clusters:
         cluster.close()
+
+
+@pytest.fixture(scope="session")
+def table_rows(reviews) -> list[dict]:
+    """The sample's reviews as rows with an id, split and label; one with an empty text."""
+    out = [{"id": f"{group}/{name}", "split": group.split("/")[0] if "unsup" not in group else "unsup",
+            "label": None if "unsup" in group else group.split("/")[1], "text": data.decode()}
+           for group, files in reviews.items() for name, data in files]
+    out[7]["text"] = "   "
+    return out
+
+
+def write_table(path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table = pa.Table.from_pylist(rows)
+    (pacsv.write_csv if path.suffix == ".csv" else pq.write_table)(table, path)
+
+
+def write_dataset(folder, rows: list[dict], cuts=(0.3, 0.55)) -> list:
+    """`rows` cut into three files in two subfolders, a CSV and Parquet mix, beside files that
+    are not tables; returns the files in dataset order."""
+    a, b = (int(c * len(rows)) for c in cuts)
+    files = [folder / "2024" / "a.csv", folder / "2024" / "b.parquet", folder / "2025" / "c.csv"]
+    for file, part in zip(files, (rows[:a], rows[a:b], rows[b:])):
+        write_table(file, part)
+    (folder / "2024" / "_SUCCESS").write_text("")
+    (folder / "README.txt").write_text("reviews, by year")
+    return files
+
+
+class ObjectStore:
+    """An S3-compatible object store (SeaweedFS's `weed server -s3`) on loopback ports, with one
+    identity allowed everything; `env` holds the AWS variables a client of it needs."""
+
+    KEY, SECRET = "ulmfit-test", "ulmfit-test-secret"
+
+    def __init__(self, home: Path) -> None:
+        home.mkdir(parents=True, exist_ok=True)
+        config = home / "s3.json"
+        config.write_text(json.dumps({"identities": [{
+            "name": "test", "credentials": [{"accessKey": self.KEY, "secretKey": self.SECRET}],
+            "actions": ["Admin", "Read", "List", "Tagging", "Write"]}]}))
+        ports = {}
+        for role in ("master", "volume", "filer", "s3"):  # each also listens on port + 10000 (gRPC)
+            ports[role] = until(lambda: _free_pair(set(ports.values())), 10, "a free port pair")
+        self.endpoint = f"http://127.0.0.1:{ports['s3']}"
+        self.env = {"AWS_ACCESS_KEY_ID": self.KEY, "AWS_SECRET_ACCESS_KEY": self.SECRET,
+                    "AWS_ENDPOINT_URL": self.endpoint, "AWS_REGION": "us-east-1"}
+        self.log = open(home / "weed.log", "w")
+        self.proc = subprocess.Popen(
+            [BIN / "weed", "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={home}",
+             f"-master.port={ports['master']}", f"-volume.port={ports['volume']}",
+             f"-filer.port={ports['filer']}", "-s3", f"-s3.port={ports['s3']}",
+             f"-s3.config={config}", "-master.volumeSizeLimitMB=64", "-volume.max=8"],
+            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        until(self._ready, 90, "the object store")
+
+    def filesystem(self):
+        import pyarrow.fs as pafs
+
+        return pafs.S3FileSystem(access_key=self.KEY, secret_key=self.SECRET, scheme="http",
+                                 endpoint_override=self.endpoint[len("http://"):], region="us-east-1",
+                                 allow_bucket_creation=True)
+
+    def _ready(self) -> bool:
+        assert self.proc.poll() is None, (self.log.flush(), Path(self.log.name).read_text()[-3000:])
+        try:
+            self.filesystem().create_dir("ready")
+            return True
+        except OSError:
+            return False
+
+    def put(self, key: str, data: bytes) -> None:
+        with self.filesystem().open_output_stream(key) as out:
+            out.write(data)
+
+    def close(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.log.close()
+
+
+def _free_pair(taken: set[int]) -> int | None:
+    """A free loopback port whose port + 10000 is free too, neither near one `taken`."""
+    port = free_port()
+    if port >= 55535 or any(abs(port - t) in (0, 10000) for t in taken):
+        return None
+    import socket
+
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port + 10000))
+        except OSError:
+            return None
+    return port
+
+
+@pytest.fixture(scope="session")
+def object_store(tmp_path_factory):
+    store = ObjectStore(tmp_path_factory.mktemp("object-store"))
+    yield store
+    store.close()
 
 
 @pytest.fixture(scope="session", autouse=True)

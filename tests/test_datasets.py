@@ -17,43 +17,15 @@ from ulmfit_core.errors import DataError
 from ulmfit_core.rundir import RunDir, read_json
 from ulmfit_core.sources import check_source, open_source
 
-from conftest import error_line, ulmfit
-
-
-@pytest.fixture(scope="module")
-def rows(reviews) -> list[dict]:
-    """The sample's reviews as rows with an id, split and label; one with an empty text."""
-    out = [{"id": f"{group}/{name}", "split": group.split("/")[0] if "unsup" not in group else "unsup",
-            "label": None if "unsup" in group else group.split("/")[1], "text": data.decode()}
-           for group, files in reviews.items() for name, data in files]
-    out[7]["text"] = "   "
-    return out
-
-
-def _write(path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    table = pa.Table.from_pylist(rows)
-    (pacsv.write_csv if path.suffix == ".csv" else pq.write_table)(table, path)
-
-
-def _dataset(folder, rows: list[dict], cuts=(0.3, 0.55)) -> list:
-    """`rows` cut into three files in two subfolders, a CSV and Parquet mix, beside files that
-    are not tables; returns the files in dataset order."""
-    a, b = (int(c * len(rows)) for c in cuts)
-    files = [folder / "2024" / "a.csv", folder / "2024" / "b.parquet", folder / "2025" / "c.csv"]
-    for file, part in zip(files, (rows[:a], rows[a:b], rows[b:])):
-        _write(file, part)
-    (folder / "2024" / "_SUCCESS").write_text("")
-    (folder / "README.txt").write_text("reviews, by year")
-    return files
+from conftest import error_line, ulmfit, write_dataset, write_table
 
 
 def _docs(run: RunDir) -> list[dict]:
     return pa.concat_tables(read_shard(run.path(p)) for p in read_json(run.ingest_summary)["shards"]).to_pylist()
 
 
-def test_each_file_of_a_dataset_is_read_into_shards_of_its_own(tmp_path, rows):
-    files = _dataset(tmp_path / "data", rows)
+def test_each_file_of_a_dataset_is_read_into_shards_of_its_own(tmp_path, table_rows):
+    files = write_dataset(tmp_path / "data", table_rows)
     for data in (str(tmp_path / "data"), f"{tmp_path}/data/**/*.*"):
         source = open_source(data)
         assert source.dataset and list(source.files) == files
@@ -66,19 +38,19 @@ def test_each_file_of_a_dataset_is_read_into_shards_of_its_own(tmp_path, rows):
     assert [f["docs"] for f in summary["files"]] == [len(pq.read_table(f) if f.suffix == ".parquet"
                                                          else pacsv.read_csv(f)) - (f.name == "a.csv")
                                                      for f in files]
-    kept = [r for r in rows if r["text"].strip()]
+    kept = [r for r in table_rows if r["text"].strip()]
     assert [(d["id"], d["split"], d["label"], d["text"]) for d in _docs(run)] == \
         [(r["id"], r["split"], r["label"], r["text"]) for r in kept]
-    assert summary["skipped"] == {"total": 1, "by_reason": {"empty": 1}, "examples": {"empty": [rows[7]["id"]]}}
+    assert summary["skipped"] == {"total": 1, "by_reason": {"empty": 1}, "examples": {"empty": [table_rows[7]["id"]]}}
     assert summary["groups"]["train/pos"] == sum(r["split"] == "train" and r["label"] == "pos" for r in kept)
     again = stages.ingest_stage(run, str(tmp_path / "data"), None, 0, shard_docs=50)
     assert again["reused"] and again["shards"] == summary["shards"]
 
 
-def test_rows_without_ids_are_named_by_file_and_row(tmp_path, rows):
-    plain = [{"text": r["text"], "label": r["label"]} for r in rows[:30]]
-    _write(tmp_path / "d" / "x.csv", plain[:10])
-    _write(tmp_path / "d" / "y.parquet", plain[10:])
+def test_rows_without_ids_are_named_by_file_and_row(tmp_path, table_rows):
+    plain = [{"text": r["text"], "label": r["label"]} for r in table_rows[:30]]
+    write_table(tmp_path / "d" / "x.csv", plain[:10])
+    write_table(tmp_path / "d" / "y.parquet", plain[10:])
     run = RunDir(tmp_path / "run")
     stages.ingest_stage(run, str(tmp_path / "d"), None, 0)
     ids = [d["id"] for d in _docs(run)]
@@ -86,12 +58,12 @@ def test_rows_without_ids_are_named_by_file_and_row(tmp_path, rows):
     assert len(ids) == len(set(ids)) == 29 and "x.csv:7" not in ids  # row 7 is blank: skipped
 
 
-def test_limit_and_held_out_test_across_files_are_those_of_one_file(tmp_path, rows):
+def test_limit_and_held_out_test_across_files_are_those_of_one_file(tmp_path, table_rows):
     """The same rows in one file and in three: the same documents kept by --limit, in the same
     order, and the same ones held out as test when the corpus has no test split."""
-    train = [{**r, "split": "train" if r["label"] else "unsup"} for r in rows]
-    _write(tmp_path / "one" / "all.parquet", train)
-    _dataset(tmp_path / "three", train)
+    train = [{**r, "split": "train" if r["label"] else "unsup"} for r in table_rows]
+    write_table(tmp_path / "one" / "all.parquet", train)
+    write_dataset(tmp_path / "three", train)
     chosen = {}
     for name in ("one", "three"):
         run = RunDir(tmp_path / f"run-{name}")
@@ -105,16 +77,16 @@ def test_limit_and_held_out_test_across_files_are_those_of_one_file(tmp_path, ro
     assert test_split["docs"] == {"neg": 2, "pos": 2}
 
 
-def test_a_dataset_whose_files_differ_in_columns_is_refused_before_any_work(tmp_path, rows):
-    _write(tmp_path / "d" / "a.csv", [{"text": r["text"], "label": r["label"]} for r in rows[:5]])
-    _write(tmp_path / "d" / "b.csv", [{"text": r["text"]} for r in rows[5:9]])
+def test_a_dataset_whose_files_differ_in_columns_is_refused_before_any_work(tmp_path, table_rows):
+    write_table(tmp_path / "d" / "a.csv", [{"text": r["text"], "label": r["label"]} for r in table_rows[:5]])
+    write_table(tmp_path / "d" / "b.csv", [{"text": r["text"]} for r in table_rows[5:9]])
     with pytest.raises(DataError, match=r"b\.csv: its columns differ from those of .*a\.csv \('label' in one only\)"):
         check_source(open_source(str(tmp_path / "d")))
-    _write(tmp_path / "e" / "a.parquet", [{"body": r["text"]} for r in rows[:5]])
+    write_table(tmp_path / "e" / "a.parquet", [{"body": r["text"]} for r in table_rows[:5]])
     result = ulmfit("preprocess", "--data", f"{tmp_path}/e/*.parquet", "--out", tmp_path / "run",
                     "--text-column", "body")
     assert result.returncode == 0, result.stderr[-3000:]
-    _write(tmp_path / "e" / "b.parquet", [{"text": r["text"]} for r in rows[5:9]])
+    write_table(tmp_path / "e" / "b.parquet", [{"text": r["text"]} for r in table_rows[5:9]])
     line = error_line(ulmfit("preprocess", "--data", f"{tmp_path}/e/*.parquet", "--out", tmp_path / "run",
                              "--text-column", "body"))
     assert line == f"ulmfit: error: {tmp_path}/e/b.parquet: no 'body' column (--text-column) (columns: text)"
@@ -122,10 +94,10 @@ def test_a_dataset_whose_files_differ_in_columns_is_refused_before_any_work(tmp_
 
 
 @pytest.mark.slow
-def test_a_dataset_read_in_parallel_gives_the_shards_read_in_turn(tmp_path, rows):
+def test_a_dataset_read_in_parallel_gives_the_shards_read_in_turn(tmp_path, table_rows):
     """`ulmfit preprocess` on a glob, its files read by tasks on two Dask workers, gives byte for
     byte the raw shards, token shards and vocab of the stage functions reading them in turn."""
-    _dataset(tmp_path / "data", rows)
+    write_dataset(tmp_path / "data", table_rows)
     data = f"{tmp_path}/data/**/*.*"
     turn = RunDir(tmp_path / "in-turn")
     stages.preprocess_in_process(turn, data, get_preset("tiny"), limit=25, seed=2, shard_docs=30)

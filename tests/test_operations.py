@@ -27,7 +27,7 @@ def server(tmp_path_factory):
 # What every run rewrites, reused or not: its status, its summaries (with this run's timings),
 # the lock.
 SUMMARY = {"run.json", "preprocess.json", "metrics.json", "report.md", "curves.png", "lineage.json",
-           ".lock"}
+           ".lock", "score.json"}
 
 
 def _written(out: Path) -> dict[str, int]:
@@ -40,8 +40,13 @@ def _written(out: Path) -> dict[str, int]:
 def deployed(server, tmp_path_factory, sample_tarball) -> dict:
     """Every deployment of deployments/prefect.yaml, deployed to the server and run twice, one
     run after the other, through the API by real workers of the `cpu` and `gpu` pools, each
-    into its own directory, on the sample with the tiny preset."""
+    into its own directory, on the sample with the tiny preset; the scoring deployment last,
+    with the nightly deployment's model, on a dataset of two files."""
     root = tmp_path_factory.mktemp("deployed")
+    incoming = root / "incoming"
+    incoming.mkdir()
+    for name, reviews in (("a.csv", ["A wonderful film.", "Dreadful."]), ("b.csv", ["Fine, I suppose."])):
+        (incoming / name).write_text("text\n" + "".join(f'"{r}"\n' for r in reviews))
     for pool in ("cpu", "gpu"):
         server.cli("work-pool", "create", pool, "--type", "process")
     server.cli("--no-prompt", "deploy", "--prefect-file", "deployments/prefect.yaml", "--all",
@@ -52,10 +57,13 @@ def deployed(server, tmp_path_factory, sample_tarball) -> dict:
                                 stdout=log, stderr=subprocess.STDOUT) for pool, log in logs.items()]
     results = {}
     try:
-        for name, deployment in deployments.items():
-            out = root / name
+        for name in sorted(deployments, key=lambda name: name.startswith("score")):
+            deployment, out = deployments[name], root / name
             asked = {"out": str(out), "data": str(sample_tarball), "preset": "tiny", "workers": 1,
                      "shard_docs": 50}
+            if name.startswith("score"):
+                asked = {"model": str(root / "ulmfit-nightly"), "data": str(incoming), "out": str(out),
+                         "workers": 1}
             first = server.run_deployment(deployment["id"], asked, f"the first run of {name}")
             written = _written(out)
             second = server.run_deployment(deployment["id"], asked, f"the second run of {name}")
@@ -89,8 +97,12 @@ def test_every_deployment_has_its_own_directory_and_a_second_run_reuses_everythi
     assert len(set(outs)) == len(outs)  # one directory, one preset: no two schedules clash
     for name, result in deployed.items():
         first, second = result["written"]
-        assert len(first) > 10, name
         assert second == first, (name, {k for k in first if second.get(k) != first[k]})
+        if name.startswith("score"):  # a predictions file and its manifest per input file
+            assert sorted(first) == ["a.csv.json", "a.csv.parquet", "b.csv.json", "b.csv.parquet"]
+            assert json.loads((result["out"] / "score.json").read_text())["rows"] == 3
+            continue
+        assert len(first) > 10, name
         assert read_status(result["out"])["status"] == "complete"
 
 

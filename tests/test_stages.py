@@ -389,5 +389,6 @@ def test_a_preprocessing_report_says_what_there_is(tmp_path, preprocessed):
     write_report(run, {"command": "preprocess", "preset": "tiny", "seed": 0}, 0)
     report = run.report.read_text()
     assert report.splitlines()[2].startswith("**Preprocessed, no model trained yet:** 200 documents")
-    assert "None" not in report and "Test accuracy" not in report and "Language model:" in report
+    assert "None" not in report and "Test accuracy" not in report
+    assert "What the models see" not in report  # no model trained: no batch loaded from every document
     assert not (run.root / "curves.png").exists()

@@ -26,6 +26,7 @@ from .data import read_shard, seeded_unit
 from .errors import DataError, check_stop
 from .rundir import atomic_path
 from .sources import Source, open_source, raw_records, usable_text
+from .storage import Location
 
 RAW_SCHEMA = pa.schema(
     [("id", pa.string()), ("split", pa.string()), ("label", pa.string()), ("text", pa.string())]
@@ -70,7 +71,7 @@ class IngestResult:
     files: list[dict]  # per file of the source: its path, shards and documents
 
 
-def iter_documents(path: Path, skips: SkipLog, columns: Columns = Columns(),
+def iter_documents(path: Location, skips: SkipLog, columns: Columns = Columns(),
                    id_prefix: str = "") -> Iterator[dict]:
     """Yield usable documents of the file `path` in its natural order; count the rest in `skips`."""
     for doc_id, split, label, raw in raw_records(path, columns, id_prefix):
@@ -195,7 +196,7 @@ class Reading:
 class SourceFile:
     """One file of a source, as its reader needs it (small: one goes to each task)."""
 
-    path: Path
+    path: Location
     prefix: str  # of its shards' names
     id_prefix: str  # of the ids of rows without an id column
     draws: bool  # return the draws of the documents kept under a limit, for `finish`

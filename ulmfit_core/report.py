@@ -311,16 +311,20 @@ def _times(metrics: dict) -> list[str]:
 
 
 def first_batches(run: RunDir, preset: str | None, seed: int) -> dict[str, str]:
-    """One row of the first language-model and classifier training batches, decoded; a kind
-    the corpus cannot make (too little text, no labels) is left out."""
-    if preset is None or not run.vocab.exists() or not run.shards(run.ids):
+    """One row of the first training batch of each model trained so far (a batch is made from
+    every document: a preprocessing run's report leaves them out, so that its memory does not
+    grow with the corpus), decoded; a kind the corpus cannot make is left out."""
+    forward = run.direction(False)
+    trained = [kind for kind, model in (("lm", forward.lm.model), ("classifier", forward.classifier.model))
+               if model.exists()]
+    if preset is None or not trained or not run.vocab.exists() or not run.shards(run.ids):
         return {}
     from .config import get_preset
     from .errors import DataError
-    from .show import KINDS, first_batch, format_batch
+    from .show import first_batch, format_batch
 
     shown = {}
-    for kind in KINDS:
+    for kind in trained:
         try:
             shown[kind] = format_batch(first_batch(run, get_preset(preset), seed, kind, n=1))
         except DataError:

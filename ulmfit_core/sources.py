@@ -24,6 +24,7 @@ from .config import Columns
 from .errors import DataError
 from .imdb import iter_imdb_folder, iter_imdb_tarball
 from .manifests import file_sha256
+from .storage import Location, is_url, list_objects, opened, stat
 
 SPLITS = ("train", "test", "unsup")
 IMDB_ENV = "ULMFIT_IMDB"
@@ -38,43 +39,44 @@ class Source:
     an id column are named by file and row (`2024/a.csv:17`), not by row alone."""
 
     name: str  # as given ("imdb" resolved): for messages and the run's records
-    root: Path
-    files: tuple[Path, ...]
+    root: Location
+    files: tuple[Location, ...]
     dataset: bool = False
 
-    def relative(self, path: Path) -> str:
+    def relative(self, path: Location) -> str:
         return path.relative_to(self.root).as_posix()
 
     @property
-    def location(self) -> Path:
+    def location(self) -> Location:
         """The source as one path: its file (or aclImdb folder), or the dataset's folder."""
         return self.root if self.dataset else self.files[0]
 
-    def id_prefix(self, path: Path) -> str:
+    def id_prefix(self, path: Location) -> str:
         return f"{self.relative(path)}:" if self.dataset else ""
 
     def digest(self) -> str:
         """What identifies the content: a single file's SHA-256; for a folder or dataset, the
         SHA-256 of each file's path, size and modification time (hashing 100,000 reviews would
-        take longer than reading them)."""
+        take longer than reading them; an object store gives them without reading)."""
         if not self.dataset and self.files[0].is_file():
             return file_sha256(self.files[0])
         root = self.files[0] if not self.dataset else self.root
         files = self.files if self.dataset else sorted(p for p in root.rglob("*") if p.is_file())
         digest = hashlib.sha256()
         for path in files:
-            stat = path.stat()
-            digest.update(f"{path.relative_to(root).as_posix()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+            size, mtime = stat(path)
+            digest.update(f"{path.relative_to(root).as_posix()}\0{size}\0{mtime}\n".encode())
         return digest.hexdigest()
 
 
 def open_source(data: str) -> Source:
     """Resolve `--data`: "imdb" means $ULMFIT_IMDB, else fastai's IMDB download; a folder with
-    .csv/.parquet files under it, or a glob, is a dataset of those files."""
+    .csv/.parquet files under it, or a glob, is a dataset of those files, and so is anything on
+    object storage (`s3://bucket/corpus/`, a glob there, or one object)."""
     if data == "imdb":
         return open_source(str(_imdb_path()))
-    if _is_glob(data) or Path(data).expanduser().is_dir():
-        root, files = dataset_files(data, required=_is_glob(data))
+    if is_url(data) or _is_glob(data) or Path(data).expanduser().is_dir():
+        root, files = dataset_files(data, required=is_url(data) or _is_glob(data))
         if files:
             return Source(data, root, tuple(files), dataset=True)
     path = Path(data).expanduser()
@@ -83,10 +85,17 @@ def open_source(data: str) -> Source:
     return Source(data, path if path.is_dir() else path.parent, (path,))
 
 
-def dataset_files(data: str, required: bool = True) -> tuple[Path, list[Path]]:
-    """The .csv/.parquet files a glob matches, those under a folder, or one such file, sorted by
-    path, with the folder their names are relative to (the glob's fixed part). Other files (a
-    `_SUCCESS` marker, a README) are left alone; finding none is an error if `required`."""
+def dataset_files(data: str, required: bool = True) -> tuple[Location, list[Location]]:
+    """The .csv/.parquet files a glob matches, those under a folder (or a prefix of object
+    storage), or one such file, sorted by path, with the folder their names are relative to (the
+    glob's fixed part). Other files (a `_SUCCESS` marker, a README) are left alone; finding none
+    is an error if `required`."""
+    if is_url(data):
+        root, objects = list_objects(data)
+        files = sorted((p for p in objects if p.suffix.lower() in TABLES), key=str)
+        if required and not files:
+            raise DataError(f"{data}: no .csv or .parquet object {'matches' if _is_glob(data) else 'here'}")
+        return root, files
     path = Path(data).expanduser()
     if _is_glob(data):
         fixed = next(i for i, part in enumerate(path.parts) if _is_glob(part))
@@ -148,17 +157,18 @@ def check_source(source: Source, columns: Columns = Columns()) -> None:
                             "only); every file of a dataset needs the same columns")
 
 
-def _schema(path: Path, columns: Columns) -> pa.Schema | None:
+def _schema(path: Location, columns: Columns) -> pa.Schema | None:
     try:
         if path.name.lower().endswith(".csv"):  # every CSV value can be read as text
             first = next(csv_batches(path, _csv_types(columns)), None)
             return None if first is None else first.schema
-        return pq.read_schema(path)
+        with opened(path, random_access=True) as source:
+            return pq.read_schema(source)
     except (pa.ArrowInvalid, OSError) as exc:
         raise DataError(f"{path}: cannot read ({exc})") from exc
 
 
-def raw_records(path: Path, columns: Columns, id_prefix: str = "") -> Iterator[tuple]:
+def raw_records(path: Location, columns: Columns, id_prefix: str = "") -> Iterator[tuple]:
     """(id, split, label, text as str or bytes) for each record of the file (or aclImdb folder)
     `path`; a table's rows without an id column are named `id_prefix` + their row number."""
     name = path.name.lower()
@@ -169,10 +179,15 @@ def raw_records(path: Path, columns: Columns, id_prefix: str = "") -> Iterator[t
     if name.endswith(".csv"):
         return _iter_table(path, csv_batches(path, _csv_types(columns)), columns, id_prefix)
     if name.endswith(".parquet"):
-        return _iter_table(path, pq.ParquetFile(path).iter_batches(batch_size=4096), columns, id_prefix)
+        return _iter_parquet(path, columns, id_prefix)
     raise DataError(
         f"{path}: unsupported source (expected an aclImdb .tar.gz or folder, .csv or .parquet)"
     )
+
+
+def _iter_parquet(path: Location, columns: Columns, id_prefix: str):
+    with opened(path, random_access=True) as source:
+        yield from _iter_table(path, pq.ParquetFile(source).iter_batches(batch_size=4096), columns, id_prefix)
 
 
 def usable_text(raw: str | bytes | None) -> tuple[str | None, str | None]:
@@ -215,7 +230,7 @@ def _csv_types(columns: Columns) -> pacsv.ConvertOptions:
                                               columns.split: pa.string(), columns.id: pa.string()})
 
 
-def csv_batches(path: Path, convert: pacsv.ConvertOptions) -> Iterator[pa.RecordBatch]:
+def csv_batches(path: Location, convert: pacsv.ConvertOptions) -> Iterator[pa.RecordBatch]:
     """A CSV file's rows in record batches, read in blocks as large as its longest row needs:
     a row longer than a block (pyarrow's "straddling object") reopens the file with blocks
     eight times larger, from the first row not yet given."""
@@ -223,21 +238,22 @@ def csv_batches(path: Path, convert: pacsv.ConvertOptions) -> Iterator[pa.Record
     while True:
         try:
             seen = 0
-            for batch in pacsv.open_csv(path, read_options=pacsv.ReadOptions(block_size=block),
-                                        convert_options=convert):
-                if seen + batch.num_rows > given:
-                    fresh = batch.slice(max(0, given - seen))
-                    given += fresh.num_rows
-                    yield fresh
-                seen += batch.num_rows
+            with opened(path) as source:
+                for batch in pacsv.open_csv(source, read_options=pacsv.ReadOptions(block_size=block),
+                                            convert_options=convert):
+                    if seen + batch.num_rows > given:
+                        fresh = batch.slice(max(0, given - seen))
+                        given += fresh.num_rows
+                        yield fresh
+                    seen += batch.num_rows
             return
         except pa.ArrowInvalid as exc:
-            if "straddl" not in str(exc) or block > path.stat().st_size:
+            if "straddl" not in str(exc) or block > stat(path)[0]:
                 raise DataError(f"{path}: cannot parse CSV ({exc})") from exc
             block *= 8
 
 
-def _iter_table(path: Path, batches: Iterable[pa.RecordBatch], columns: Columns, id_prefix: str):
+def _iter_table(path: Location, batches: Iterable[pa.RecordBatch], columns: Columns, id_prefix: str):
     row = 0
     fields = vars(columns)  # field -> its column
     for batch in batches:
