@@ -389,8 +389,10 @@ def _score(args: argparse.Namespace) -> int:
     _stop_on_signals()  # before NumPy loads (below), while this process has one thread
     from flows import pipeline
     from ulmfit_core.stages import scoring
+    from ulmfit_core.storage import is_url
 
-    data, out = os.path.abspath(os.path.expanduser(args.data)), str(Path(args.out).resolve())
+    data = args.data if is_url(args.data) else os.path.abspath(os.path.expanduser(args.data))
+    out = str(Path(args.out).resolve())
     scoring.list_inputs(data), scoring.scored_model(args.model)
     return _run_flow(pipeline.score_job, {
         "model": str(Path(args.model).resolve()), "data": data, "out": out,

@@ -52,11 +52,11 @@ def _ingest(out: str, run: RunDir, plan) -> dict:
     task per file; one file (a tarball, a table) here, where its progress shows."""
     files = plan.files()
     if plan.source.dataset:
-        parts = _as_done(prep.ingest_file.map(
+        parts = _as_done(prep.ingest.map(
             unmapped(out), files, unmapped(plan.reading), [plan.source.relative(f.path) for f in files]),
             "ingest", "files read")
     else:
-        parts = [prep.ingest_file(out, files[0], plan.reading, files[0].path.name)]
+        parts = [prep.ingest(out, files[0], plan.reading, files[0].path.name)]
     return for_run(prep.finish_ingest, run, plan.source.location)(out, plan, parts)
 
 

@@ -21,7 +21,7 @@ def plan_ingest(out: str, data: str, limit: int | None, seed: int, shard_docs: i
 
 
 @task(name="ingest-file", task_run_name="ingest {name}", **IO_RETRIES)
-def ingest_file(out: str, file: SourceFile, reading: Reading, name: str) -> dict:
+def ingest(out: str, file: SourceFile, reading: Reading, name: str) -> dict:
     return stages.ingest_file_stage(RunDir(out), file, reading)
 
 

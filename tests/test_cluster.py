@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ulmfit
+from conftest import ulmfit, write_table
+from ulmfit_core import stages
 from ulmfit_core.manifests import file_sha256
+from ulmfit_core.rundir import RunDir, read_json
 
 pytestmark = pytest.mark.slow
 
@@ -89,3 +91,33 @@ def test_two_runs_side_by_side_do_not_interfere(tmp_path, sample_tarball, refere
         assert proc.wait(timeout=600) == 0, proc.stderr.read()[-3000:]
     for out in outs:
         assert outputs(out) == reference
+
+
+def test_killing_a_worker_mid_ingest_changes_nothing(cluster, tmp_path, table_rows):
+    """A dataset of 40 Parquet files read by ingest tasks on two workers, one killed once the
+    first files are read: its files are read again elsewhere, and the raw shards are those of
+    reading the files in turn (`--limit` keeps the rest of the run short; every row is read)."""
+    data = tmp_path / "reviews"
+    rows = [{**r, "text": (r["text"] + " ") * 2} for r in table_rows if r["text"].strip()]
+    for f in range(40):
+        write_table(data / f"part-{f:02d}.parquet",
+                    [{**r, "id": f"{r['id']}~{f}~{k}"} for k in range(5) for r in rows])
+    reference = RunDir(tmp_path / "in-turn")
+    stages.ingest_stage(reference, str(data), 20, 0)
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", "preprocess", "--data", str(data), "--out", str(out),
+         "--limit", "20", "--dask-address", cluster.address],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={**os.environ})
+    partial = out / ".raw.partial"
+    cluster.wait_for(lambda: len(list(partial.glob("part-*.parquet"))) >= 2 or proc.poll() is not None,
+                     300, "the first files read")
+    victim = cluster.workers[0]
+    victim.kill()
+    victim.wait()
+    assert len(list(partial.glob("part-*.parquet"))) < 40, "ingest ended before the worker was killed"
+    assert proc.wait(timeout=600) == 0, proc.stderr.read()[-3000:]
+    summary = read_json(RunDir(out).ingest_summary)
+    assert summary == {**read_json(reference.ingest_summary), "source": str(data), "seconds": summary["seconds"]}
+    for shard in summary["shards"]:
+        assert (out / shard).read_bytes() == reference.path(shard).read_bytes(), shard

@@ -1,11 +1,12 @@
 """A corpus on S3-compatible object storage: a real SeaweedFS server on loopback (started by the
 `object_store` fixture), read by `ulmfit preprocess --data s3://…` through pyarrow's S3
-filesystem on the Dask workers, giving the shards of its local copy; a missing bucket, wrong
-credentials, an unreachable endpoint and a prefix without tables are one line each, before any
-work."""
+filesystem on the Dask workers, giving the shards of its local copy, and scored by `ulmfit score
+--data s3://…` as its local copy is; a missing bucket, wrong credentials, an unreachable endpoint
+and a prefix without tables are one line each, before any work."""
 
 from __future__ import annotations
 
+import pyarrow.parquet as pq
 import pytest
 
 from ulmfit_core import stages
@@ -87,3 +88,25 @@ def test_a_corpus_on_object_storage_gives_the_shards_of_its_local_copy(uploaded,
     assert read_json(stored.preprocess_metrics)["reused_shards"] == {"tokens": len(summary["shards"]),
                                                                      "ids": len(summary["shards"])}
     assert read_json(stored.ingest_summary)["seconds"] == summary["seconds"]  # not read again
+
+
+@pytest.mark.slow
+def test_a_dataset_on_object_storage_is_scored_as_its_local_copy(uploaded, trained, tmp_path):
+    """`ulmfit score --data s3://…` on the Dask workers writes the predictions of the local
+    copy, file for file; a rerun finds every object scored by this model and reuses it."""
+    scored = {}
+    for where, data in (("local", uploaded), ("store", "s3://corpus/reviews/")):
+        out = tmp_path / f"scored-{where}"
+        result = ulmfit("score", "--model", trained.root, "--data", data, "--out", out, "--workers", 2)
+        assert result.returncode == 0, result.stderr[-3000:]
+        scored[where] = out
+    names = ["2024/a.csv.parquet", "2024/b.parquet", "2025/c.csv.parquet"]
+    summary = read_json(scored["store"] / "score.json")
+    assert [f["output"] for f in summary["files"]] == names
+    assert summary["files"][0]["input"] == "s3://corpus/reviews/2024/a.csv"
+    for name in names:
+        assert pq.read_table(scored["store"] / name).equals(pq.read_table(scored["local"] / name)), name
+    again = ulmfit("score", "--model", trained.root, "--data", "s3://corpus/reviews/", "--out",
+                   scored["store"], "--workers", 2)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert read_json(scored["store"] / "score.json")["reused_files"] == 3

@@ -23,6 +23,7 @@ from tasks.ranks import Ranks
 from ulmfit_core import stages
 from ulmfit_core.errors import DamagedFile, DataError, DiskFull, Stopped
 from ulmfit_core.rundir import RunDir
+from ulmfit_core.storage import ObjectPath
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -69,8 +70,10 @@ def test_a_task_declares_the_files_it_reads_and_writes_as_assets_of_a_run(tmp_pa
     assert (lm.name, lm.task_run_name, lm.retries, lm.retry_delay_seconds, lm.retry_condition_fn) == (
         "train-language-model", train.train_lm.task_run_name, 1, 5, retry_transient)
     assert lm.fn is train.train_lm.fn  # the same function underneath
-    ingest = for_run(prep.ingest, RunDir(tmp_path / "run"), tmp_path / "corpus.csv")
+    ingest = for_run(prep.finish_ingest, RunDir(tmp_path / "run"), tmp_path / "corpus.csv")
     assert [a.key for a in ingest.asset_deps] == [f"file://{tmp_path}/corpus.csv"]
+    assert [a.key for a in for_run(prep.finish_ingest, RunDir(tmp_path / "run"), ObjectPath("s3://b/corpus")).asset_deps] \
+        == ["s3://b/corpus"]
     assert ingest.retries == 2 and ingest.retry_delay_seconds == [2, 10]
 
 

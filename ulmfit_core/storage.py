@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -133,6 +134,22 @@ def _matches(parts: list[str], pattern: list[str]) -> bool:
     if pattern[0] == "**":
         return any(_matches(parts[i:], pattern[1:]) for i in range(len(parts) + 1))
     return bool(parts) and fnmatch.fnmatchcase(parts[0], pattern[0]) and _matches(parts[1:], pattern[1:])
+
+
+def location(path: str | os.PathLike) -> Location:
+    """A path or URL as given (a task's parameter) as the location it names."""
+    return ObjectPath(str(path)) if is_url(path) else Path(path)
+
+
+def sha256(path: Location) -> str:
+    """The SHA-256 of a file's bytes, local or an object."""
+    digest = hashlib.sha256()
+    with opened(path) as source:
+        stream = open(source, "rb") if isinstance(source, str) else source
+        with stream:
+            while chunk := stream.read(1 << 20):
+                digest.update(chunk)
+    return digest.hexdigest()
 
 
 def stat(path: Location) -> tuple[int, int]:

@@ -11,11 +11,13 @@ import pyarrow.parquet as pq
 from .errors import DataError
 from .sources import check_text_column, csv_batches, usable_text
 from .rundir import atomic_path
+from .storage import Location, opened
 
 
-def read_table(path: Path, text_column: str = "text") -> pa.Table:
-    """A CSV or Parquet file; a CSV's text column is read as bytes, to be decoded row by row."""
-    if not path.exists():
+def read_table(path: Location, text_column: str = "text") -> pa.Table:
+    """A CSV or Parquet file (local, or an object); a CSV's text column is read as bytes, to be
+    decoded row by row."""
+    if isinstance(path, Path) and not path.exists():
         raise FileNotFoundError(f"{path}: no such file")
     suffix = path.suffix.lower()
     try:
@@ -23,16 +25,18 @@ def read_table(path: Path, text_column: str = "text") -> pa.Table:
             types = pacsv.ConvertOptions(column_types={text_column: pa.binary()})
             batches = list(csv_batches(path, types))
             if not batches:  # a header alone
-                return pacsv.open_csv(path, convert_options=types).read_all()
+                with opened(path) as source:
+                    return pacsv.open_csv(source, convert_options=types).read_all()
             return pa.Table.from_batches(batches)
         if suffix == ".parquet":
-            return pq.read_table(path)
+            with opened(path, random_access=True) as source:
+                return pq.read_table(source)
     except pa.ArrowInvalid as exc:
         raise DataError(f"{path}: cannot read ({exc})") from exc
     raise DataError(f"{path}: expected a .csv or .parquet file")
 
 
-def read_texts_table(path: Path, text_column: str = "text") -> tuple[pa.Table, list[str | bytes | None]]:
+def read_texts_table(path: Location, text_column: str = "text") -> tuple[pa.Table, list[str | bytes | None]]:
     """A table to classify and its texts as read (bytes from a CSV, to be checked as
     preprocessing checks them); the table's text column comes back as strings, null where the
     bytes are not UTF-8."""

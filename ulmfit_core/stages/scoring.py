@@ -14,12 +14,13 @@ from pathlib import Path
 from ..manifests import file_sha256, made_once, manifest_path
 from ..rundir import model_folder, write_json
 from ..sources import dataset_files
+from ..storage import Location, location, sha256
 
 SUMMARY = "score.json"
 _LOADED: dict[tuple[str, str], object] = {}  # (model file, its SHA-256) -> Classifier, per process
 
 
-def list_inputs(data: str) -> list[tuple[Path, str]]:
+def list_inputs(data: str) -> list[tuple[Location, str]]:
     """The files of a dataset (`sources.dataset_files`), each with the name of its predictions
     file: its path under the dataset's folder, ending .parquet (`2024/reviews.csv` gives
     `2024/reviews.csv.parquet`)."""
@@ -60,9 +61,10 @@ def _classifier(model: dict):
     return _LOADED[key]
 
 
-def score_file_stage(out: str | Path, source: str | Path, name: str, model: dict,
+def score_file_stage(out: str | Path, source: str, name: str, model: dict,
                      text_column: str = "text", id_column: str = "id", bs: int = 64) -> dict:
-    """Predict every row of the input file `source` into the output folder's file `name`: the
+    """Predict every row of the input file `source` (a path or an object's URL) into the output
+    folder's file `name`: the
     id column (or the row number, when the file has none) and the predictions. Reused when the
     file, the model and the settings are those it was scored with."""
     import pyarrow as pa
@@ -71,8 +73,8 @@ def score_file_stage(out: str | Path, source: str | Path, name: str, model: dict
     from ..rundir import atomic_path
     from ..tables import read_texts_table, with_predictions
 
-    source, target = Path(source), Path(out) / name
-    inputs = {"input": file_sha256(source), "model": model["sha256"]}
+    source, target = location(source), Path(out) / name
+    inputs = {"input": sha256(source), "model": model["sha256"]}
     settings = {"text_column": text_column, "id_column": id_column}
 
     def score():
