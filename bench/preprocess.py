@@ -17,6 +17,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import psutil
 
@@ -37,20 +38,33 @@ def tree_rss(proc: psutil.Process, peaks: dict) -> int:
     return total
 
 
+def timed(cmd: list[str], sample: Callable[[psutil.Process], None], every_s: float) -> float:
+    """Run the command `cmd`, calling `sample(its process)` every `every_s` seconds while it
+    runs; returns its wall time, or exits with its error output if it fails."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    ps = psutil.Process(proc.pid)
+    while proc.poll() is None:
+        sample(ps)
+        time.sleep(every_s)
+    wall = time.perf_counter() - t0
+    stderr = proc.stderr.read()
+    if proc.returncode:
+        sys.exit(f"{' '.join(cmd[2:4])} failed ({proc.returncode}):\n{stderr[-3000:]}")
+    return wall
+
+
 def run(data: str, limit: int | None, workers: int | None, out: Path) -> dict:
     cmd = [sys.executable, "-m", "flows.cli", "preprocess", "--data", data, "--out", str(out)]
     cmd += ["--limit", str(limit)] if limit else []
     cmd += ["--workers", str(workers)] if workers else []
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    ps, peak, peaks = psutil.Process(proc.pid), 0, {}
-    while proc.poll() is None:
+    peak, peaks = 0, {}
+
+    def sample(ps: psutil.Process) -> None:
+        nonlocal peak
         peak = max(peak, tree_rss(ps, peaks))
-        time.sleep(0.1)
-    wall = time.perf_counter() - t0
-    stderr = proc.stderr.read()
-    if proc.returncode:
-        sys.exit(f"preprocess failed ({proc.returncode}):\n{stderr[-3000:]}")
+
+    wall = timed(cmd, sample, 0.1)
     pre = read_json(RunDir(out).preprocess_metrics)
     print(f"documents: {pre['docs']}  tokens: {pre['tokens']}  shards: {pre['shards']}  "
           f"vocab: {pre['vocab_size']}  skipped: {pre['skipped']}")

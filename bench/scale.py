@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import argparse
 import re
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import psutil
@@ -31,6 +29,8 @@ import pyarrow.parquet as pq
 from ulmfit_core.ingest import RAW_SCHEMA, SkipLog, iter_documents
 from ulmfit_core.rundir import RunDir, read_json
 from ulmfit_core.sources import open_source
+
+from preprocess import timed  # bench/, this script's folder
 
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
@@ -81,22 +81,18 @@ def role(proc: psutil.Process, driver: int) -> str:
 def measure(corpus: Path, out: Path, workers: int, preset: str) -> dict:
     cmd = [sys.executable, "-m", "flows.cli", "preprocess", "--data", str(corpus), "--out", str(out),
            "--preset", preset, "--workers", str(workers)]
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    driver, peaks, roles = psutil.Process(proc.pid), {}, {}  # (role, pid) -> peak RSS
-    while proc.poll() is None:
+    peaks, roles = {}, {}  # (role, pid) -> peak RSS; pid -> role
+
+    def sample(driver: psutil.Process) -> None:
         for p in [driver, *driver.children(recursive=True)]:
             try:
-                roles.setdefault(p.pid, role(p, proc.pid))
+                roles.setdefault(p.pid, role(p, driver.pid))
                 key = (roles[p.pid], p.pid)
                 peaks[key] = max(peaks.get(key, 0), p.memory_info().rss)
             except psutil.Error:
                 continue
-        time.sleep(0.2)
-    wall = time.perf_counter() - t0
-    stderr = proc.stderr.read()
-    if proc.returncode:
-        sys.exit(f"preprocess failed ({proc.returncode}):\n{stderr[-3000:]}")
+
+    wall = timed(cmd, sample, 0.2)
     pre = read_json(RunDir(out).preprocess_metrics)
     by_role = {r: max((v for (r2, _), v in peaks.items() if r2 == r), default=0)
                for r in ("driver", "worker", "server")}
