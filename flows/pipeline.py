@@ -48,13 +48,15 @@ def _as_done(futures, stage: str, done_what: str) -> list:
 
 
 def _ingest(out: str, run: RunDir, plan) -> dict:
-    """The source's files into raw shards: a dataset's side by side on the Dask workers, one
-    task per file; one file (a tarball, a table) here, where its progress shows."""
+    """The source's files into raw shards: a dataset's files (and a large Parquet file's runs of
+    row groups) side by side on the Dask workers, a task each; one file (a tarball, a table)
+    here, where its progress shows."""
     files = plan.files()
-    if plan.source.dataset:
-        parts = _as_done(prep.ingest.map(
-            unmapped(out), files, unmapped(plan.reading), [plan.source.relative(f.path) for f in files]),
-            "ingest", "files read")
+    if len(files) > 1:
+        names = [plan.source.relative(f.path) + (f" row groups {f.row_groups[0]}-{f.row_groups[-1]}"
+                                                 if f.row_groups else "") for f in files]
+        parts = _as_done(prep.ingest.map(unmapped(out), files, unmapped(plan.reading), names),
+                         "ingest", "parts read")
     else:
         parts = [prep.ingest(out, files[0], plan.reading, files[0].path.name)]
     return for_run(prep.finish_ingest, run, plan.source.location)(out, plan, parts)
@@ -72,7 +74,9 @@ def preprocess_flow(out: str, data: str = "imdb", preset: str = "tiny", limit: i
     columns = Columns(text_column, label_column, split_column, id_column)
     plan = prep.plan_ingest(out, data, limit, seed, shard_docs, columns, test_share)
     ingested = plan.done or _ingest(out, run, plan)
-    files = f" from {len(ingested['files'])} files" if len(ingested.get("files", [])) > 1 else ""
+    parts = ingested.get("files", [])
+    files = len({part["file"] for part in parts})
+    files = (f" from {files} files" if files > 1 else "") + (f" in {len(parts)} parts" if len(parts) > files else "")
     print(f"ingested {ingested['docs']} documents{files} into {len(ingested['shards'])} shards "
           f"(skipped {ingested['skipped']['total']})")
     if ingested["test_split"]["from"] == "held out":

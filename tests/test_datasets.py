@@ -77,6 +77,31 @@ def test_limit_and_held_out_test_across_files_are_those_of_one_file(tmp_path, ta
     assert test_split["docs"] == {"neg": 2, "pos": 2}
 
 
+def test_a_large_parquet_file_is_read_in_runs_of_row_groups_as_if_whole(tmp_path, table_rows, monkeypatch):
+    """A Parquet file of more than PART_ROWS rows is read in parts, each a run of row groups (a
+    task each under Prefect): the same documents, ids (its row numbers), --limit sample and
+    held-out test split as reading it whole, in shards named by part."""
+    from ulmfit_core import ingest
+
+    rows = [{"text": r["text"], "label": r["label"]} for r in table_rows]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "big.parquet", row_group_size=10)
+    chosen = {}
+    for part_rows in (10**9, 45):
+        monkeypatch.setattr(ingest, "PART_ROWS", part_rows)
+        run = RunDir(tmp_path / f"run-{part_rows}")
+        summary = stages.ingest_stage(run, str(tmp_path / "big.parquet"), 30, 1, shard_docs=20)
+        chosen[part_rows] = [(d["id"], d["split"], d["text"]) for d in _docs(run)], summary["groups"]
+        if part_rows == 45:
+            assert [f["row_groups"] for f in summary["files"]] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11],
+                                                                   [12, 13, 14, 15], [16, 17, 18, 19]]
+            assert summary["shards"][0] == "raw/part-00000-00000.parquet"
+        else:
+            assert summary["shards"][0] == "raw/part-00000.parquet" and len(summary["files"]) == 1
+    assert chosen[45] == chosen[10**9]
+    ids = [doc_id for doc_id, _, _ in chosen[45][0]]
+    assert all(rows[int(i)]["text"] == text for i, _, text in chosen[45][0]) and len(ids) == len(set(ids))
+
+
 def test_a_dataset_whose_files_differ_in_columns_is_refused_before_any_work(tmp_path, table_rows):
     write_table(tmp_path / "d" / "a.csv", [{"text": r["text"], "label": r["label"]} for r in table_rows[:5]])
     write_table(tmp_path / "d" / "b.csv", [{"text": r["text"]} for r in table_rows[5:9]])

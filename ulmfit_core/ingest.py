@@ -26,7 +26,7 @@ from .data import read_shard, seeded_unit
 from .errors import DataError, check_stop
 from .rundir import atomic_path
 from .sources import Source, open_source, raw_records, usable_text
-from .storage import Location
+from .storage import Location, opened
 
 RAW_SCHEMA = pa.schema(
     [("id", pa.string()), ("split", pa.string()), ("label", pa.string()), ("text", pa.string())]
@@ -71,10 +71,11 @@ class IngestResult:
     files: list[dict]  # per file of the source: its path, shards and documents
 
 
-def iter_documents(path: Location, skips: SkipLog, columns: Columns = Columns(),
-                   id_prefix: str = "") -> Iterator[dict]:
-    """Yield usable documents of the file `path` in its natural order; count the rest in `skips`."""
-    for doc_id, split, label, raw in raw_records(path, columns, id_prefix):
+def iter_documents(path: Location, skips: SkipLog, columns: Columns = Columns(), id_prefix: str = "",
+                   row_groups: tuple[int, ...] | None = None, first_row: int = 0) -> Iterator[dict]:
+    """Yield usable documents of the file `path` (of a Parquet file's `row_groups`, the first
+    of which starts at its row `first_row`) in their order; count the rest in `skips`."""
+    for doc_id, split, label, raw in raw_records(path, columns, id_prefix, row_groups, first_row):
         text, why = usable_text(raw)
         if why:
             skips.add(why, doc_id)
@@ -192,29 +193,60 @@ class Reading:
     test_share: float = TEST_SHARE
 
 
+# A Parquet file of more rows than this is read in parts, each a run of its row groups.
+PART_ROWS = 200_000
+
+
 @dataclass(frozen=True)
 class SourceFile:
-    """One file of a source, as its reader needs it (small: one goes to each task)."""
+    """One part of a source as its reader needs it (small: one goes to each task): a file, or a
+    run of a Parquet file's row groups, whose first row is the file's row `first_row`."""
 
     path: Location
     prefix: str  # of its shards' names
     id_prefix: str  # of the ids of rows without an id column
     draws: bool  # return the draws of the documents kept under a limit, for `finish`
+    row_groups: tuple[int, ...] | None = None  # None: the whole file
+    first_row: int = 0
 
 
-def source_file(source: Source, index: int) -> SourceFile:
-    """The source's `index`-th file. Its shards are `part-NNNNN` for a single file,
-    `part-FFFFF-NNNNN` (the file's place in the dataset, then the shard's) for a dataset."""
-    path = source.files[index]
-    prefix = f"part-{index:05d}-" if source.dataset else "part-"
-    return SourceFile(path, prefix, source.id_prefix(path), len(source.files) > 1)
+def source_files(source: Source) -> list[SourceFile]:
+    """The parts a source is read in, in order: each of its files, a Parquet file of more than
+    PART_ROWS rows in runs of its row groups. Their shards are `part-NNNNN` when the source is
+    one file read whole, else `part-PPPPP-NNNNN` (the part's place, then the shard's)."""
+    pieces = [(path, *run) for path in source.files for run in _row_group_runs(path)]
+    many = source.dataset or len(pieces) > 1
+    return [SourceFile(path, f"part-{p:05d}-" if many else "part-", source.id_prefix(path),
+                       len(pieces) > 1, groups, first)
+            for p, (path, groups, first) in enumerate(pieces)]
+
+
+def _row_group_runs(path: Location) -> list[tuple[tuple[int, ...] | None, int]]:
+    """(row groups, first row) of each part of a file: one part but for a large Parquet file."""
+    if not path.name.lower().endswith(".parquet"):
+        return [(None, 0)]
+    try:
+        with opened(path, random_access=True) as source:
+            meta = pq.ParquetFile(source).metadata
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DataError(f"{path}: cannot read ({exc})") from exc
+    runs, groups, rows, first = [], [], 0, 0
+    for g in range(meta.num_row_groups):
+        n = meta.row_group(g).num_rows
+        if groups and rows + n > PART_ROWS:
+            runs.append((tuple(groups), first))
+            first, groups, rows = first + rows, [], 0
+        groups.append(g)
+        rows += n
+    return [*runs, (tuple(groups), first)] if runs else [(None, 0)]
 
 
 def ingest_file(file: SourceFile, out_dir: Path, reading: Reading = Reading()) -> dict:
     """Read one file into raw shards of its own under `out_dir`. Returns its shards, documents
     per "split/label", skips and, under a limit, each group's draws kept (for `finish`)."""
     skips, groups, draws, limit = SkipLog(), Counter(), defaultdict(list), reading.limit
-    docs = iter_documents(file.path, skips, reading.columns, file.id_prefix)
+    docs = iter_documents(file.path, skips, reading.columns, file.id_prefix, file.row_groups,
+                          file.first_row)
     if limit is not None:
         docs = limit_per_group(docs, limit, reading.seed)
 
@@ -226,8 +258,10 @@ def ingest_file(file: SourceFile, out_dir: Path, reading: Reading = Reading()) -
             yield doc
 
     shards = write_raw_shards(counted(docs), out_dir, reading.shard_docs, file.prefix)
-    part = {"file": str(file.path), "shards": [p.name for p in shards], "groups": dict(groups),
-            "skipped": skips.to_dict()}
+    part = {"file": str(file.path), "prefix": file.prefix, "shards": [p.name for p in shards],
+            "groups": dict(groups), "skipped": skips.to_dict()}
+    if file.row_groups is not None:
+        part["row_groups"] = list(file.row_groups)
     if limit is not None and file.draws:
         part["draws"] = dict(draws)
     return part
@@ -237,7 +271,7 @@ def _group(doc: dict) -> str:
     return f"{doc['split']}/{doc['label'] or '-'}"
 
 
-def _cut_to_limit(source: Source, parts: list[dict], out_dir: Path, reading: Reading) -> None:
+def _cut_to_limit(parts: list[dict], out_dir: Path, reading: Reading) -> None:
     """Each file kept up to `limit` documents per group; keep, across files, the `limit` with
     the lowest draws (ties to the earlier file), rewriting the shards of the files that lose
     some, their documents in source order."""
@@ -256,7 +290,7 @@ def _cut_to_limit(source: Source, parts: list[dict], out_dir: Path, reading: Rea
                             if _group(d) == group)
             keep.update(j for _, j in ranked[:quota[i, group]])
         kept = (d for j, d in enumerate(docs) if j in keep)
-        shards = write_raw_shards(kept, out_dir, reading.shard_docs, source_file(source, i).prefix)
+        shards = write_raw_shards(kept, out_dir, reading.shard_docs, part["prefix"])
         part["shards"] = [p.name for p in shards]
         part["groups"] = {g: quota[i, g] for g in part["groups"] if quota[i, g]}
 
@@ -266,7 +300,7 @@ def finish(source: Source, parts: list[dict], out_dir: Path, reading: Reading = 
     sample across files, a held-out test split when the corpus has no labelled one; fail
     clearly when nothing usable is left."""
     if reading.limit is not None and len(parts) > 1:
-        _cut_to_limit(source, parts, out_dir, reading)
+        _cut_to_limit(parts, out_dir, reading)
     groups: Counter = Counter()
     for part in parts:
         groups.update(part["groups"])
@@ -284,8 +318,8 @@ def finish(source: Source, parts: list[dict], out_dir: Path, reading: Reading = 
             if n:
                 groups[f"train/{label}"] -= n
                 groups[f"test/{label}"] += n
-    files = [{"file": part["file"], "shards": part["shards"], "docs": sum(part["groups"].values())}
-             for part in parts]
+    files = [{"file": part["file"], **({"row_groups": part["row_groups"]} if "row_groups" in part else {}),
+              "shards": part["shards"], "docs": sum(part["groups"].values())} for part in parts]
     return IngestResult([str(p) for p in shards], n_docs, dict(sorted(groups.items())),
                         skipped, test_split, files)
 
@@ -295,5 +329,5 @@ def ingest(source: str | Path | Source, out_dir: Path, **reading) -> IngestResul
     `out_dir`, one after another, and join them (`finish`); `reading`: `Reading`'s fields."""
     source = source if isinstance(source, Source) else open_source(str(source))
     how = Reading(**reading)
-    parts = [ingest_file(source_file(source, i), out_dir, how) for i in range(len(source.files))]
+    parts = [ingest_file(file, out_dir, how) for file in source_files(source)]
     return finish(source, parts, out_dir, how)

@@ -168,9 +168,11 @@ def _schema(path: Location, columns: Columns) -> pa.Schema | None:
         raise DataError(f"{path}: cannot read ({exc})") from exc
 
 
-def raw_records(path: Location, columns: Columns, id_prefix: str = "") -> Iterator[tuple]:
+def raw_records(path: Location, columns: Columns, id_prefix: str = "",
+                row_groups: tuple[int, ...] | None = None, first_row: int = 0) -> Iterator[tuple]:
     """(id, split, label, text as str or bytes) for each record of the file (or aclImdb folder)
-    `path`; a table's rows without an id column are named `id_prefix` + their row number."""
+    `path` (of a Parquet file's `row_groups` only, if given, the first at row `first_row`); a
+    table's rows without an id column are named `id_prefix` + their row number."""
     name = path.name.lower()
     if path.is_dir():
         return iter_imdb_folder(path)
@@ -179,15 +181,16 @@ def raw_records(path: Location, columns: Columns, id_prefix: str = "") -> Iterat
     if name.endswith(".csv"):
         return _iter_table(path, csv_batches(path, _csv_types(columns)), columns, id_prefix)
     if name.endswith(".parquet"):
-        return _iter_parquet(path, columns, id_prefix)
+        return _iter_parquet(path, columns, id_prefix, row_groups, first_row)
     raise DataError(
         f"{path}: unsupported source (expected an aclImdb .tar.gz or folder, .csv or .parquet)"
     )
 
 
-def _iter_parquet(path: Location, columns: Columns, id_prefix: str):
+def _iter_parquet(path: Location, columns: Columns, id_prefix: str, row_groups, first_row: int):
     with opened(path, random_access=True) as source:
-        yield from _iter_table(path, pq.ParquetFile(source).iter_batches(batch_size=4096), columns, id_prefix)
+        batches = pq.ParquetFile(source).iter_batches(batch_size=4096, row_groups=row_groups)
+        yield from _iter_table(path, batches, columns, id_prefix, first_row)
 
 
 def usable_text(raw: str | bytes | None) -> tuple[str | None, str | None]:
@@ -253,12 +256,13 @@ def csv_batches(path: Location, convert: pacsv.ConvertOptions) -> Iterator[pa.Re
             block *= 8
 
 
-def _iter_table(path: Location, batches: Iterable[pa.RecordBatch], columns: Columns, id_prefix: str):
-    row = 0
+def _iter_table(path: Location, batches: Iterable[pa.RecordBatch], columns: Columns, id_prefix: str,
+                first_row: int = 0):
+    row = first_row
     fields = vars(columns)  # field -> its column
     for batch in batches:
         names = batch.schema.names
-        if row == 0:
+        if row == first_row:
             check_columns(path, batch.schema, columns)
         cols = {f: batch.column(c).to_pylist() for f, c in fields.items() if c in names}
         for i in range(batch.num_rows):

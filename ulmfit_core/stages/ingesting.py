@@ -1,9 +1,10 @@
 """The ingest stage: the source's files into raw shards, in three steps so that a dataset's
-files can be read side by side (one Dask task each) and one process joins them:
+files (and a large Parquet file's runs of row groups) can be read side by side (one Dask task
+each) and one process joins them:
 
     ingest_plan        resolve `--data`; reuse the raw shards there if made from the same
                        content and settings
-    ingest_file_stage  one file into shards of its own, in a folder beside raw/
+    ingest_file_stage  one file (or part) into shards of its own, in a folder beside raw/
     finish_ingest      the sample across files, the held-out test split, then that folder
                        replaces raw/ and the summary (raw/_ingest.json) and its manifest are
                        written last
@@ -20,7 +21,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from ..config import TEST_SHARE, Columns
-from ..ingest import Reading, SourceFile, finish, ingest_file, source_file
+from ..ingest import Reading, SourceFile, finish, ingest_file, source_files
 from ..manifests import reusable, write_manifest
 from ..rundir import RunDir, write_json
 from ..sources import Source, open_source
@@ -42,7 +43,8 @@ class IngestPlan:
         return asdict(self.reading)
 
     def files(self) -> list[SourceFile]:
-        return [source_file(self.source, i) for i in range(len(self.source.files))]
+        """The parts the source is read in (`ingest.source_files`)."""
+        return source_files(self.source)
 
 
 def _partial(run: RunDir) -> Path:
