@@ -258,10 +258,11 @@ def _run_job(params: RunParams, command: str) -> int:
     return _run_flow(job, {k: v for k, v in params.to_dict().items() if k in takes}, params.out)
 
 
-def _run_flow(job, kwargs: dict, out: str) -> int:
+def _run_flow(job, kwargs: dict, out: str, kept: str | None = None) -> int:
     """Run the flow `job(**kwargs)` with its Prefect API (and the watch on it), its run log in
-    `out`, and the stops of `_stop_on_signals`."""
-    from flows.runtime import API_LOST, ApiWatch, bars_with_logs, prefect_api, tracebacks_to_file
+    `out`, and the stops of `_stop_on_signals`; a stop says what `out` keeps (`kept`: by default
+    a run's shards and epochs) for the same command to resume from."""
+    from flows.runtime import API_LOST, KEPT, ApiWatch, bars_with_logs, prefect_api, tracebacks_to_file
     from ulmfit_core.rundir import RunDir, mark_stopped
 
     bars_with_logs()
@@ -270,15 +271,15 @@ def _run_flow(job, kwargs: dict, out: str) -> int:
     logging.getLogger("distributed").setLevel(logging.WARNING)
     run, watch = RunDir(out), None
     try:
-        with tracebacks_to_file(run.log), prefect_api() as api, ApiWatch(api, run) as watch:
+        kept = kept or KEPT
+        with tracebacks_to_file(run.log), prefect_api() as api, ApiWatch(api, run, kept) as watch:
             job(**kwargs)
     except Exception:
         how = _stopped_by()
         if how is not None:
             mark_stopped(run, f"stopped by {how.name}")  # whatever error the stop surfaced as
-            print(f"ulmfit: stopped ({how.name}); {out} keeps what was finished (shards, "
-                  "each training's last finished epoch): run the same command again to resume",
-                  file=sys.stderr)
+            print(f"ulmfit: stopped ({how.name}); {out} keeps what was finished ({kept}): "
+                  "run the same command again to resume", file=sys.stderr)
             return 128 + how.value
         if watch is not None and watch.lost is not None:
             mark_stopped(run, watch.lost)  # what the API's loss led to is not the story
@@ -397,7 +398,7 @@ def _score(args: argparse.Namespace) -> int:
     return _run_flow(pipeline.score_job, {
         "model": str(Path(args.model).resolve()), "data": data, "out": out,
         "text_column": args.text_column, "id_column": args.id_column, "bs": args.bs,
-        "dask_address": args.dask_address, "workers": args.workers}, out)
+        "dask_address": args.dask_address, "workers": args.workers}, out, kept="the files scored")
 
 
 def _generate(args: argparse.Namespace) -> int:

@@ -246,6 +246,10 @@ API_PATIENCE_S = float(os.environ.get("ULMFIT_API_PATIENCE_S", 60))
 API_LOST = 75
 
 
+# What a stopped job's output keeps for the same command to resume from.
+KEPT = "shards, each training's last finished epoch"
+
+
 class ApiWatch:
     """Watches the Prefect API a command reports to. Once it has not answered for
     `API_PATIENCE_S`, the command stops: trainings end after their current batch (their last
@@ -253,8 +257,9 @@ class ApiWatch:
     or more, so a command whose flow engine still waits on the API after `grace_s` more marks
     its run directory stopped and exits (`API_LOST`) from here, its processes ending with it."""
 
-    def __init__(self, api: str, run: RunDir, grace_s: float = 15, every_s: float = 2) -> None:
-        self.api, self.run, self.grace_s, self.every_s = api, run, grace_s, every_s
+    def __init__(self, api: str, run: RunDir, kept: str = KEPT, grace_s: float = 15,
+                 every_s: float = 2) -> None:
+        self.api, self.run, self.kept, self.grace_s, self.every_s = api, run, kept, grace_s, every_s
         self.lost: str | None = None
         self._done = threading.Event()
 
@@ -282,8 +287,8 @@ class ApiWatch:
             else:
                 return
         self.lost = (f"stopped: the Prefect API at {self.api} has not answered for "
-                     f"{API_PATIENCE_S:g} s; {self.run.root} keeps what was finished (shards, each "
-                     "training's last finished epoch): run the same command again to resume")
+                     f"{API_PATIENCE_S:g} s; {self.run.root} keeps what was finished ({self.kept}): "
+                     "run the same command again to resume")
         log.error("%s", self.lost)
         STOP.request(self.lost)
         if self._done.wait(self.grace_s):
