@@ -1,7 +1,7 @@
 """Ingest: stream a source (`sources`) into Parquet shards of raw documents (id, split, label,
 text). Documents that cannot be used (empty text, bytes that are not UTF-8) are skipped and
 counted. A corpus without a labelled test split gets one: a seeded, stratified share of its
-labelled train documents (`hold_out_test`).
+labelled train documents (`sampling.hold_out_test`).
 
 Each file of a source is read on its own into shards of its own (`ingest_file`: the tasks that
 read a dataset side by side), then `finish` joins what they read: the `--limit` sample across
@@ -11,8 +11,6 @@ the same either way.
 
 from __future__ import annotations
 
-import heapq
-from array import array
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,9 +20,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .config import TEST_SHARE, Columns
-from .data import read_shard, seeded_unit
+from .data import read_shard
 from .errors import DataError, check_stop
 from .rundir import atomic_path
+from .sampling import doc_group, hold_out_test, keep_lowest, limit_per_group, limit_quotas, sample_draw
 from .sources import Source, open_source, raw_records, usable_text
 from .storage import Location, opened
 
@@ -98,29 +97,6 @@ def label_counts(groups: dict[str, int]) -> dict[str, dict[str, int]]:
     return dict(counts)
 
 
-def limit_per_group(docs: Iterable[dict], limit: int, seed: int) -> list[dict]:
-    """Keep at most `limit` documents per (split, label), chosen by a seeded hash of the id.
-
-    The choice does not depend on the order of the source; the kept documents stay in source
-    order. Memory holds `limit` documents per group, never the corpus.
-    """
-    heaps: dict[tuple, list] = defaultdict(list)
-    for order, doc in enumerate(docs):
-        # A heap of the `limit` smallest draws: store negated draws so heap[0] is the largest.
-        item = (-_sample_draw(seed, doc), order, doc)
-        heap = heaps[(doc["split"], doc["label"])]
-        if len(heap) < limit:
-            heapq.heappush(heap, item)
-        elif item[0] > heap[0][0]:
-            heapq.heapreplace(heap, item)
-    kept = [item for heap in heaps.values() for item in heap]
-    return [doc for _, _, doc in sorted(kept, key=lambda item: item[1])]
-
-
-def _sample_draw(seed: int, doc: dict) -> float:
-    return seeded_unit(seed, doc["id"], "sample")
-
-
 def write_raw_shards(docs: Iterable[dict], out_dir: Path, shard_docs: int,
                      prefix: str = "part-") -> list[Path]:
     """Write documents to `out_dir/{prefix}NNNNN.parquet`, `shard_docs` per shard."""
@@ -144,40 +120,6 @@ def write_raw_shards(docs: Iterable[dict], out_dir: Path, shard_docs: int,
     if buffer:
         flush()
     return shards
-
-
-def hold_out_test(shards: list[Path], share: float, seed: int) -> dict:
-    """Give a corpus without labelled test documents a test split: of each label's train
-    documents, the `share` (rounded, at least one kept for training) with the lowest seeded
-    draws move to test, rewritten in place in the raw shards; the draws, not the shards or
-    the order of the source, decide. No classifier trains on them. Returns what was held out,
-    per label."""
-    draws: dict[str, tuple[array, array]] = defaultdict(lambda: (array("d"), array("q")))
-    for s, shard in enumerate(shards):
-        table = read_shard(shard, ["id", "split", "label"])
-        for row, (doc_id, split, label) in enumerate(zip(*(c.to_pylist() for c in table.columns))):
-            if split == "train" and label is not None:
-                draw, where = draws[label]
-                draw.append(seeded_unit(seed, doc_id, "test-holdout"))
-                where.append(s << 32 | row)
-    held: dict[int, list[int]] = defaultdict(list)  # shard -> rows moved to test
-    per_label = {}
-    for label, (draw, where) in sorted(draws.items()):
-        n = min(len(draw) - 1, int(share * len(draw) + 0.5))
-        order = sorted(range(len(draw)), key=draw.__getitem__)[:n]
-        for i in order:
-            held[where[i] >> 32].append(where[i] & 0xFFFFFFFF)
-        per_label[label] = n
-    for s, rows in sorted(held.items()):
-        check_stop("ingest")
-        table = read_shard(shards[s])
-        split = table.column("split").to_pylist()
-        for row in rows:
-            split[row] = "test"
-        with atomic_path(shards[s]) as tmp:
-            column = table.schema.get_field_index("split")
-            pq.write_table(table.set_column(column, "split", pa.array(split, pa.string())), tmp)
-    return {"from": "held out", "share": share, "seed": seed, "docs": per_label}
 
 
 @dataclass(frozen=True)
@@ -252,9 +194,9 @@ def ingest_file(file: SourceFile, out_dir: Path, reading: Reading = Reading()) -
 
     def counted(stream):
         for doc in stream:
-            groups[_group(doc)] += 1
+            groups[doc_group(doc)] += 1
             if limit is not None and file.draws:
-                draws[_group(doc)].append(_sample_draw(reading.seed, doc))
+                draws[doc_group(doc)].append(sample_draw(reading.seed, doc))
             yield doc
 
     shards = write_raw_shards(counted(docs), out_dir, reading.shard_docs, file.prefix)
@@ -267,29 +209,16 @@ def ingest_file(file: SourceFile, out_dir: Path, reading: Reading = Reading()) -
     return part
 
 
-def _group(doc: dict) -> str:
-    return f"{doc['split']}/{doc['label'] or '-'}"
-
-
 def _cut_to_limit(parts: list[dict], out_dir: Path, reading: Reading) -> None:
     """Each file kept up to `limit` documents per group; keep, across files, the `limit` with
-    the lowest draws (ties to the earlier file), rewriting the shards of the files that lose
-    some, their documents in source order."""
-    quota: dict[tuple[int, str], int] = Counter()  # (file, group) -> documents it keeps
-    for group in {g for part in parts for g in part["draws"]}:
-        ranked = sorted((d, i) for i, part in enumerate(parts) for d in part["draws"].get(group, []))
-        for _, i in ranked[:reading.limit]:
-            quota[i, group] += 1
+    the lowest draws (`limit_quotas`), rewriting the shards of the files that lose some, their
+    documents in source order."""
+    quota = limit_quotas([part["draws"] for part in parts], reading.limit)
     for i, part in enumerate(parts):
         if all(quota[i, g] == n for g, n in part["groups"].items()):
             continue
         docs = pa.concat_tables(read_shard(out_dir / name) for name in part["shards"]).to_pylist()
-        keep = set()
-        for group in part["groups"]:
-            ranked = sorted((_sample_draw(reading.seed, d), j) for j, d in enumerate(docs)
-                            if _group(d) == group)
-            keep.update(j for _, j in ranked[:quota[i, group]])
-        kept = (d for j, d in enumerate(docs) if j in keep)
+        kept = keep_lowest(docs, {g: quota[i, g] for g in part["groups"]}, reading.seed)
         shards = write_raw_shards(kept, out_dir, reading.shard_docs, part["prefix"])
         part["shards"] = [p.name for p in shards]
         part["groups"] = {g: quota[i, g] for g in part["groups"] if quota[i, g]}
