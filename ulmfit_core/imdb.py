@@ -4,6 +4,8 @@ the member's path without `.txt` (`train/pos/0_9`); `unsup` reviews have no labe
 
 from __future__ import annotations
 
+import contextlib
+import gzip
 import re
 import tarfile
 import zlib
@@ -27,16 +29,29 @@ def _imdb_fields(member: str):
 
 
 def iter_imdb_tarball(path: Path):
+    """The reviews of a tarball, as a stream. A gzipped one is read to its end, where gzip's
+    trailer is checked: tarfile takes a cut that falls between two members for the end of the
+    archive, which would give fewer reviews without a word."""
     try:
-        with open(path, "rb") as raw, tarfile.open(fileobj=raw, mode="r|*") as tar, \
+        with open(path, "rb") as raw, _decompressed(path, raw) as stream, \
+                tarfile.open(fileobj=stream, mode="r|" if stream is not raw else "r|*") as tar, \
                 Bar(f"reading {path.name} (MB)", max(1, path.stat().st_size >> 20)) as bar:
             for member in tar:
                 fields = member.isfile() and _imdb_fields(member.name)
                 if fields:
                     yield (*fields, tar.extractfile(member).read())
                     bar.update(completed=raw.tell() >> 20)
-    except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
+            while stream.read(1 << 20):  # the archive's padding, then gzip's end-of-stream check
+                pass
+    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, OSError) as exc:
         raise DataError(f"{path}: unreadable or truncated archive ({exc})") from exc
+
+
+def _decompressed(path: Path, raw):
+    """A gzipped tarball's decompressed stream (a cut one fails as it ends); else `raw` as it is."""
+    if path.name.lower().endswith((".tar.gz", ".tgz")):
+        return gzip.GzipFile(fileobj=raw, mode="rb")
+    return contextlib.nullcontext(raw)
 
 
 def iter_imdb_folder(path: Path):
