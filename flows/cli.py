@@ -167,7 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--id-column", default="id", metavar="NAME",
                    help="the column copied beside each prediction (absent: the row number)")
     p.add_argument("--bs", type=int, default=64, help="texts per batch")
-    _add_dask_address(p), _add_workers(p)
+    _add_dask_address(p)
+    _add_workers(p)
 
     p = sub.add_parser("serve", help="serve the pipeline and preprocessing on their schedules "
                                       "from this process (one machine; see deployments/ for pools)")

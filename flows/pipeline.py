@@ -75,9 +75,9 @@ def preprocess_flow(out: str, data: str = "imdb", preset: str = "tiny", limit: i
     plan = prep.plan_ingest(out, data, limit, seed, shard_docs, columns, test_share)
     ingested = plan.done or _ingest(out, run, plan)
     parts = ingested.get("files", [])
-    files = len({part["file"] for part in parts})
-    files = (f" from {files} files" if files > 1 else "") + (f" in {len(parts)} parts" if len(parts) > files else "")
-    print(f"ingested {ingested['docs']} documents{files} into {len(ingested['shards'])} shards "
+    n_files = len({part["file"] for part in parts})
+    read = (f" from {n_files} files" if n_files > 1 else "") + (f" in {len(parts)} parts" if len(parts) > n_files else "")
+    print(f"ingested {ingested['docs']} documents{read} into {len(ingested['shards'])} shards "
           f"(skipped {ingested['skipped']['total']})")
     if ingested["test_split"]["from"] == "held out":
         print(f"no labelled test split: held out {test_share:.0%} of each label's train documents "

@@ -147,7 +147,6 @@ class SourceFile:
     path: Location
     prefix: str  # of its shards' names
     id_prefix: str  # of the ids of rows without an id column
-    draws: bool  # return the draws of the documents kept under a limit, for `finish`
     row_groups: tuple[int, ...] | None = None  # None: the whole file
     first_row: int = 0
 
@@ -158,9 +157,8 @@ def source_files(source: Source) -> list[SourceFile]:
     one file read whole, else `part-PPPPP-NNNNN` (the part's place, then the shard's)."""
     pieces = [(path, *run) for path in source.files for run in _row_group_runs(path)]
     many = source.dataset or len(pieces) > 1
-    return [SourceFile(path, f"part-{p:05d}-" if many else "part-", source.id_prefix(path),
-                       len(pieces) > 1, groups, first)
-            for p, (path, groups, first) in enumerate(pieces)]
+    return [SourceFile(path, f"part-{p:05d}-" if many else "part-", source.id_prefix(path), groups,
+                       first) for p, (path, groups, first) in enumerate(pieces)]
 
 
 def _row_group_runs(path: Location) -> list[tuple[tuple[int, ...] | None, int]]:
@@ -195,7 +193,7 @@ def ingest_file(file: SourceFile, out_dir: Path, reading: Reading = Reading()) -
     def counted(stream):
         for doc in stream:
             groups[doc_group(doc)] += 1
-            if limit is not None and file.draws:
+            if limit is not None:
                 draws[doc_group(doc)].append(sample_draw(reading.seed, doc))
             yield doc
 
@@ -204,7 +202,7 @@ def ingest_file(file: SourceFile, out_dir: Path, reading: Reading = Reading()) -
             "groups": dict(groups), "skipped": skips.to_dict()}
     if file.row_groups is not None:
         part["row_groups"] = list(file.row_groups)
-    if limit is not None and file.draws:
+    if limit is not None:  # for `finish` to sample across parts
         part["draws"] = dict(draws)
     return part
 

@@ -75,12 +75,13 @@ def _raw_artifacts(run: RunDir) -> dict:
     # each shard's source file (a run ingested before files were recorded: the source)
     files = manifest.get("files") or [{"file": manifest["source"],
                                        "shards": [Path(p).name for p in manifest["shards"]]}]
-    artifacts = {}
+    artifacts, sources = {}, {}  # a file read in parts is hashed once
     for entry in files:
-        source = Path(entry["file"])
-        source_entry = {"path": str(source)}
-        if source.is_file():
-            source_entry["sha256"] = file_sha256(source)
+        if entry["file"] not in sources:
+            source = Path(entry["file"])
+            sources[entry["file"]] = {"path": str(source),
+                                      **({"sha256": file_sha256(source)} if source.is_file() else {})}
+        source_entry = sources[entry["file"]]
         for p in (run.raw / name for name in entry["shards"]):  # where they are now
             if p.exists():
                 artifacts[f"raw/{p.name}"] = {"kind": "raw shard", "sha256": file_sha256(p),

@@ -22,10 +22,15 @@ log = logging.getLogger("ulmfit")
 
 
 def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
+        return stream_sha256(f)
+
+
+def stream_sha256(stream) -> str:
+    """The SHA-256 of what a binary stream gives to its end."""
+    digest = hashlib.sha256()
+    while chunk := stream.read(1 << 20):
+        digest.update(chunk)
     return digest.hexdigest()
 
 

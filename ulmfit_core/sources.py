@@ -13,7 +13,7 @@ import glob
 import hashlib
 import os
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Iterable, Iterator
 
 import pyarrow as pa
@@ -90,14 +90,10 @@ def dataset_files(data: str, required: bool = True) -> tuple[Location, list[Loca
     storage), or one such file, sorted by path, with the folder their names are relative to (the
     glob's fixed part). Other files (a `_SUCCESS` marker, a README) are left alone; finding none
     is an error if `required`."""
-    if is_url(data):
-        root, objects = list_objects(data)
-        files = sorted((p for p in objects if p.suffix.lower() in TABLES), key=str)
-        if required and not files:
-            raise DataError(f"{data}: no .csv or .parquet object {'matches' if _is_glob(data) else 'here'}")
-        return root, files
     path = Path(data).expanduser()
-    if _is_glob(data):
+    if is_url(data):
+        root, found = list_objects(data)  # objects only
+    elif _is_glob(data):
         fixed = next(i for i, part in enumerate(path.parts) if _is_glob(part))
         root, found = Path(*path.parts[:fixed]), [Path(p) for p in glob.glob(str(path), recursive=True)]
     elif path.is_dir():
@@ -106,9 +102,11 @@ def dataset_files(data: str, required: bool = True) -> tuple[Location, list[Loca
         root, found = path.parent, [path]
     else:
         raise DataError(f"{data}: no such file or folder")
-    files = sorted(p for p in found if p.is_file() and p.suffix.lower() in TABLES)
+    files = sorted((p for p in found if p.suffix.lower() in TABLES and (is_url(data) or p.is_file())),
+                   key=lambda p: PurePosixPath(str(p)))  # by path part, local or not
     if required and not files:
-        raise DataError(f"{data}: no .csv or .parquet file {'matches' if _is_glob(data) else 'here'}")
+        raise DataError(f"{data}: no .csv or .parquet {'object' if is_url(data) else 'file'} "
+                        f"{'matches' if _is_glob(data) else 'here'}")
     return root, files
 
 

@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
-import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Iterator
 from urllib.parse import urlparse
@@ -23,6 +22,7 @@ from urllib.parse import urlparse
 import pyarrow.fs as pafs
 
 from .errors import DataError
+from .manifests import file_sha256, stream_sha256
 
 SCHEME = "s3://"
 
@@ -33,9 +33,11 @@ def is_url(location: str | os.PathLike) -> bool:
 
 @dataclass(frozen=True)
 class ObjectPath:
-    """An object (or a prefix) on S3-compatible storage, with what the readers ask of a path."""
+    """An object (or a prefix) on S3-compatible storage, with what the readers ask of a path;
+    an object found by listing keeps the size and modification time the listing gave."""
 
     url: str
+    listed: tuple[int, int] | None = field(default=None, compare=False)  # (size, mtime in ns)
 
     @property
     def key(self) -> str:
@@ -116,14 +118,17 @@ def list_objects(url: str) -> tuple[ObjectPath, list[ObjectPath]]:
             raise DataError(f"{url}: no such bucket '{bucket}'")
         info = fs.get_file_info(root)
         if info.type == pafs.FileType.File and not glob:
-            parent = root.rsplit("/", 1)[0]
-            return ObjectPath(SCHEME + parent), [ObjectPath(SCHEME + root)]
+            return ObjectPath(SCHEME + root.rsplit("/", 1)[0]), [_listed(info)]
         found = [] if info.type == pafs.FileType.NotFound else \
             fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
-    keys = [f.path for f in found if f.type == pafs.FileType.File]
+    found = [f for f in found if f.type == pafs.FileType.File]
     if glob:
-        keys = [k for k in keys if _matches(k.split("/"), key.split("/"))]
-    return ObjectPath(SCHEME + root), [ObjectPath(SCHEME + k) for k in keys]
+        found = [f for f in found if _matches(f.path.split("/"), key.split("/"))]
+    return ObjectPath(SCHEME + root), [_listed(f) for f in found]
+
+
+def _listed(info: pafs.FileInfo) -> ObjectPath:
+    return ObjectPath(SCHEME + info.path, (info.size, info.mtime_ns or 0))
 
 
 def _matches(parts: list[str], pattern: list[str]) -> bool:
@@ -143,18 +148,17 @@ def location(path: str | os.PathLike) -> Location:
 
 def sha256(path: Location) -> str:
     """The SHA-256 of a file's bytes, local or an object."""
-    digest = hashlib.sha256()
-    with opened(path) as source:
-        stream = open(source, "rb") if isinstance(source, str) else source
-        with stream:
-            while chunk := stream.read(1 << 20):
-                digest.update(chunk)
-    return digest.hexdigest()
+    if not isinstance(path, ObjectPath):
+        return file_sha256(path)
+    with opened(path) as stream:
+        return stream_sha256(stream)
 
 
 def stat(path: Location) -> tuple[int, int]:
-    """(size in bytes, modification time in ns) of a file."""
+    """(size in bytes, modification time in ns) of a file (of an object: as listed, if it was)."""
     if isinstance(path, ObjectPath):
+        if path.listed is not None:
+            return path.listed
         with _reaching(path.url):
             info = s3().get_file_info(path.key)
         return info.size, info.mtime_ns or 0
