@@ -211,13 +211,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_params(args: argparse.Namespace) -> RunParams:
     """The run's parameters from the options this command has (checked on construction)."""
+    from ulmfit_core.storage import is_url
+
     names = RunParams.__dataclass_fields__
     given = {k: v for k, v in vars(args).items() if k in names}
     if given.get("preset", "") is None:  # label-curve: the preset the run was made with
         from ulmfit_core.rundir import RunDir, made_with
 
-        given["preset"] = made_with(RunDir(args.out)).get("preset") or "tiny"
-    return RunParams(**{**given, "out": str(Path(args.out).resolve())})
+        from ulmfit_core.runstore import local_copy
+
+        with local_copy(args.out, ["run.json"], write_back=False) as out:
+            given["preset"] = made_with(RunDir(out)).get("preset") or "tiny"
+    return RunParams(**{**given, "out": args.out if is_url(args.out) else str(Path(args.out).resolve())})
 
 
 def _stop_on_signals() -> None:
@@ -264,26 +269,27 @@ def _run_flow(job, kwargs: dict, out: str, kept: str | None = None) -> int:
     `out`, and the stops of `_stop_on_signals`; a stop says what `out` keeps (`kept`: by default
     a run's shards and epochs) for the same command to resume from."""
     from flows.runtime import API_LOST, KEPT, ApiWatch, bars_with_logs, prefect_api, tracebacks_to_file
-    from ulmfit_core.rundir import RunDir, mark_stopped
+    from ulmfit_core.rundir import RunDir
+    from ulmfit_core.runstore import local_copy, located, stop_marked
 
     bars_with_logs()
     # The clusters a run starts here log every worker's arrival and departure at INFO: keep
     # their warnings only, on the terminal and in the run's log.
     logging.getLogger("distributed").setLevel(logging.WARNING)
-    run, watch = RunDir(out), None
+    watch, kept = None, kept or KEPT
     try:
-        kept = kept or KEPT
-        with tracebacks_to_file(run.log), prefect_api() as api, ApiWatch(api, run, kept) as watch:
+        with local_copy(out, ["logs"]) as logs, tracebacks_to_file(RunDir(logs).log, located(out, RunDir("").log)), \
+                prefect_api() as api, ApiWatch(api, out, kept) as watch:
             job(**kwargs)
     except Exception:
         how = _stopped_by()
         if how is not None:
-            mark_stopped(run, f"stopped by {how.name}")  # whatever error the stop surfaced as
+            stop_marked(out, f"stopped by {how.name}")  # whatever error the stop surfaced as
             print(f"ulmfit: stopped ({how.name}); {out} keeps what was finished ({kept}): "
                   "run the same command again to resume", file=sys.stderr)
             return 128 + how.value
         if watch is not None and watch.lost is not None:
-            mark_stopped(run, watch.lost)  # what the API's loss led to is not the story
+            stop_marked(out, watch.lost)  # what the API's loss led to is not the story
             print(f"ulmfit: {watch.lost}", file=sys.stderr)
             return API_LOST
         raise
@@ -394,10 +400,10 @@ def _score(args: argparse.Namespace) -> int:
     from ulmfit_core.storage import is_url
 
     data = args.data if is_url(args.data) else os.path.abspath(os.path.expanduser(args.data))
-    out = str(Path(args.out).resolve())
+    out = args.out if is_url(args.out) else str(Path(args.out).resolve())
     scoring.list_inputs(data), scoring.scored_model(args.model)
     return _run_flow(pipeline.score_job, {
-        "model": str(Path(args.model).resolve()), "data": data, "out": out,
+        "model": args.model if is_url(args.model) else str(Path(args.model).resolve()), "data": data, "out": out,
         "text_column": args.text_column, "id_column": args.id_column, "bs": args.bs,
         "dask_address": args.dask_address, "workers": args.workers}, out, kept="the files scored")
 
@@ -419,17 +425,19 @@ def _generate(args: argparse.Namespace) -> int:
 def _show_batch(args: argparse.Namespace) -> int:
     from ulmfit_core.config import get_preset
     from ulmfit_core.rundir import RunDir, made_with
+    from ulmfit_core.runstore import local_copy
     from ulmfit_core.show import first_batch, format_batch
     from ulmfit_core.stages import check_inputs
 
     at_least("--n", args.n, 1)
-    run = RunDir(Path(args.run), args.backwards)
-    made = made_with(run)
-    preset, seed = args.preset or made.get("preset"), made.get("seed", 0) if args.seed is None else args.seed
-    if preset is None:
-        raise DataError(f"{run.root}: its run.json does not record the preset that made it: give --preset")
-    check_inputs(run, encoder=False)
-    print(format_batch(first_batch(run, get_preset(preset), seed, args.kind, args.n)))
+    with local_copy(args.run, [""], write_back=False) as root:
+        run = RunDir(Path(root), args.backwards)
+        made = made_with(run)
+        preset, seed = args.preset or made.get("preset"), made.get("seed", 0) if args.seed is None else args.seed
+        if preset is None:
+            raise DataError(f"{run.root}: its run.json does not record the preset that made it: give --preset")
+        check_inputs(run, encoder=False)
+        print(format_batch(first_batch(run, get_preset(preset), seed, args.kind, args.n)))
     return 0
 
 
@@ -438,11 +446,12 @@ def _lineage(args: argparse.Namespace) -> int:
 
     from ulmfit_core.lineage import build_lineage, render_lineage
     from ulmfit_core.rundir import RunDir
+    from ulmfit_core.runstore import local_copy
 
-    root = Path(args.run)
-    if not RunDir(root).ingest_summary.exists():
-        raise FileNotFoundError(f"{root}: not a run directory (no raw/_ingest.json)")
-    lineage = build_lineage(RunDir(root.resolve()))
+    with local_copy(args.run, [""], write_back=False) as root:
+        if not RunDir(root).ingest_summary.exists():
+            raise FileNotFoundError(f"{root}: not a run directory (no raw/_ingest.json)")
+        lineage = build_lineage(RunDir(Path(root).resolve()), args.run if root != args.run else None)
     print(json.dumps(lineage, indent=2) if args.json else render_lineage(lineage, args.artifact))
     return 0
 

@@ -28,7 +28,8 @@ from tasks.report import report
 from ulmfit_core.config import EXPECTED, TEST_SHARE, Columns, get_preset
 from ulmfit_core.params import DIRECTIONS, RunParams, curve_points
 from ulmfit_core.progress import Bar
-from ulmfit_core.rundir import RunDir, tracked_run
+from ulmfit_core.rundir import RunDir
+from ulmfit_core.runstore import located, tracked
 from ulmfit_core.stages import scoring
 
 from flows.runtime import Training, dask_task_runner, settled
@@ -196,10 +197,10 @@ def _job(command: str, given: dict, work) -> dict:
         if command == "train-classifier":
             check_labels(params.out, params.preset, params.seed, params.train_labels)
 
-    with tracked_run(RunDir(params.out), record, params.reset, wait_s, check):
+    with tracked(params.out, record, params.reset, wait_s, check):
         result = work()
         metrics = for_run(report, RunDir(params.out))(params.out, record, params.seed)
-    print(f"report: {RunDir(params.out).report}")
+    print(f"report: {located(params.out, RunDir('').report)}")
     return result if result is not None else metrics
 
 

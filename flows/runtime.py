@@ -23,7 +23,7 @@ from tasks.processes import RUN_LOG, LocalCluster, RunLog, start_tied
 from tasks.ranks import Ranks
 from ulmfit_core.errors import STOP, check_stop
 from ulmfit_core.progress import use_console
-from ulmfit_core.rundir import RunDir, mark_stopped
+from ulmfit_core.runstore import stop_marked
 
 log = logging.getLogger("ulmfit")
 
@@ -144,10 +144,11 @@ def bars_with_logs() -> None:
 
 
 @contextmanager
-def tracebacks_to_file(log_file: Path) -> Iterator[Path]:
+def tracebacks_to_file(log_file: Path, shown: str | None = None) -> Iterator[Path]:
     """While a command runs, log records go in full (tracebacks included) to `log_file`, and the
-    terminal shows each error as its one-line message with a pointer to that file: a failed
-    stage ends in a line that names the problem, not under pages of Prefect engine frames."""
+    terminal shows each error as its one-line message with a pointer to that file (named
+    `shown`, where the file is a local copy): a failed stage ends in a line that names the
+    problem, not under pages of Prefect engine frames."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
     to_file = RunLog(log_file, encoding="utf-8")
     to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -163,7 +164,7 @@ def tracebacks_to_file(log_file: Path) -> Iterator[Path]:
                 return format_record(record)
             record.exc_info = record.exc_text = record.stack_info = None
             try:
-                return f"{format_record(record)}  (traceback in {log_file})"
+                return f"{format_record(record)}  (traceback in {shown or log_file})"
             finally:
                 record.exc_info, record.exc_text, record.stack_info = saved
         return format
@@ -257,9 +258,9 @@ class ApiWatch:
     or more, so a command whose flow engine still waits on the API after `grace_s` more marks
     its run directory stopped and exits (`API_LOST`) from here, its processes ending with it."""
 
-    def __init__(self, api: str, run: RunDir, kept: str = KEPT, grace_s: float = 15,
+    def __init__(self, api: str, out: str, kept: str = KEPT, grace_s: float = 15,
                  every_s: float = 2) -> None:
-        self.api, self.run, self.kept, self.grace_s, self.every_s = api, run, kept, grace_s, every_s
+        self.api, self.out, self.kept, self.grace_s, self.every_s = api, out, kept, grace_s, every_s
         self.lost: str | None = None
         self._done = threading.Event()
 
@@ -287,13 +288,13 @@ class ApiWatch:
             else:
                 return
         self.lost = (f"stopped: the Prefect API at {self.api} has not answered for "
-                     f"{API_PATIENCE_S:g} s; {self.run.root} keeps what was finished ({self.kept}): "
+                     f"{API_PATIENCE_S:g} s; {self.out} keeps what was finished ({self.kept}): "
                      "run the same command again to resume")
         log.error("%s", self.lost)
         STOP.request(self.lost)
         if self._done.wait(self.grace_s):
             return  # the command ended on its own and says why
-        mark_stopped(self.run, self.lost)
+        stop_marked(self.out, self.lost)
         print(f"ulmfit: {self.lost}", file=sys.stderr, flush=True)
         for handler in logging.getLogger().handlers:  # the run's log file; not the API's
             if isinstance(handler, logging.FileHandler):

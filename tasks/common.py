@@ -4,6 +4,7 @@ are worth a retry, and run artifacts as assets."""
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import os
 from pathlib import Path
@@ -18,7 +19,8 @@ from prefect.tasks import MaterializingTask
 
 from ulmfit_core.errors import BAD_INPUT, DiskFull, Stopped, check_stop, out_of_space
 from ulmfit_core.rundir import RunDir
-from ulmfit_core.storage import ObjectPath, is_url
+from ulmfit_core.runstore import local_copy
+from ulmfit_core.storage import SCHEME, ObjectPath, is_url
 
 
 def set_up_process() -> None:
@@ -47,14 +49,34 @@ def set_up_process() -> None:
 # The files of a run directory a task writes or reads, as a function of the RunDir (its
 # direction's model folders included): what the task declares beside its definition.
 Files = Callable[[RunDir], Iterable[Path]]
+# The files and folders of a run a task works on (reads, and checks its outputs against), as a
+# function of a RunDir relative to the run (its direction's) and of the task's arguments: what a
+# task given a run on object storage copies in (`runstore.local_copy`); None where the task's
+# data-parallel ranks make their own copies.
+Pulls = Callable[[RunDir, dict], "Iterable[str | Path] | None"]
 
 
-def task(writes: Files | None = None, reads: Files | None = None, **options):
+def task(writes: Files | None = None, reads: Files | None = None, pulls: Pulls | None = None,
+         **options):
     """`prefect.task` for this project: the function runs after `set_up_process()`, in whichever
     process runs it. A task that `writes` files of a run directory, from those it `reads`,
-    materializes them as Prefect assets once `for_run` names the run."""
+    materializes them as Prefect assets once `for_run` names the run. A task whose `out` is a run
+    on object storage runs on a local copy of the run's files it `pulls`, and its changes are
+    written back."""
     def decorate(fn):
         stage = fn.__name__.replace("_", " ")
+        signature = inspect.signature(fn)
+
+        def on_local_copy(args, kwargs):
+            call = signature.bind(*args, **kwargs)
+            call.apply_defaults()
+            out = call.arguments.get("out")
+            names = None if pulls is None or out is None or not is_url(out) else run_files(pulls, call.arguments)
+            if names is None:
+                return fn(*args, **kwargs)
+            with local_copy(out, names) as local:
+                call.arguments["out"] = local
+                return fn(*call.args, **call.kwargs)
 
         @functools.wraps(fn)
         def set_up_then_run(*args, **kwargs):
@@ -62,7 +84,7 @@ def task(writes: Files | None = None, reads: Files | None = None, **options):
             if not _on_dask_worker():  # a worker's STOP is its ranks' (`tasks.ranks`), not a run's
                 check_stop(stage)
             try:
-                return fn(*args, **kwargs)
+                return on_local_copy(args, kwargs)
             except Exception as exc:  # a full disk, with its stage: the command's one line
                 if not out_of_space(exc):
                     raise
@@ -75,6 +97,15 @@ def task(writes: Files | None = None, reads: Files | None = None, **options):
         return made
 
     return decorate
+
+
+def run_files(pulls: Pulls, arguments: dict) -> list[str] | None:
+    """What `pulls` names for a task's `arguments`, as paths relative to the run ("" for all of
+    it); None where the task makes its local copies itself (data-parallel ranks)."""
+    named = pulls(RunDir("", arguments.get("backwards", False)), arguments)
+    if named is None:
+        return None
+    return ["" if Path(p).as_posix() == "." else Path(p).as_posix() for p in named]
 
 
 def _on_dask_worker() -> bool:
@@ -112,7 +143,10 @@ def for_run(task: MaterializingTask, run: RunDir, *also_reads: str | Path | Obje
 
 def _asset(path: str | Path | ObjectPath) -> Asset:
     """A file as a Prefect asset, keyed by its URI: file://, or the object's s3://."""
-    return Asset(key=str(path) if is_url(path) else "file://" + str(Path(path).resolve()))
+    text = str(path)
+    if text.startswith("s3:/") and not is_url(text):  # a file of a RunDir made from an s3:// URL
+        text = SCHEME + text[len("s3:/"):]
+    return Asset(key=text if is_url(text) else "file://" + str(Path(path).resolve()))
 
 
 def progress_artifact(what: str):

@@ -21,7 +21,8 @@ def _summarized(run: RunDir) -> list[Path]:
                         *(d.lm.model for d in directions)) if p.exists()]
 
 
-@task(name="report", writes=lambda run: [run.metrics, run.report, run.lineage], reads=_summarized)
+@task(name="report", writes=lambda run: [run.metrics, run.report, run.lineage], reads=_summarized,
+      pulls=lambda run, a: [""])
 def report(out: str, params: dict, seed: int) -> dict:
     run = RunDir(out)
     metrics = write_report(run, params, seed)

@@ -290,24 +290,30 @@ class Cluster:
     by its nanny."""
 
     def __init__(self, tmp: Path, workers: int, resources: dict[int, str] | None = None,
-                 nanny: bool = False) -> None:
+                 nanny: bool = False, env: dict | None = None) -> None:
+        """`env`: more environment variables, for every process; a value may hold `{worker}`,
+        the worker's own folder (its working directory)."""
         resources = resources or {}
         bin_dir = Path(sys.executable).parent
         tmp.mkdir(parents=True, exist_ok=True)
         self.file = tmp / "scheduler.json"
         path = os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))
-        env = {**os.environ, "PYTHONPATH": path}
+        env, more = {**os.environ, "PYTHONPATH": path}, env
         self.procs = [subprocess.Popen(
             [bin_dir / "dask", "scheduler", "--host", "127.0.0.1", "--port", "0",
              "--dashboard-address", "127.0.0.1:0", "--scheduler-file", self.file],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)]
         self.wait_for(self.file.exists, 60, "scheduler file")
         self.address = json.loads(self.file.read_text())["address"]
+        self.folders = [tmp / f"w{i}" for i in range(workers)]
+        for folder in self.folders:
+            folder.mkdir(exist_ok=True)
         self.workers = [subprocess.Popen(
             [bin_dir / "dask", "worker", self.address, "--nthreads", "1",
              "--nanny" if nanny else "--no-nanny", "--host", "127.0.0.1", "--name", f"w{i}",
              *(["--resources", resources[i]] if i in resources else [])],
-            stdout=subprocess.DEVNULL, stderr=(tmp / f"w{i}.log").open("w"), env=env)
+            stdout=subprocess.DEVNULL, stderr=(tmp / f"w{i}.log").open("w"), cwd=self.folders[i],
+            env={**env, **{k: v.format(worker=self.folders[i]) for k, v in (more or {}).items()}})
             for i in range(workers)]
         self.procs += self.workers
         from distributed import Client

@@ -90,8 +90,9 @@ def _raw_artifacts(run: RunDir) -> dict:
     return artifacts
 
 
-def build_lineage(run: RunDir) -> dict:
-    """Every artifact under `run` with its hash, settings and inputs (linked by content hash)."""
+def build_lineage(run: RunDir, location: str | None = None) -> dict:
+    """Every artifact under `run` with its hash, settings and inputs (linked by content hash);
+    `location`: where the run is, when `run` is a local copy of it."""
     artifacts = _raw_artifacts(run)
     raw_inputs = {}
     for kind, anchors in _made(run):
@@ -115,12 +116,12 @@ def build_lineage(run: RunDir) -> dict:
             finals = [p for p, a in artifacts.items() if a["kind"] in ("evaluation", "language model")]
             artifacts[run.rel(path)] = {"kind": kind, "sha256": file_sha256(path), "settings": {},
                                "inputs": [{"path": p, "sha256": artifacts[p]["sha256"]} for p in finals]}
-    return {"run": str(run.root), "code": code_version(), "libraries": library_versions(),
+    return {"run": location or str(run.root), "code": code_version(), "libraries": library_versions(),
             "artifacts": artifacts}
 
 
-def write_lineage(run: RunDir) -> dict:
-    lineage = build_lineage(run)
+def write_lineage(run: RunDir, location: str | None = None) -> dict:
+    lineage = build_lineage(run, location)
     write_json(run.lineage, lineage)
     return lineage
 

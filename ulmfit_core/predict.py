@@ -22,6 +22,7 @@ from .models import build_classifier, build_language_model, pad_front, pick_devi
 from .progress import Bar
 from .metrics import classification_scores
 from .rundir import TOKENIZER_SPEC, ModelDir, model_folder, read_json
+from .runstore import model_copy
 from .subword import detokenize_pieces
 from .tokenize import text_tokenizer
 from .vocab import PAD_ID, UNK_ID, Vocab, FAKE
@@ -92,12 +93,14 @@ class Classifier:
 
     @classmethod
     def load(cls, path: str | Path, device: str | None = None) -> "Classifier":
-        folder, payload, vocab = _open(path, "classifier")
+        with model_copy(path, "classifier") as local:
+            folder, payload, vocab = _open(local, "classifier")
+            tokenizer = load_tokenizer(folder)[1]
         cfg = ClassifierConfig(**{k: v for k, v in payload["classifier"].items() if k != "stages"})
         model = build_classifier(len(vocab), len(payload["labels"]), ModelConfig(**payload["model"]), cfg)
         device = torch.device(device) if device else pick_device()
         return cls(_ready(model, payload, device), vocab, list(payload["labels"]), device,
-                   load_tokenizer(folder)[1], bool(payload.get("backwards", False)))
+                   tokenizer, bool(payload.get("backwards", False)))
 
     def predict_ids(self, ids: Sequence[np.ndarray], bs: int = 64, progress=None) -> np.ndarray:
         if self.backwards:
@@ -130,13 +133,15 @@ class LanguageModel:
 
     @classmethod
     def load(cls, path: str | Path, device: str | None = None) -> "LanguageModel":
-        folder, payload, vocab = _open(path, "lm", "language_model")
+        with model_copy(path, "lm") as local:
+            folder, payload, vocab = _open(local, "lm", "language_model")
+            tokenizer = load_tokenizer(folder)
         if payload.get("backwards"):
-            raise ValueError(f"{folder}: a backward language model continues text to the left; "
+            raise ValueError(f"{path}: a backward language model continues text to the left; "
                              "generate with the forward one")
         model = build_language_model(len(vocab), ModelConfig(**payload["model"]), payload["drop_mult"])
         device = torch.device(device) if device else pick_device()
-        return cls(_ready(model, payload, device), vocab, device, *load_tokenizer(folder))
+        return cls(_ready(model, payload, device), vocab, device, *tokenizer)
 
     @torch.no_grad()
     def generate(self, prompt: str, n_words: int = 40, temperature: float = 0.75, n: int = 1,

@@ -372,5 +372,5 @@ def write_report(run: RunDir, params: dict, seed: int = 0) -> dict:
         plot_curves(metrics, run.curves)
     write_json(run.metrics, metrics)
     write_text(run.report, render_report(metrics, samples, first_batches(run, params.get("preset"), seed)))
-    write_lineage(run)
+    write_lineage(run, params.get("out"))
     return metrics

@@ -310,33 +310,36 @@ def _say_if_died(run: RunDir) -> None:
 
 @contextmanager
 def tracked_run(run: RunDir, params: dict, reset: bool = False, wait_s: float = 0,
-                check=lambda: None) -> Iterator[RunDir]:
+                check=lambda: None, lock=run_lock, publish=lambda *paths: None) -> Iterator[RunDir]:
     """Hold the run directory (waiting up to `wait_s` for another run to end), mark it running,
     then complete, failed or stopped; drop the old summary while it runs. A run whose shaping
     settings (`SHAPING`) differ from those the directory was made with is refused unless `reset`,
     and so is one whose `check()` raises (what it reads is damaged): before anything changes.
 
     metrics.json and report.md are the marks of a finished run, so they are removed first and
-    only written again by a run that gets to its end.
+    only written again by a run that gets to its end. `lock(run, wait_s)` holds the directory;
+    `publish(*paths)` is told of each status file written or removed (a run on object storage
+    writes them back at once: `runstore.tracked`).
     """
-    with run_lock(run, wait_s):
+    with lock(run, wait_s):
         settings = _check_settings(run, params, reset)
         check()
         _say_if_died(run)
         for stale in (run.metrics, run.report):
             stale.unlink(missing_ok=True)
+        publish(run.metrics, run.report)
         started = time.time()
         status = {"status": "running", "params": params, "settings": settings, "started": started,
                   "pid": os.getpid(), "host": socket.gethostname()}
-        write_json(run.status, status)
+        publish(write_json(run.status, status))
         try:
             yield run
         except BaseException as exc:
             # An interruption (Ctrl-C, a termination signal) or a stop on request is not a failure:
             # rerunning the same command resumes from the checkpoints.
             stopped = isinstance(exc, Stopped) or not isinstance(exc, Exception)
-            write_json(run.status, {**status, "status": "stopped" if stopped else "failed",
-                                    "error": f"{type(exc).__name__}: {exc}".rstrip(": "),
-                                    "seconds": time.time() - started})
+            publish(write_json(run.status, {**status, "status": "stopped" if stopped else "failed",
+                                            "error": f"{type(exc).__name__}: {exc}".rstrip(": "),
+                                            "seconds": time.time() - started}))
             raise
-        write_json(run.status, {**status, "status": "complete", "seconds": time.time() - started})
+        publish(write_json(run.status, {**status, "status": "complete", "seconds": time.time() - started}))

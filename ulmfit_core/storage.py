@@ -67,38 +67,41 @@ Location = Path | ObjectPath
 
 def s3() -> pafs.S3FileSystem:
     """pyarrow's S3 filesystem as the environment configures it."""
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     options = {}
-    if endpoint:
-        parsed = urlparse(endpoint)
+    if endpoint():
+        parsed = urlparse(endpoint())
         options = {"endpoint_override": parsed.netloc or parsed.path, "scheme": parsed.scheme or "https"}
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
     return pafs.S3FileSystem(region=region, connect_timeout=5, request_timeout=30,
                              retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=2), **options)
 
 
-def _failure(url: str, exc: OSError) -> DataError:
-    """One line for what went wrong reaching `url`."""
+def endpoint() -> str | None:
+    """The endpoint of a store other than AWS S3, from the environment."""
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+
+
+def failure(url: str, exc: Exception) -> DataError:
+    """One line for what went wrong reaching `url` (pyarrow's OSError, or boto3's error)."""
     text = str(exc)
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or "AWS S3"
     if "NO_SUCH_BUCKET" in text or "bucket does not exist" in text.lower():
         why = f"no such bucket '{url[len(SCHEME):].split('/', 1)[0]}'"
     elif any(code in text for code in ("ACCESS_DENIED", "INVALID_ACCESS_KEY_ID", "SIGNATURE_DOES_NOT_MATCH",
                                        "InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied")):
         why = "access denied (check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
     elif "NETWORK_CONNECTION" in text or "curlCode" in text or "connect" in text.lower():
-        why = f"cannot reach {endpoint} (AWS_ENDPOINT_URL)"
+        why = f"cannot reach {endpoint() or 'AWS S3'} (AWS_ENDPOINT_URL)"
     else:
         why = f"cannot read ({text.splitlines()[0] if text else type(exc).__name__})"
     return DataError(f"{url}: {why}")
 
 
 @contextlib.contextmanager
-def _reaching(url: str) -> Iterator[None]:
+def reaching(url: str) -> Iterator[None]:
     try:
         yield
     except OSError as exc:
-        raise _failure(url, exc) from exc
+        raise failure(url, exc) from exc
 
 
 def list_objects(url: str) -> tuple[ObjectPath, list[ObjectPath]]:
@@ -112,7 +115,7 @@ def list_objects(url: str) -> tuple[ObjectPath, list[ObjectPath]]:
         fixed = fixed[:next(i for i, part in enumerate(fixed) if any(c in part for c in "*?["))]
     root = "/".join(fixed).rstrip("/")
     fs = s3()
-    with _reaching(url):
+    with reaching(url):
         bucket = root.split("/", 1)[0]
         if not bucket or fs.get_file_info(bucket).type == pafs.FileType.NotFound:
             raise DataError(f"{url}: no such bucket '{bucket}'")
@@ -159,7 +162,7 @@ def stat(path: Location) -> tuple[int, int]:
     if isinstance(path, ObjectPath):
         if path.listed is not None:
             return path.listed
-        with _reaching(path.url):
+        with reaching(path.url):
             info = s3().get_file_info(path.key)
         return info.size, info.mtime_ns or 0
     st = path.stat()
@@ -173,9 +176,9 @@ def opened(path: Location, random_access: bool = False):
     if not isinstance(path, ObjectPath):
         yield str(path)
         return
-    with _reaching(path.url):
+    with reaching(path.url):
         fs = s3()
         handle = fs.open_input_file(path.key) if random_access else fs.open_input_stream(path.key)
     with handle:
-        with _reaching(path.url):
+        with reaching(path.url):
             yield handle

@@ -39,6 +39,7 @@ from .lmdata import DeviceLMDataLoader
 from .models import build_classifier, build_language_model, encoder_of, pad_front, pick_device
 from .progress import Bar
 from .vocab import PAD_ID
+from .runstore import written
 from .weights import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 
 log = logging.getLogger("ulmfit")
@@ -247,6 +248,7 @@ def fit_schedule(learn, stages: Sequence[Stage], stage: str, checkpoint: Path | 
             save_checkpoint(checkpoint, fingerprint, phase=point.stage, epoch=point.epoch,
                             history=history, model=parallel.unwrap(learn.model).state_dict(),
                             opt=learn.opt.state_dict(), rng=rng_state(loaders))
+            written(checkpoint)  # a run on object storage gets it now: a lost worker's retry resumes
 
     progress_log = ProgressLog(stage, schedule, progress=progress)
     epoch_end = EpochEnd(stage, schedule, history, save, progress)

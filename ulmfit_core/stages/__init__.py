@@ -12,11 +12,11 @@ orchestrating process runs ingest and the Dask scheduler and should not carry a 
 from .modelling import (baseline_stage, check_classifier_data, check_inputs, classifier_stage, copy_text_assets,
                         ensemble_stage, evaluate_stage, export_stage, lm_stage, training_docs)
 from .ingesting import finish_ingest, ingest_file_stage, ingest_plan, ingest_stage
-from .preprocessing import (numericalize_stage, preprocess_in_process, summarize_preprocess,
-                            tokenize_stage, tokenizer_stage, vocab_stage)
+from .preprocessing import (id_files, numericalize_stage, preprocess_in_process, summarize_preprocess,
+                            token_files, tokenize_stage, tokenizer_stage, vocab_stage)
 
 __all__ = ["baseline_stage", "check_classifier_data", "check_inputs", "classifier_stage", "copy_text_assets",
            "ensemble_stage", "evaluate_stage", "export_stage", "finish_ingest", "ingest_file_stage",
-           "ingest_plan", "ingest_stage", "lm_stage",
+           "id_files", "ingest_plan", "ingest_stage", "lm_stage", "token_files",
            "numericalize_stage", "preprocess_in_process", "summarize_preprocess", "tokenize_stage",
            "tokenizer_stage", "training_docs", "vocab_stage"]

@@ -47,8 +47,12 @@ class IngestPlan:
         return source_files(self.source)
 
 
+# The folder beside raw/ that the files' shards are written to until the ingest finishes.
+PARTIAL = ".raw.partial"
+
+
 def _partial(run: RunDir) -> Path:
-    return run.root / ".raw.partial"
+    return run.root / PARTIAL
 
 
 def ingest_plan(run: RunDir, data: str, limit: int | None, seed: int, shard_docs: int = 2000,

@@ -67,6 +67,18 @@ def token_paths(run: RunDir, raw_shard: str | Path) -> tuple[Path, Path]:
     return run.tokens / f"{stem}.parquet", run.tokens / f"counts-{stem[5:]}.parquet"
 
 
+def token_files(run: RunDir, raw_shard: str | Path) -> list[Path]:
+    """Every file the tokenize stage of a raw shard writes: token shard, counts, manifest."""
+    out, counts = token_paths(run, raw_shard)
+    return [out, counts, manifest_path(out)]
+
+
+def id_files(run: RunDir, token_shard: str | Path) -> list[Path]:
+    """The id shard the numericalize stage makes of a token shard, and its manifest."""
+    out = run.ids / Path(token_shard).name
+    return [out, manifest_path(out)]
+
+
 def _tokenizer_settings(preset: Preset) -> dict:
     return {"tokenizer": vars(preset.tokenizer), "fastai": version("fastai"),
             "spacy": version("spacy"), "ulmfit": __version__}
@@ -113,7 +125,7 @@ def numericalize_stage(run: RunDir, token_shard: str) -> dict:
     from ..vocab import Vocab, numericalize_shard
 
     token_shard = run.path(token_shard)
-    out = run.ids / token_shard.name
+    out = id_files(run, token_shard)[0]
     vocab_path = run.require(run.vocab, "vocab")
     inputs = {token_shard.name: file_sha256(token_shard), VOCAB: file_sha256(vocab_path)}
     return made_once(out, inputs, {}, lambda: (

@@ -14,7 +14,8 @@ from pathlib import Path
 from ..manifests import file_sha256, made_once, manifest_path
 from ..rundir import model_folder, write_json
 from ..sources import dataset_files
-from ..storage import Location, location, sha256
+from ..runstore import listing, located, model_copy, remove
+from ..storage import Location, is_url, location, sha256
 
 SUMMARY = "score.json"
 _LOADED: dict[tuple[str, str], object] = {}  # (model file, its SHA-256) -> Classifier, per process
@@ -34,21 +35,23 @@ def _output_name(relative: str) -> str:
 
 def prune_outputs(out: str | Path, names: list[str]) -> list[str]:
     """Remove predictions files this command wrote earlier (they have a manifest) for input
-    files that are no longer in the dataset; returns their names."""
-    out, keep = Path(out), set(names)
-    gone = [p for p in out.rglob("*.parquet") if manifest_path(p).exists()
-            and p.relative_to(out).as_posix() not in keep]
-    for p in gone:
-        p.unlink()
-        manifest_path(p).unlink()
-    return sorted(p.relative_to(out).as_posix() for p in gone)
+    files that are no longer in the dataset; returns their names. `out`: a folder, or a prefix
+    on object storage."""
+    found, keep = set(listing(out)), set(names)
+    gone = sorted(n for n in found if n.endswith(".parquet") and n not in keep
+                  and manifest_path(n).as_posix() in found)
+    remove(out, [*gone, *(manifest_path(n).as_posix() for n in gone)])
+    return gone
 
 
 def scored_model(model: str) -> dict:
     """The classifier `model` names (a run directory or its classifier/ folder): its weights
     file and their SHA-256, which every output records."""
-    folder = model_folder(model, "classifier")
-    return {"path": str(folder.model.resolve()), "sha256": file_sha256(folder.model)}
+    with model_copy(model, "classifier") as local:
+        folder = model_folder(local, "classifier")
+        sha = file_sha256(folder.model)
+        path = located(model, folder.model.relative_to(local)) if is_url(model) else str(folder.model.resolve())
+    return {"path": path, "sha256": sha}
 
 
 def _classifier(model: dict):
@@ -57,7 +60,8 @@ def _classifier(model: dict):
         from ..predict import Classifier
 
         _LOADED.clear()
-        _LOADED[key] = Classifier.load(Path(model["path"]).parent)
+        _LOADED[key] = Classifier.load(model["path"].rsplit("/", 1)[0] if is_url(model["path"])
+                                       else Path(model["path"]).parent)
     return _LOADED[key]
 
 

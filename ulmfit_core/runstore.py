@@ -1,0 +1,390 @@
+"""A run directory on object storage (`--out s3://bucket/runs/x`).
+
+The stages read and write local files. Given a run on object storage, a task works in a fresh
+local folder (under ULMFIT_SCRATCH, else the system's temporary folder): `local_copy` copies in
+the run's files the task reads, the task runs there, and what it added, changed or removed is
+then written back. A store has no rename, but an object appears only once its upload is
+complete; the files a manifest names are written before the manifest, and the run's marks
+(run.json, metrics.json, report.md, lineage.json) after everything else. A reader trusts a
+stage's outputs only when their manifest is there and their hashes match it (`manifests`), so
+a task cut off while writing back leaves work that is redone, never work that looks finished.
+
+The run is held by a lease, the object `.lock`: created with a conditional write (If-None-Match:
+another holder's lease is never overwritten), renewed every LEASE_S / 3 by its holder with
+If-Match, and taken over only once it has lapsed (a crashed holder's, after LEASE_S). pyarrow's
+filesystems have no conditional writes, so the lease is written with boto3.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import shutil
+import socket
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, nullcontext
+from functools import partial
+from pathlib import Path, PurePosixPath
+from typing import Iterable, Iterator
+
+import pyarrow.fs as pafs
+
+from .errors import STOP, DataError, RunInUse
+from .rundir import (ENCODER, ENCODER_CONFIG, METRICS, MODEL, TEXT_ASSETS,
+                     RunDir, mark_stopped, tracked_run)
+from .storage import SCHEME, endpoint, failure, is_url, reaching, s3
+
+log = logging.getLogger("ulmfit")
+
+SCRATCH = "ULMFIT_SCRATCH"
+LEASE = ".lock"
+LEASE_S = 60.0
+# The run's marks: a finished run's summary, and its status. Written back after everything else.
+MARKS = ("lineage.json", "metrics.json", "report.md", "run.json")
+# The local copies this process works on: folder -> (the run, what was copied in and written back).
+_COPIES: dict[Path, tuple[str, dict[str, tuple[int, int]]]] = {}
+# The files of a model folder a model is loaded from.
+MODEL_FILES = (MODEL, METRICS, ENCODER, ENCODER_CONFIG, *TEXT_ASSETS)
+
+
+def scratch() -> Path:
+    """Where this process makes the local copies of runs on object storage."""
+    root = Path(os.environ.get(SCRATCH) or tempfile.gettempdir()).absolute()
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def _key(out: str, rel: str = "") -> str:
+    """bucket/prefix[/rel]: the run's key (of one of its files), as pyarrow names it."""
+    root = out[len(SCHEME):].rstrip("/")
+    return f"{root}/{rel}" if rel else root
+
+
+def located(out: str, rel: str | Path) -> str:
+    """Where a file of the run `out` is, as its user names it (`rel`: relative to the run)."""
+    rel = PurePosixPath(rel).as_posix()
+    return f"{out.rstrip('/')}/{rel}" if is_url(out) else str(Path(out) / rel)
+
+
+def _listed(fs: pafs.S3FileSystem, out: str, pulls: Iterable[str]) -> list[str]:
+    """The run's files under `pulls` (files or folders relative to the run; "" for all of it), as
+    paths relative to the run, the lease left out."""
+    found: list[str] = []
+    root = _key(out)
+    for rel in dict.fromkeys(pulls):
+        info = fs.get_file_info(_key(out, rel))
+        if info.type == pafs.FileType.File:
+            infos = [info]
+        else:
+            infos = fs.get_file_info(pafs.FileSelector(_key(out, rel), recursive=True, allow_not_found=True))
+        found += [i.path[len(root) + 1:] for i in infos if i.type == pafs.FileType.File]
+    return [rel for rel in dict.fromkeys(found) if rel != LEASE]
+
+
+def pull(out: str, local: Path, pulls: Iterable[str]) -> dict[str, tuple[int, int]]:
+    """Copy the run's files under `pulls` into `local`; {path relative to the run: (size,
+    mtime in ns) of the local copy}."""
+    fs = s3()
+    with reaching(out):
+        bucket = _key(out).split("/", 1)[0]
+        if fs.get_file_info(bucket).type == pafs.FileType.NotFound:  # some stores make it on a write
+            raise DataError(f"{out}: no such bucket '{bucket}'")
+        names = _listed(fs, out, pulls)
+
+    def fetch(rel: str) -> None:
+        target = local / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with reaching(located(out, rel)), fs.open_input_stream(_key(out, rel)) as src, \
+                open(target, "wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(fetch, names))
+    return {rel: _stat(local / rel) for rel in names}
+
+
+def listing(out: str | Path) -> list[str]:
+    """Every file under `out` (a folder, or a prefix on object storage), relative to it."""
+    if not is_url(out):
+        return sorted(p.relative_to(out).as_posix() for p in Path(out).rglob("*") if p.is_file())
+    with reaching(str(out)):
+        return sorted(_listed(s3(), str(out), [""]))
+
+
+def remove(out: str | Path, names: Iterable[str]) -> None:
+    """Delete the files `names` (relative to `out`, a folder or a prefix on object storage)."""
+    fs = None if not is_url(out) else s3()
+    for rel in names:
+        if fs is None:
+            (Path(out) / rel).unlink(missing_ok=True)
+        else:
+            with reaching(located(str(out), rel)):
+                fs.delete_file(_key(str(out), rel))
+
+
+def _stat(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns
+
+
+def _order(rel: str, local: Path) -> int:
+    """When a file is written back: 0 the files manifests name, 1 manifests (`x.json` beside an
+    `x.<other>`, or `x.manifest.json`), 2 the run's marks."""
+    path = PurePosixPath(rel)
+    if rel in MARKS:
+        return 2
+    if path.name.endswith(".manifest.json"):
+        return 1
+    if path.suffix == ".json" and any(p.stem == path.stem and p.suffix != ".json"
+                                      for p in (local / rel).parent.iterdir()):
+        return 1
+    return 0
+
+
+def push(out: str, local: Path, pulled: dict[str, tuple[int, int]]) -> list[str]:
+    """Write back what changed in `local` since `pulled`: removed files are deleted (marks and
+    manifests first), added and changed ones uploaded (manifests after the files they name, the
+    marks last). Returns the paths written or deleted, relative to the run."""
+    now = {p.relative_to(local).as_posix(): p for p in local.rglob("*")
+           if p.is_file() and not p.name.endswith(".tmp")}
+    changed = [rel for rel, p in now.items() if pulled.get(rel) != _stat(p)]
+    gone = sorted((rel for rel in pulled if rel not in now),
+                  key=lambda rel: rel not in MARKS and not rel.endswith(".json"))
+    fs = s3()
+    with reaching(out):
+        for rel in gone:
+            fs.delete_file(_key(out, rel))
+
+    def upload(rel: str) -> None:
+        with reaching(located(out, rel)), open(now[rel], "rb") as src, \
+                fs.open_output_stream(_key(out, rel)) as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+
+    waves: dict[int, list[str]] = {}
+    for rel in changed:
+        waves.setdefault(_order(rel, local), []).append(rel)
+    with ThreadPoolExecutor(8) as pool:
+        for wave in sorted(waves):
+            list(pool.map(upload, sorted(waves[wave])))
+    return gone + changed
+
+
+@contextmanager
+def local_copy(out: str, pulls: Iterable[str] = ("",), write_back: bool = True) -> Iterator[str]:
+    """The run `out` as a local folder: `out` itself when it is local; for a run on object
+    storage, a fresh folder holding the run's files under `pulls` (paths relative to the run,
+    "" for all), whose changes are written back when the block ends (`write_back`), also when it
+    fails or is stopped, so that finished shards and epochs are kept as they are locally. An
+    error that names the local folder names the run instead."""
+    if not is_url(out):
+        yield out
+        return
+    local = Path(tempfile.mkdtemp(prefix="ulmfit-run-", dir=scratch()))
+    try:
+        pulled = pull(out, local, pulls)
+        _COPIES[local] = (out, pulled)
+        try:
+            yield str(local)
+        except BaseException as exc:
+            if write_back:
+                try:
+                    push(out, local, pulled)
+                except Exception as failed:
+                    log.error("%s: could not write back the work done before the error: %s", out, failed)
+            raise _renamed(exc, str(local), out.rstrip("/"))
+        if write_back:
+            push(out, local, pulled)
+    finally:
+        _COPIES.pop(local, None)
+        shutil.rmtree(local, ignore_errors=True)
+
+
+def written(path: str | Path) -> None:
+    """Write one file of a local copy (`local_copy`) back now, not when its task ends: a
+    training's checkpoint after each epoch, so that a retry on another worker resumes from it.
+    Nothing to do for a file of a local run."""
+    path = Path(path).absolute()
+    for local, (out, pulled) in list(_COPIES.items()):
+        if local in path.parents:
+            _publish(out, local, path)
+            rel = path.relative_to(local).as_posix()
+            if path.exists():
+                pulled[rel] = _stat(path)
+            else:
+                pulled.pop(rel, None)
+
+
+@contextmanager
+def model_copy(path: str | Path, sub: str) -> Iterator[str | Path]:
+    """A run directory or model folder (what `rundir.model_folder` takes) as a local path: `path`
+    itself, or for one on object storage a copy of the run's model folder `sub`, else of the
+    model folder's own files."""
+    if not is_url(path):
+        yield path
+        return
+    with local_copy(str(path), [sub], write_back=False) as local:
+        if any(Path(local).iterdir()):
+            yield local
+            return
+    with local_copy(str(path), MODEL_FILES, write_back=False) as local:
+        yield local
+
+
+def _renamed(exc: BaseException, local: str, out: str) -> BaseException:
+    """`exc` with the local folder's path in its message replaced by the run's URL (an error of
+    one message whose class takes it back; any other as it is)."""
+    if len(exc.args) != 1 or not isinstance(exc.args[0], str) or local not in exc.args[0]:
+        return exc
+    try:
+        renamed = type(exc)(exc.args[0].replace(local, out))
+    except Exception:
+        return exc
+    renamed.__cause__, renamed.__traceback__ = exc.__cause__, exc.__traceback__
+    return renamed
+
+
+def _client():
+    import boto3
+    from botocore.config import Config
+
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    return boto3.client("s3", endpoint_url=endpoint(), region_name=region,
+                        config=Config(connect_timeout=5, read_timeout=30, retries={"max_attempts": 2}))
+
+
+def _refused(exc: Exception) -> bool:
+    """A conditional write's precondition did not hold (another writer's object is there)."""
+    code = getattr(exc, "response", {}).get("Error", {}).get("Code")
+    return code in ("PreconditionFailed", "ConditionalRequestConflict", "412", "409")
+
+
+class Lease:
+    """The lease on a run on object storage (see the module's doc)."""
+
+    def __init__(self, out: str) -> None:
+        self.out, self.client = out, _client()
+        self.bucket, _, prefix = _key(out).partition("/")
+        self.key = f"{prefix}/{LEASE}" if prefix else LEASE
+        self.holder = f"pid {os.getpid()} on {socket.gethostname()}"
+        self.token, self.etag = secrets.token_hex(8), None
+        self._stop = threading.Event()
+
+    def _body(self) -> bytes:
+        return json.dumps({"holder": self.holder, "token": self.token,
+                           "expires": time.time() + LEASE_S}).encode()
+
+    def _put(self, **condition) -> bool:
+        try:
+            reply = self.client.put_object(Bucket=self.bucket, Key=self.key, Body=self._body(), **condition)
+        except Exception as exc:
+            if _refused(exc):
+                return False
+            raise failure(self.out, exc) from exc
+        self.etag = reply["ETag"]
+        return True
+
+    def _current(self) -> tuple[dict, str] | None:
+        try:
+            reply = self.client.get_object(Bucket=self.bucket, Key=self.key)
+        except self.client.exceptions.NoSuchKey:
+            return None
+        except Exception as exc:
+            raise failure(self.out, exc) from exc
+        return json.loads(reply["Body"].read()), reply["ETag"]
+
+    def take(self, wait_s: float = 0) -> None:
+        """Take the lease, waiting up to `wait_s` for another holder's to end or lapse."""
+        deadline, told = time.monotonic() + wait_s, False
+        while True:
+            if self._put(IfNoneMatch="*"):
+                break
+            current = self._current()
+            if current is None:
+                continue  # released in between
+            held, etag = current
+            if held["expires"] < time.time():
+                log.warning("%s: the lease of %s lapsed (its run ended without releasing it): "
+                            "taking it over", self.out, held["holder"])
+                if self._put(IfMatch=etag):
+                    break
+                continue
+            if time.monotonic() >= deadline:
+                waited = f" (waited {wait_s:g} s)" if wait_s else ""
+                raise RunInUse(f"{self.out} is in use by a run still going ({held['holder']}){waited}: "
+                               "wait for it to end, or give another --out")
+            if not told:
+                log.info("%s is in use by a run still going (%s): waiting up to %g s for it to end",
+                         self.out, held["holder"], wait_s)
+                told = True
+            time.sleep(1)
+        threading.Thread(target=self._renew, name="run-lease", daemon=True).start()
+
+    def _renew(self) -> None:
+        while not self._stop.wait(LEASE_S / 3):
+            try:
+                renewed = self._put(IfMatch=self.etag)
+            except Exception as exc:  # a store that does not answer for a moment: try again
+                log.warning("%s: could not renew the run's lease: %s", self.out, exc)
+                continue
+            if not renewed:
+                why = f"{self.out}: another run took over this run's lease; stopping"
+                log.error("%s", why)
+                STOP.request(why)
+                return
+
+    def release(self) -> None:
+        self._stop.set()
+        current = self._current()
+        if current is not None and current[0].get("token") == self.token:
+            self.client.delete_object(Bucket=self.bucket, Key=self.key)
+
+
+@contextmanager
+def leased(out: str, wait_s: float = 0) -> Iterator[None]:
+    lease = Lease(out)
+    lease.take(wait_s)
+    try:
+        yield
+    finally:
+        lease.release()
+
+
+@contextmanager
+def tracked(out: str, params: dict, reset: bool = False, wait_s: float = 0,
+            check=lambda: None) -> Iterator[None]:
+    """`rundir.tracked_run` on a local run directory or one on object storage: held (by its
+    lease), its status (run.json) written back each time it changes, the summary of the last run
+    removed when this one starts."""
+    if not is_url(out):
+        with tracked_run(RunDir(out), params, reset, wait_s, check):
+            yield
+        return
+    with leased(out, wait_s), local_copy(out, MARKS, write_back=False) as local:
+        publish = partial(_publish, out, Path(local))
+        with tracked_run(RunDir(local), params, reset, check=check,
+                         lock=lambda run, wait_s: nullcontext(), publish=publish):
+            yield
+
+
+def _publish(out: str, local: Path, *paths: Path) -> None:
+    """Write `paths` (files of the local copy `local`) back at once: uploaded, or deleted when gone."""
+    fs = s3()
+    for path in paths:
+        rel = path.relative_to(local).as_posix()
+        with reaching(located(out, rel)):
+            if path.exists():
+                with open(path, "rb") as src, fs.open_output_stream(_key(out, rel)) as dst:
+                    shutil.copyfileobj(src, dst)
+            elif fs.get_file_info(_key(out, rel)).type == pafs.FileType.File:
+                fs.delete_file(_key(out, rel))
+
+
+def stop_marked(out: str, why: str) -> None:
+    """`rundir.mark_stopped` on a local run directory or one on object storage."""
+    with local_copy(out, ["run.json"]) as local:
+        mark_stopped(RunDir(local), why)
