@@ -461,9 +461,9 @@ def main(argv: list[str] | None = None) -> int:
     _prefect_settings()
     try:
         if args.command in ("run", "preprocess", "train-lm", "train-classifier", "label-curve", "serve"):
-            params = run_params(args)  # every option checked before any server or cluster starts
             if args.command != "serve":
                 _stop_on_signals()  # while this process has one thread: all later ones block SIGTERM
+            params = run_params(args)  # every option checked before any server or cluster starts
             if args.command in ("run", "preprocess", "serve"):
                 from ulmfit_core.sources import check_source, open_source
 

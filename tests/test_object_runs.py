@@ -146,7 +146,7 @@ def test_a_stage_cut_off_before_its_manifest_is_redone(store, tmp_path):
         "tokens": len(shards) - 1, "ids": len(shards) - 1}
     remade = objects(fs, "runs/cut")
     for name in made:
-        if name.startswith(("raw/", "tokens/", "ids/", "vocab")):
+        if name.endswith(".parquet") or name == "vocab.json":  # manifests record each making's time
             assert remade[name] == made[name], name
 
 
