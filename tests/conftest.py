@@ -433,7 +433,7 @@ class ObjectStore:
     def close(self) -> None:
         os.killpg(self.proc.pid, signal.SIGTERM)
         try:
-            self.proc.wait(timeout=30)
+            self.proc.wait(timeout=5)  # its servers take longer than that to say goodbye: nothing kept
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
         self.log.close()

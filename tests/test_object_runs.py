@@ -19,7 +19,8 @@ from ulmfit_core.config import get_preset
 from ulmfit_core.errors import RunInUse
 from ulmfit_core.manifests import file_sha256
 from ulmfit_core.rundir import RunDir, read_json
-from ulmfit_core.runstore import LEASE, Lease, local_copy, written
+from ulmfit_core.lease import LEASE, Lease
+from ulmfit_core.runstore import local_copy, written
 
 from conftest import error_line, ulmfit, write_dataset
 
@@ -76,6 +77,10 @@ def test_a_run_on_object_storage_is_the_run_of_a_local_folder(store, dask_cluste
                 *(s.replace("raw/", "ids/") for s in shards), "vocab.json"]
     for rel in compared:
         assert stored[rel] == local.path(rel).read_bytes(), rel
+    summary = json.loads(stored["raw/_ingest.json"])
+    assert summary["source"] == "s3://corpus/reviews/"
+    assert [f["file"] for f in summary["files"]] == [f"s3://corpus/reviews/{n}" for n in
+                                                     ("2024/a.csv", "2024/b.parquet", "2025/c.csv")]
     status = json.loads(stored["run.json"])
     assert status["status"] == "complete" and status["params"]["out"] == "s3://runs/x"
     assert json.loads(stored["lineage.json"])["run"] == "s3://runs/x"
@@ -97,6 +102,7 @@ def test_a_run_on_object_storage_is_the_run_of_a_local_folder(store, dask_cluste
     for rel in [*compared, "lm/model.pth", "classifier/model.pth"]:
         assert rerun[rel] == stored[rel], rel
     assert json.loads(rerun["preprocess.json"])["reused_shards"]["ids"] == len(shards)
+    assert json.loads(rerun["raw/_ingest.json"])["seconds"] == summary["seconds"]  # not read again
 
     predicted = {}
     copy = tmp_path / "copy"

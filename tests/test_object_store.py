@@ -1,18 +1,16 @@
 """A corpus on S3-compatible object storage: a real SeaweedFS server on loopback (started by the
-`object_store` fixture), read by `ulmfit preprocess --data s3://…` through pyarrow's S3
-filesystem on the Dask workers, giving the shards of its local copy, and scored by `ulmfit score
---data s3://…` as its local copy is; a missing bucket, wrong credentials, an unreachable endpoint
-and a prefix without tables are one line each, before any work."""
+`object_store` fixture), read through pyarrow's S3 filesystem (its preprocessing into a run on
+the store: `test_object_runs`), and scored by `ulmfit score --data s3://…` as its local copy is;
+a missing bucket, wrong credentials, an unreachable endpoint and a prefix without tables are one
+line each, before any work."""
 
 from __future__ import annotations
 
 import pyarrow.parquet as pq
 import pytest
 
-from ulmfit_core import stages
-from ulmfit_core.config import get_preset
 from ulmfit_core.errors import DataError
-from ulmfit_core.rundir import RunDir, read_json
+from ulmfit_core.rundir import read_json
 from ulmfit_core.sources import check_source, open_source
 from ulmfit_core.storage import ObjectPath
 
@@ -60,34 +58,6 @@ def test_bad_object_storage_is_one_line_before_any_work(uploaded, monkeypatch, t
     line = error_line(ulmfit("preprocess", "--data", "s3://corpus/reviews/", "--out", tmp_path / "run"))
     assert line == "ulmfit: error: s3://corpus/reviews/: cannot reach http://127.0.0.1:9 (AWS_ENDPOINT_URL)"
     assert not (tmp_path / "run").exists()
-
-
-@pytest.mark.slow
-def test_a_corpus_on_object_storage_gives_the_shards_of_its_local_copy(uploaded, tmp_path):
-    """`ulmfit preprocess --data s3://…`, its files read by ingest tasks on two Dask workers
-    from the store, gives byte for byte the raw shards, tokens and vocab of the local copy; a
-    second run finds the objects unchanged and reuses everything."""
-    local = RunDir(tmp_path / "local")
-    stages.preprocess_in_process(local, str(uploaded), get_preset("tiny"), limit=25, seed=2, shard_docs=30)
-    out = tmp_path / "from-store"
-    command = ("preprocess", "--data", "s3://corpus/reviews/", "--out", out, "--preset", "tiny",
-               "--limit", 25, "--seed", 2, "--shard-docs", 30, "--workers", 2)
-    result = ulmfit(*command)
-    assert result.returncode == 0, result.stderr[-5000:]
-    stored = RunDir(out)
-    summary = read_json(stored.ingest_summary)
-    assert summary["source"] == "s3://corpus/reviews/"
-    assert [f["file"] for f in summary["files"]] == [f"s3://corpus/reviews/{n}" for n in
-                                                     ("2024/a.csv", "2024/b.parquet", "2025/c.csv")]
-    assert summary["shards"] == read_json(local.ingest_summary)["shards"]
-    for rel in [*summary["shards"], *(s.replace("raw/", "tokens/") for s in summary["shards"]),
-                *(s.replace("raw/", "ids/") for s in summary["shards"]), "vocab.json"]:
-        assert stored.path(rel).read_bytes() == local.path(rel).read_bytes(), rel
-    again = ulmfit(*command)
-    assert again.returncode == 0, again.stderr[-5000:]
-    assert read_json(stored.preprocess_metrics)["reused_shards"] == {"tokens": len(summary["shards"]),
-                                                                     "ids": len(summary["shards"])}
-    assert read_json(stored.ingest_summary)["seconds"] == summary["seconds"]  # not read again
 
 
 @pytest.mark.slow

@@ -75,6 +75,9 @@ def test_a_task_declares_the_files_it_reads_and_writes_as_assets_of_a_run(tmp_pa
     assert [a.key for a in for_run(prep.finish_ingest, RunDir(tmp_path / "run"), ObjectPath("s3://b/corpus")).asset_deps] \
         == ["s3://b/corpus"]
     assert ingest.retries == 2 and ingest.retry_delay_seconds == [2, 10]
+    on_store = for_run(train.train_lm, RunDir("s3://runs/x", backwards=True))  # keyed by the objects' URLs
+    assert [a.key for a in on_store.assets] == ["s3://runs/x/lm-bwd/model.pth"]
+    assert [a.key for a in on_store.asset_deps] == ["s3://runs/x/vocab.json", "s3://runs/x/ids"]
 
 
 def test_a_run_directory_that_cannot_be_an_asset_key_keeps_the_task(tmp_path, caplog):

@@ -9,23 +9,15 @@ complete; the files a manifest names are written before the manifest, and the ru
 stage's outputs only when their manifest is there and their hashes match it (`manifests`), so
 a task cut off while writing back leaves work that is redone, never work that looks finished.
 
-The run is held by a lease, the object `.lock`: created with a conditional write (If-None-Match:
-another holder's lease is never overwritten), renewed every LEASE_S / 3 by its holder with
-If-Match, and taken over only once it has lapsed (a crashed holder's, after LEASE_S). pyarrow's
-filesystems have no conditional writes, so the lease is written with boto3.
+While a job runs, the run is held by a lease (`lease`), not an OS lock.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import secrets
 import shutil
-import socket
 import tempfile
-import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
 from functools import partial
@@ -34,16 +26,15 @@ from typing import Iterable, Iterator
 
 import pyarrow.fs as pafs
 
-from .errors import STOP, DataError, RunInUse
+from .errors import DataError
+from .lease import LEASE, leased
 from .rundir import (ENCODER, ENCODER_CONFIG, METRICS, MODEL, TEXT_ASSETS,
                      RunDir, mark_stopped, tracked_run)
-from .storage import SCHEME, endpoint, failure, is_url, reaching, s3
+from .storage import SCHEME, is_url, reaching, s3
 
 log = logging.getLogger("ulmfit")
 
 SCRATCH = "ULMFIT_SCRATCH"
-LEASE = ".lock"
-LEASE_S = 60.0
 # The run's marks: a finished run's summary, and its status. Written back after everything else.
 MARKS = ("lineage.json", "metrics.json", "report.md", "run.json")
 # The local copies this process works on: folder -> (the run, what was copied in and written back).
@@ -124,7 +115,15 @@ def remove(out: str | Path, names: Iterable[str]) -> None:
             (Path(out) / rel).unlink(missing_ok=True)
         else:
             with reaching(located(str(out), rel)):
-                fs.delete_file(_key(str(out), rel))
+                _delete(fs, _key(str(out), rel))
+
+
+def _delete(fs: pafs.S3FileSystem, key: str) -> None:
+    """Delete an object; one already gone is fine."""
+    try:
+        fs.delete_file(key)
+    except FileNotFoundError:
+        pass
 
 
 def _stat(path: Path) -> tuple[int, int]:
@@ -158,7 +157,7 @@ def push(out: str, local: Path, pulled: dict[str, tuple[int, int]]) -> list[str]
     fs = s3()
     with reaching(out):
         for rel in gone:
-            fs.delete_file(_key(out, rel))
+            _delete(fs, _key(out, rel))
 
     def upload(rel: str) -> None:
         with reaching(located(out, rel)), open(now[rel], "rb") as src, \
@@ -248,112 +247,6 @@ def _renamed(exc: BaseException, local: str, out: str) -> BaseException:
     return renamed
 
 
-def _client():
-    import boto3
-    from botocore.config import Config
-
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
-    return boto3.client("s3", endpoint_url=endpoint(), region_name=region,
-                        config=Config(connect_timeout=5, read_timeout=30, retries={"max_attempts": 2}))
-
-
-def _refused(exc: Exception) -> bool:
-    """A conditional write's precondition did not hold (another writer's object is there)."""
-    code = getattr(exc, "response", {}).get("Error", {}).get("Code")
-    return code in ("PreconditionFailed", "ConditionalRequestConflict", "412", "409")
-
-
-class Lease:
-    """The lease on a run on object storage (see the module's doc)."""
-
-    def __init__(self, out: str) -> None:
-        self.out, self.client = out, _client()
-        self.bucket, _, prefix = _key(out).partition("/")
-        self.key = f"{prefix}/{LEASE}" if prefix else LEASE
-        self.holder = f"pid {os.getpid()} on {socket.gethostname()}"
-        self.token, self.etag = secrets.token_hex(8), None
-        self._stop = threading.Event()
-
-    def _body(self) -> bytes:
-        return json.dumps({"holder": self.holder, "token": self.token,
-                           "expires": time.time() + LEASE_S}).encode()
-
-    def _put(self, **condition) -> bool:
-        try:
-            reply = self.client.put_object(Bucket=self.bucket, Key=self.key, Body=self._body(), **condition)
-        except Exception as exc:
-            if _refused(exc):
-                return False
-            raise failure(self.out, exc) from exc
-        self.etag = reply["ETag"]
-        return True
-
-    def _current(self) -> tuple[dict, str] | None:
-        try:
-            reply = self.client.get_object(Bucket=self.bucket, Key=self.key)
-        except self.client.exceptions.NoSuchKey:
-            return None
-        except Exception as exc:
-            raise failure(self.out, exc) from exc
-        return json.loads(reply["Body"].read()), reply["ETag"]
-
-    def take(self, wait_s: float = 0) -> None:
-        """Take the lease, waiting up to `wait_s` for another holder's to end or lapse."""
-        deadline, told = time.monotonic() + wait_s, False
-        while True:
-            if self._put(IfNoneMatch="*"):
-                break
-            current = self._current()
-            if current is None:
-                continue  # released in between
-            held, etag = current
-            if held["expires"] < time.time():
-                log.warning("%s: the lease of %s lapsed (its run ended without releasing it): "
-                            "taking it over", self.out, held["holder"])
-                if self._put(IfMatch=etag):
-                    break
-                continue
-            if time.monotonic() >= deadline:
-                waited = f" (waited {wait_s:g} s)" if wait_s else ""
-                raise RunInUse(f"{self.out} is in use by a run still going ({held['holder']}){waited}: "
-                               "wait for it to end, or give another --out")
-            if not told:
-                log.info("%s is in use by a run still going (%s): waiting up to %g s for it to end",
-                         self.out, held["holder"], wait_s)
-                told = True
-            time.sleep(1)
-        threading.Thread(target=self._renew, name="run-lease", daemon=True).start()
-
-    def _renew(self) -> None:
-        while not self._stop.wait(LEASE_S / 3):
-            try:
-                renewed = self._put(IfMatch=self.etag)
-            except Exception as exc:  # a store that does not answer for a moment: try again
-                log.warning("%s: could not renew the run's lease: %s", self.out, exc)
-                continue
-            if not renewed:
-                why = f"{self.out}: another run took over this run's lease; stopping"
-                log.error("%s", why)
-                STOP.request(why)
-                return
-
-    def release(self) -> None:
-        self._stop.set()
-        current = self._current()
-        if current is not None and current[0].get("token") == self.token:
-            self.client.delete_object(Bucket=self.bucket, Key=self.key)
-
-
-@contextmanager
-def leased(out: str, wait_s: float = 0) -> Iterator[None]:
-    lease = Lease(out)
-    lease.take(wait_s)
-    try:
-        yield
-    finally:
-        lease.release()
-
-
 @contextmanager
 def tracked(out: str, params: dict, reset: bool = False, wait_s: float = 0,
             check=lambda: None) -> Iterator[None]:
@@ -380,8 +273,8 @@ def _publish(out: str, local: Path, *paths: Path) -> None:
             if path.exists():
                 with open(path, "rb") as src, fs.open_output_stream(_key(out, rel)) as dst:
                     shutil.copyfileobj(src, dst)
-            elif fs.get_file_info(_key(out, rel)).type == pafs.FileType.File:
-                fs.delete_file(_key(out, rel))
+            else:
+                _delete(fs, _key(out, rel))
 
 
 def stop_marked(out: str, why: str) -> None:
