@@ -32,7 +32,7 @@ from ulmfit_core.models import build_classifier, clas_config
 from ulmfit_core.predict import Classifier
 from ulmfit_core.rundir import RunDir, read_json
 from ulmfit_core.stages import copy_text_assets
-from ulmfit_core.train import use_all_cores
+from ulmfit_core.training import use_all_cores
 from ulmfit_core.weights import save_model
 
 

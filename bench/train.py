@@ -60,7 +60,7 @@ from ulmfit_core.config import Stage, get_preset
 from ulmfit_core.data import load_docs
 from ulmfit_core.models import build_classifier, build_language_model, clas_config, encoder_of, pad_front
 from ulmfit_core.rundir import RunDir, read_json
-from ulmfit_core.train import (CPUBFloat16, classifier_dataloaders, lm_dataloaders, precision,
+from ulmfit_core.training import (CPUBFloat16, classifier_dataloaders, lm_dataloaders, precision,
                                sample_tokens, train_classifier, train_language_model, use_all_cores)
 from ulmfit_core.vocab import PAD_ID
 

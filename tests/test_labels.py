@@ -15,7 +15,7 @@ from ulmfit_core.config import ClassifierConfig, get_preset
 from ulmfit_core.data import Docs, classifier_split
 from ulmfit_core.errors import DataError
 from ulmfit_core.rundir import RunDir, read_json
-from ulmfit_core.train import FEW_LABEL_STEPS, few_label_settings
+from ulmfit_core.training import FEW_LABEL_STEPS, few_label_settings
 
 
 def _pool(pos: int, neg: int) -> Docs:

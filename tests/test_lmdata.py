@@ -138,7 +138,7 @@ def test_the_project_loaders_draw_fastais_numbers_whatever_other_threads_draw(pr
     after `set_seed` in one thread, even when Python's generator is drawn from meanwhile (as
     a Dask worker's other threads do): data-parallel ranks must agree on every batch."""
     from ulmfit_core.config import LMConfig
-    from ulmfit_core.train import lm_dataloaders
+    from ulmfit_core.training import lm_dataloaders
 
     docs = load_docs(RunDir(preprocessed).shards(RunDir(preprocessed).ids))
     train, valid = docs.split(0.1, 0, "lm-valid")

@@ -27,7 +27,7 @@ from ulmfit_core.config import get_preset
 from ulmfit_core.parallel import process_group, unwrap
 from ulmfit_core.rendezvous import free_port
 from ulmfit_core.rundir import RunDir, read_json
-from ulmfit_core.train import classifier_learner, lm_learner
+from ulmfit_core.training import classifier_learner, lm_learner
 from ulmfit_core.vocab import Vocab
 from ulmfit_core.weights import load_model_file
 

@@ -22,7 +22,7 @@ from ulmfit_core.predict import Classifier, LanguageModel
 from ulmfit_core.report import headline_figures, write_report
 from ulmfit_core.errors import RunInUse
 from ulmfit_core.rundir import RunDir, read_json, tracked_run
-from ulmfit_core.train import classifier_dataloaders, lm_dataloaders, train_language_model
+from ulmfit_core.training import classifier_dataloaders, lm_dataloaders, train_language_model
 from ulmfit_core.vocab import PAD_ID
 from ulmfit_core.weights import load_model_file
 
@@ -338,7 +338,7 @@ def test_a_run_directory_keeps_the_settings_it_was_made_with(tmp_path):
 
 def test_show_batch_is_the_batch_training_starts_with(run, preset, monkeypatch):
     """`first_batch` against what the model's first forward pass receives in training."""
-    import ulmfit_core.train as train_module
+    import ulmfit_core.training.learners as train_module
     from ulmfit_core.show import first_batch, format_batch
 
     seen = {}

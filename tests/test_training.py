@@ -28,8 +28,8 @@ from ulmfit_core.models import build_language_model
 from ulmfit_core.predict import Classifier, LanguageModel
 from ulmfit_core.report import write_report
 from ulmfit_core.rundir import CHECKPOINT, RunDir, read_json
-from ulmfit_core.train import (LOSS_CHECK_EVERY, ResumePoint, Schedule, fit_schedule, lm_dataloaders,
-                               sample_tokens)
+from ulmfit_core.training import LOSS_CHECK_EVERY, ResumePoint, Schedule, fit_schedule, lm_dataloaders
+from ulmfit_core.training.loaders import sample_tokens
 from ulmfit_core.weights import load_checkpoint, save_checkpoint
 
 # A stage of the tiny preset with more epochs, run in a process of its own so it can be killed.

@@ -196,7 +196,7 @@ PRESETS: dict[str, Preset] = {
     ),
     # The paper's schedule as fastai's ULMFiT notebook runs it, for hours rather than minutes:
     # from pretrained weights the LM trains one frozen cycle at 2e-2, then 10 epochs unfrozen at
-    # 2e-3 (train.py divides lr by 10); the classifier takes ClassifierConfig's four stages.
+    # 2e-3 (LMConfig.schedule divides lr by 10); the classifier takes ClassifierConfig's four stages.
     "paper": Preset(name="paper", lm=LMConfig(epochs=10)),
 }
 

@@ -13,7 +13,7 @@ from fastai.text.core import PAD
 from .config import Preset
 from .rundir import RunDir
 from .stages import training_docs
-from .train import classifier_data, lm_data
+from .training import classifier_data, lm_data
 from .vocab import Vocab
 
 KINDS = ("lm", "classifier")

@@ -106,7 +106,7 @@ def lm_stage(run: RunDir, preset: Preset, seed: int, pretrained: str = "none",
     from ..weights import save_model
     from ..parallel import rank
     from ..pretrained import load_pretrained
-    from ..train import train_language_model
+    from ..training import train_language_model
     from ..vocab import Vocab
 
     vocab_path = run.require(run.vocab, "vocab")
@@ -173,7 +173,7 @@ def classifier_stage(run: RunDir, preset: Preset, seed: int, progress=None,
     id shards and settings are unchanged, else checkpointed (and resumed) per epoch."""
     from ..weights import load_model_file, save_model
     from ..parallel import rank
-    from ..train import train_classifier
+    from ..training import train_classifier
 
     encoder_path = run.require(run.export.encoder, "encoder export")
     inputs = file_inputs(run, [encoder_path, *run.shards(run.ids)])
