@@ -216,7 +216,8 @@ def run_params(args: argparse.Namespace) -> RunParams:
     names = RunParams.__dataclass_fields__
     given = {k: v for k, v in vars(args).items() if k in names}
     if given.get("preset", "") is None:  # label-curve: the preset the run was made with
-        from ulmfit_core.rundir import RunDir, made_with
+        from ulmfit_core.rundir import RunDir
+        from ulmfit_core.runstatus import made_with
 
         from ulmfit_core.runstore import local_copy
 
@@ -270,7 +271,8 @@ def _run_flow(job, kwargs: dict, out: str, kept: str | None = None) -> int:
     a run's shards and epochs) for the same command to resume from."""
     from flows.runtime import API_LOST, KEPT, ApiWatch, bars_with_logs, prefect_api, tracebacks_to_file
     from ulmfit_core.rundir import RunDir
-    from ulmfit_core.runstore import local_copy, located, stop_marked
+    from ulmfit_core.runstatus import stop_marked
+    from ulmfit_core.runstore import local_copy, located
 
     bars_with_logs()
     # The clusters a run starts here log every worker's arrival and departure at INFO: keep
@@ -424,7 +426,8 @@ def _generate(args: argparse.Namespace) -> int:
 
 def _show_batch(args: argparse.Namespace) -> int:
     from ulmfit_core.config import get_preset
-    from ulmfit_core.rundir import RunDir, made_with
+    from ulmfit_core.rundir import RunDir
+    from ulmfit_core.runstatus import made_with
     from ulmfit_core.runstore import local_copy
     from ulmfit_core.show import first_batch, format_batch
     from ulmfit_core.stages import check_inputs

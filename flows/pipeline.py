@@ -29,7 +29,8 @@ from ulmfit_core.config import EXPECTED, TEST_SHARE, Columns, get_preset
 from ulmfit_core.params import DIRECTIONS, RunParams, curve_points
 from ulmfit_core.progress import Bar
 from ulmfit_core.rundir import RunDir
-from ulmfit_core.runstore import located, tracked
+from ulmfit_core.runstatus import tracked
+from ulmfit_core.runstore import located
 from ulmfit_core.stages import scoring
 
 from flows.runtime import Training, dask_task_runner, settled

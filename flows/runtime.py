@@ -23,7 +23,7 @@ from tasks.processes import RUN_LOG, LocalCluster, RunLog, start_tied
 from tasks.ranks import Ranks
 from ulmfit_core.errors import STOP, check_stop
 from ulmfit_core.progress import use_console
-from ulmfit_core.runstore import stop_marked
+from ulmfit_core.runstatus import stop_marked
 
 log = logging.getLogger("ulmfit")
 

@@ -21,7 +21,8 @@ from ulmfit_core.models import pad_front
 from ulmfit_core.predict import Classifier, LanguageModel
 from ulmfit_core.report import headline_figures, write_report
 from ulmfit_core.errors import RunInUse
-from ulmfit_core.rundir import RunDir, read_json, tracked_run
+from ulmfit_core.rundir import RunDir, read_json
+from ulmfit_core.runstatus import tracked_run
 from ulmfit_core.training import classifier_dataloaders, lm_dataloaders, train_language_model
 from ulmfit_core.vocab import PAD_ID
 from ulmfit_core.weights import load_model_file
@@ -275,7 +276,7 @@ def test_lineage_links_every_artifact_to_its_inputs(run):
 
 
 def test_a_run_directory_in_use_is_refused(tmp_path):
-    code = ("import sys, time; from ulmfit_core.rundir import RunDir, tracked_run\n"
+    code = ("import sys, time; from ulmfit_core.rundir import RunDir; from ulmfit_core.runstatus import tracked_run\n"
             "with tracked_run(RunDir(sys.argv[1]), {}):\n"
             "    print('holding', flush=True); time.sleep(60)\n")
     holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
@@ -293,7 +294,7 @@ def test_a_run_directory_in_use_is_refused(tmp_path):
 
 
 def test_a_scheduled_run_waits_for_the_run_holding_its_directory(tmp_path):
-    code = ("import sys, time; from ulmfit_core.rundir import RunDir, tracked_run\n"
+    code = ("import sys, time; from ulmfit_core.rundir import RunDir; from ulmfit_core.runstatus import tracked_run\n"
             "with tracked_run(RunDir(sys.argv[1]), {}):\n"
             "    print('holding', flush=True); time.sleep(float(sys.argv[2]))\n")
 

@@ -19,17 +19,15 @@ import os
 import shutil
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager, nullcontext
-from functools import partial
+from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import Iterable, Iterator
 
 import pyarrow.fs as pafs
 
 from .errors import DataError
-from .lease import LEASE, leased
-from .rundir import (ENCODER, ENCODER_CONFIG, METRICS, MODEL, TEXT_ASSETS,
-                     RunDir, mark_stopped, tracked_run)
+from .lease import LEASE
+from .rundir import ENCODER, ENCODER_CONFIG, METRICS, MODEL, TEXT_ASSETS
 from .storage import SCHEME, is_url, reaching, s3
 
 log = logging.getLogger("ulmfit")
@@ -210,7 +208,7 @@ def written(path: str | Path) -> None:
     path = Path(path).absolute()
     for local, (out, pulled) in list(_COPIES.items()):
         if local in path.parents:
-            _publish(out, local, path)
+            publish(out, local, path)
             rel = path.relative_to(local).as_posix()
             if path.exists():
                 pulled[rel] = _stat(path)
@@ -247,24 +245,7 @@ def _renamed(exc: BaseException, local: str, out: str) -> BaseException:
     return renamed
 
 
-@contextmanager
-def tracked(out: str, params: dict, reset: bool = False, wait_s: float = 0,
-            check=lambda: None) -> Iterator[None]:
-    """`rundir.tracked_run` on a local run directory or one on object storage: held (by its
-    lease), its status (run.json) written back each time it changes, the summary of the last run
-    removed when this one starts."""
-    if not is_url(out):
-        with tracked_run(RunDir(out), params, reset, wait_s, check):
-            yield
-        return
-    with leased(out, wait_s), local_copy(out, MARKS, write_back=False) as local:
-        publish = partial(_publish, out, Path(local))
-        with tracked_run(RunDir(local), params, reset, check=check,
-                         lock=lambda run, wait_s: nullcontext(), publish=publish):
-            yield
-
-
-def _publish(out: str, local: Path, *paths: Path) -> None:
+def publish(out: str, local: Path, *paths: Path) -> None:
     """Write `paths` (files of the local copy `local`) back at once: uploaded, or deleted when gone."""
     fs = s3()
     for path in paths:
@@ -275,9 +256,3 @@ def _publish(out: str, local: Path, *paths: Path) -> None:
                     shutil.copyfileobj(src, dst)
             else:
                 _delete(fs, _key(out, rel))
-
-
-def stop_marked(out: str, why: str) -> None:
-    """`rundir.mark_stopped` on a local run directory or one on object storage."""
-    with local_copy(out, ["run.json"]) as local:
-        mark_stopped(RunDir(local), why)
