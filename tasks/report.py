@@ -7,7 +7,7 @@ from pathlib import Path
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from ulmfit_core.report import headline_figures, write_report
+from ulmfit_core.reporting import headline_figures, write_report
 from ulmfit_core.rundir import RunDir
 
 from .common import task

@@ -17,7 +17,7 @@ from ulmfit_core.config import Columns
 from ulmfit_core.data import read_shard
 from ulmfit_core.errors import DataError
 from ulmfit_core.ingest import ingest
-from ulmfit_core.report import headline_figures
+from ulmfit_core.reporting import headline_figures
 from ulmfit_core.rundir import read_json
 from ulmfit_core.metrics import classification_scores
 from ulmfit_core.sources import IMDB_ENV

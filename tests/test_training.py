@@ -26,7 +26,7 @@ from ulmfit_core.data import classifier_split, load_docs
 from ulmfit_core.errors import DamagedFile, DataError
 from ulmfit_core.models import build_language_model
 from ulmfit_core.predict import Classifier, LanguageModel
-from ulmfit_core.report import write_report
+from ulmfit_core.reporting import write_report
 from ulmfit_core.rundir import CHECKPOINT, RunDir, read_json
 from ulmfit_core.training import LOSS_CHECK_EVERY, ResumePoint, Schedule, fit_schedule, lm_dataloaders
 from ulmfit_core.training.loaders import sample_tokens

@@ -14,7 +14,7 @@ from pathlib import Path
 from . import stages
 from .config import Preset
 from .errors import DataError
-from .report import save_png
+from .reporting.plots import save_png
 from .rundir import RunDir, write_json
 
 def curve_point(run: RunDir, preset: Preset, seed: int, n: int | None, progress=None) -> dict:

@@ -1,6 +1,7 @@
-"""The pipeline's stages as functions of a run directory: `preprocessing` (ingest to id shards,
-what `tasks/preprocess.py` runs) and `modelling` (language model to baseline, what
-`tasks/train.py` runs).
+"""The pipeline's stages as functions of a run directory: `ingesting` and `preprocessing` (ingest
+to id shards, what `tasks/preprocess.py` runs), `modelling` (language model, encoder,
+classifier) and `evaluating` (test scores, ensemble, baseline), what `tasks/train.py` runs, and
+`scoring` (a dataset scored by a trained classifier, what `tasks/score.py` runs).
 
 Each stage reads what earlier stages wrote under the run directory, writes its own outputs there
 (atomically), and returns a small JSON-able summary; every stage is reused when its inputs and
@@ -9,8 +10,9 @@ Modules that load torch, fastai or spaCy are imported inside the stages that use
 orchestrating process runs ingest and the Dask scheduler and should not carry a model stack.
 """
 
-from .modelling import (baseline_stage, check_classifier_data, check_inputs, classifier_stage, copy_text_assets,
-                        ensemble_stage, evaluate_stage, export_stage, lm_stage, training_docs)
+from .evaluating import baseline_stage, ensemble_stage, evaluate_stage
+from .modelling import (check_classifier_data, check_inputs, classifier_stage, copy_text_assets, export_stage,
+                        lm_stage, training_docs)
 from .ingesting import finish_ingest, ingest_file_stage, ingest_plan, ingest_stage
 from .preprocessing import (id_files, numericalize_stage, preprocess_in_process, summarize_preprocess,
                             token_files, tokenize_stage, tokenizer_stage, vocab_stage)

@@ -1,75 +1,12 @@
-"""The run's summary: `metrics.json` for machines, `report.md` for people. Written last."""
+"""report.md: the headline, then one section per part of the run, rendered from metrics.json."""
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
-from .ingest import FEW_PER_CLASS, label_counts
-from .lineage import write_lineage
-from .rundir import RunDir, atomic_path, read_json, write_json, write_text
+from ..ingest import FEW_PER_CLASS, label_counts
 
-PROMPT = "I liked this movie because"
-
-
-def _read(path: Path) -> dict | None:
-    return read_json(path) if path.exists() else None
-
-
-def _direction(run: RunDir) -> dict | None:
-    """LM, classifier and test summaries of one direction, or None if it was not trained."""
-    lm = _read(run.lm.metrics)
-    if lm is None:
-        return None
-    clas = _read(run.classifier.metrics) or {}
-    test = _read(run.classifier.test_scores) or {}
-    return {
-        "lm": {k: lm.get(k) for k in ("valid_loss", "accuracy", "perplexity", "train_loss", "epochs",
-                                      "train_tokens", "tokens_per_s", "history", "device", "gpu",
-                                      "peak_gpu_memory_mb", "precision", "resumed", "pretrained",
-                                      "seconds")},
-        "classifier": {"stages": [{k: s[k] for k in ("name", "epochs", "lr", "valid_loss", "accuracy",
-                                                     "seconds", "history")} for s in clas.get("stages", [])],
-                       **{k: clas.get(k) for k in ("labels", "train_labels", "train_docs", "valid_docs",
-                                                   "device", "gpu", "peak_gpu_memory_mb",
-                                                   "precision", "tokens_per_s", "resumed", "seconds")}},
-        "test": {k: test.get(k) for k in ("accuracy", "macro_f1", "n", "labels", "per_class",
-                                          "confusion", "top_losses", "seconds")},
-    }
-
-
-def collect_metrics(run: RunDir, params: dict) -> dict:
-    """Merge the stage summaries under `run` into one metrics document.
-
-    The top-level lm/classifier/test are the forward model's (the backward one's when only that
-    was trained); `backward` and `ensemble` appear for a bidirectional run.
-    """
-    pre = _read(run.preprocess_metrics) or {}
-    fwd, bwd = _direction(run.direction(False)), _direction(run.direction(True))
-    main = fwd or bwd or {"lm": {}, "classifier": {"stages": []}, "test": {}}
-    baseline = _read(run.direction(main is bwd).classifier.baseline)
-    ensemble = _read(run.ensemble) if fwd and bwd else None
-    seconds = {"preprocess": pre.get("seconds")}
-    for name, d in (("forward", fwd), ("backward", bwd)):
-        if d:
-            seconds.update({f"lm {name}": d["lm"]["seconds"], f"classifier {name}": d["classifier"]["seconds"],
-                            f"evaluate {name}": d["test"]["seconds"]})
-    return {
-        "run": params,
-        "device": main["lm"].get("device") or main["classifier"].get("device"),
-        "precision": main["lm"].get("precision"),
-        "direction": "bidirectional" if ensemble else ("backward" if main is bwd else "forward"),
-        "preprocess": {k: pre.get(k) for k in ("docs", "tokens", "skipped", "skipped_by_reason",
-                                               "groups", "shards", "unknown_tokens", "source",
-                                               "columns", "test_split")},
-        "vocab": {"size": pre.get("vocab_size"), "distinct_tokens": pre.get("distinct_tokens")},
-        **main,
-        "backward": bwd if fwd and bwd else None,
-        "ensemble": ensemble,
-        "baseline": baseline,
-        "label_curve": _read(run.label_curve),
-        "seconds": {**seconds, "total": sum(v for v in seconds.values() if v)},
-    }
+PROMPT = "I liked this movie because"  # what the forward LM's samples in the report continue
 
 
 def _fmt(value, spec: str = ".4f") -> str:
@@ -86,41 +23,6 @@ def _cell(text: str, width: int = 160) -> str:
     """Text fit for one markdown table cell."""
     text = " ".join(text.replace("<br />", " ").split()).replace("|", "\\|")
     return text if len(text) <= width else text[:width] + "…"
-
-
-def save_png(fig, path: Path) -> Path:
-    """Write a matplotlib figure atomically and close it."""
-    import matplotlib.pyplot as plt
-
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=90)
-    plt.close(fig)
-    return path
-
-
-def plot_curves(metrics: dict, path: Path) -> Path:
-    """LM losses per epoch, and classifier validation accuracy per epoch across the stages."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax_lm, ax_clas) = plt.subplots(1, 2, figsize=(10, 3.5))
-    history = metrics["lm"].get("history") or []
-    epochs = [h["epoch"] for h in history]
-    for key in ("train_loss", "valid_loss"):
-        ax_lm.plot(epochs, [h[key] for h in history], marker="o", label=key.replace("_", " "))
-    ax_lm.set(title="language model", xlabel="epoch", ylabel="loss")
-    stages = metrics["classifier"]["stages"]
-    for stage in stages:
-        ax_clas.plot([h["epoch"] for h in stage["history"]], [h["accuracy"] for h in stage["history"]],
-                     marker="o", label=stage["name"])
-    ax_clas.set(title="classifier (validation)", xlabel="epoch", ylabel="accuracy")
-    for ax, drawn in ((ax_lm, history), (ax_clas, stages)):
-        if drawn:  # a stage not trained yet (train-lm alone) has nothing to label
-            ax.legend()
-    fig.tight_layout()
-    return save_png(fig, path)
 
 
 def render_report(metrics: dict, samples: list[str], batches: dict[str, str] | None = None) -> str:
@@ -308,69 +210,3 @@ def _samples(samples: list[str]) -> list[str]:
 def _times(metrics: dict) -> list[str]:
     return ["## Time (seconds)", "| stage | seconds |", "|---|---|",
             *[f"| {k} | {_fmt(v, '.1f')} |" for k, v in metrics["seconds"].items()], ""]
-
-
-def first_batches(run: RunDir, preset: str | None, seed: int) -> dict[str, str]:
-    """One row of the first training batch of each model trained so far (a batch is made from
-    every document: a preprocessing run's report leaves them out, so that its memory does not
-    grow with the corpus), decoded; a kind the corpus cannot make is left out."""
-    forward = run.direction(False)
-    trained = [kind for kind, model in (("lm", forward.lm.model), ("classifier", forward.classifier.model))
-               if model.exists()]
-    if preset is None or not trained or not run.vocab.exists() or not run.shards(run.ids):
-        return {}
-    from .config import get_preset
-    from .errors import DataError
-    from .show import first_batch, format_batch
-
-    shown = {}
-    for kind in trained:
-        try:
-            shown[kind] = format_batch(first_batch(run, get_preset(preset), seed, kind, n=1))
-        except DataError:
-            pass
-    return shown
-
-
-def headline_figures(metrics: dict) -> list[dict]:
-    """The run's headline figures as rows {figure, value}: what a glance at a run should show
-    (the Prefect UI's table artifact)."""
-    test, lm, base = metrics["test"], metrics["lm"], metrics.get("baseline") or {}
-    rows = [("test accuracy", test.get("accuracy")), ("test macro-F1", test.get("macro_f1")),
-            *[(f"test F1: {c['label']}", c["f1"]) for c in test.get("per_class") or []],
-            ("test reviews", test.get("n")),
-            ("NB-LR baseline accuracy", base.get("accuracy")),
-            ("NB-LR baseline macro-F1", base.get("macro_f1")),
-            ("LM valid loss", lm.get("valid_loss")), ("LM accuracy", lm.get("accuracy")),
-            ("LM perplexity", lm.get("perplexity")), ("vocab size", metrics["vocab"]["size"]),
-            ("documents", metrics["preprocess"].get("docs")),
-            ("tokens", metrics["preprocess"].get("tokens")),
-            ("skipped documents", metrics["preprocess"].get("skipped"))]
-    if metrics.get("ensemble"):
-        ensemble = metrics["ensemble"]["ensemble"]
-        rows[:0] = [("ensemble test accuracy", ensemble["accuracy"]),
-                    ("ensemble test macro-F1", ensemble.get("macro_f1"))]
-    rows += [(f"seconds: {k}", v) for k, v in metrics["seconds"].items()]
-    return [{"figure": k, "value": v} for k, v in rows if v is not None]
-
-
-def generated_samples(run: RunDir, seed: int) -> list[str]:
-    """Two continuations of PROMPT by the forward LM (a backward LM writes right to left)."""
-    forward = run.direction(False)
-    if not forward.lm.model.exists():
-        return []
-    from .predict import LanguageModel
-
-    return LanguageModel.load(forward.lm).generate(PROMPT, n_words=40, temperature=0.75, n=2, seed=seed)
-
-
-def write_report(run: RunDir, params: dict, seed: int = 0) -> dict:
-    """metrics.json, curves.png, report.md and lineage.json of the run as it stands."""
-    metrics = collect_metrics(run, params)
-    metrics["samples"] = samples = generated_samples(run, seed)
-    if metrics["lm"].get("history"):
-        plot_curves(metrics, run.curves)
-    write_json(run.metrics, metrics)
-    write_text(run.report, render_report(metrics, samples, first_batches(run, params.get("preset"), seed)))
-    write_lineage(run, params.get("out"))
-    return metrics
