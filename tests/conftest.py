@@ -336,7 +336,7 @@ class Cluster:
                 proc.send_signal(signal.SIGTERM)
         for proc in self.procs:
             try:
-                proc.wait(timeout=30)
+                proc.wait(timeout=5)  # a worker may wait half a minute for its gone scheduler
             except subprocess.TimeoutExpired:
                 proc.kill()
 
