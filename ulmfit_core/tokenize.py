@@ -10,8 +10,6 @@ from __future__ import annotations
 import functools
 import itertools
 import json
-import re
-import sys
 from collections import Counter
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -23,57 +21,7 @@ from .config import TokenizerConfig
 from .data import read_shard
 from .rules import SPECIAL_TOKENS, apply_rules, replace_space
 from .rundir import SUBWORD_MODEL, atomic_path
-
-
-def _import_spacy():
-    """spaCy, imported without torch where torch is not loaded yet.
-
-    Only building a word tokenizer imports it, not importing this module: training and
-    evaluation on id shards never need spaCy, and GPU nodes may not have it.
-
-    spaCy's model library thinc imports torch, when it is installed, only to offer torch-backed
-    layers, which the rule-based tokenizer never uses; it would cost each tokenizing worker
-    about 200 MB and seconds of start-up. Torch itself stays importable afterwards.
-    """
-    if "thinc" not in sys.modules and "torch" not in sys.modules:
-        sys.modules["torch"] = None  # `import torch` raises ImportError, which thinc expects
-        try:
-            import spacy
-        finally:
-            del sys.modules["torch"]
-    import spacy
-
-    return spacy
-
-
-# spaCy splits text into alternating runs of whitespace and non-whitespace and tokenizes each run
-# on its own; a single " " right after a word only marks that word's trailing space.
-_RUNS = re.compile(r"\S+|\s+")
-_SPACE = re.compile(r"\s")
-_WHITESPACE_AROUND_SPACE = re.compile(r"\s \s")
-_NEVER = re.compile("a^")  # for a language without some kind of affix
-_PLAIN = re.compile("[a-z]+")
-
-
-def _spacy_runs(text: str) -> list[str]:
-    """The runs spaCy tokenizes one by one (see `_RUNS`)."""
-    runs, after_word = [], False
-    for match in _RUNS.finditer(text):
-        run = match.group()
-        is_space = run[0].isspace()
-        if is_space and after_word and run[0] == " ":
-            run = run[1:]
-        if run:
-            runs.append(run)
-        after_word = not is_space
-    return runs
-
-
-def _irregular(text: str) -> bool:
-    """Whether splitting on " " would not give spaCy's runs: two spaces in a row, a space at
-    either end, or whitespace on both sides of a space (one longer whitespace run)."""
-    return ("  " in text or text.startswith(" ") or text.endswith(" ")
-            or _WHITESPACE_AROUND_SPACE.search(text) is not None)
+from .spacy_port import PLAIN, SPACE, AffixSplitter, import_spacy, irregular, spacy_runs, special_case_patterns
 
 
 class WordTokenizer:
@@ -87,13 +35,13 @@ class WordTokenizer:
     pieces' tokens except where the tokens of neighbouring pieces spell a special case (about 2%
     of IMDB reviews: spaCy tokenizes those pieces together) or where its spaces are irregular
     (spaCy takes the whole text). This tokenizer keeps each piece's final tokens in a bounded
-    cache and works out only pieces it has not seen, with spaCy's own affix splitting (`_split`)
+    cache and works out only pieces it has not seen, with spaCy's own affix splitting (`spacy_port.AffixSplitter`)
     instead of building a spaCy Doc per text. The output is fastai's
     `Tokenizer(SpacyTokenizer())` output (tested on real reviews and odd inputs).
     """
 
     def __init__(self, lang: str = "en", cache_size: int = 200_000, batch_size: int = 256) -> None:
-        spacy = _import_spacy()
+        spacy = import_spacy()
         from spacy.symbols import ORTH
 
         nlp = spacy.blank(lang)
@@ -104,13 +52,9 @@ class WordTokenizer:
         # tokenizes whole.
         nlp.vocab.lex_attr_getters = {}
         tok = self._spacy = nlp.tokenizer
-        self._token_match, self._url_match = tok.token_match, tok.url_match
-        self._prefix_search = tok.prefix_search or _NEVER.search
-        self._suffix_search = tok.suffix_search or _NEVER.search
-        self._infix_finditer = tok.infix_finditer or _NEVER.finditer
         self._specials = {case: [t[ORTH] for t in tokens] for case, tokens in tok.rules.items()}
         self._cache: dict[str, list[str]] = {}
-        split_cases, self._rewritten = _special_case_patterns(nlp, self._specials)
+        split_cases, self._rewritten = special_case_patterns(nlp, self._specials)
         # (token, next token) -> the special cases' token lists with that pair at [j - 1], [j]
         self._crossing: dict[tuple[str, str], list[tuple[list[str], int]]] = {}
         for parts in split_cases.values():
@@ -128,7 +72,7 @@ class WordTokenizer:
         self._batch_size = batch_size
         # No affix, infix or URL pattern of spaCy's English matches a run of lowercase ASCII
         # letters (the unit suffixes need a digit before them): such a piece is one token.
-        self._plain = _PLAIN if lang == "en" else None
+        self._split = AffixSplitter(tok, self._specials, PLAIN if lang == "en" else None).split
 
     def _forget_all_but(self, pieces: set[str]) -> None:
         self._cache = {p: t for p, t in self._cache.items() if p in pieces}
@@ -139,8 +83,8 @@ class WordTokenizer:
     def _learn_piece(self, piece: str) -> None:
         # Pieces are never empty: texts with two spaces in a row or at an end are irregular.
         text = piece + " " if piece[-1].isspace() else piece  # with the space that follows it
-        if _SPACE.search(text):
-            split = [replace_space(t) for run in _spacy_runs(text) for t in self._split(run)]
+        if SPACE.search(text):
+            split = [replace_space(t) for run in spacy_runs(text) for t in self._split(run)]
         else:
             split = self._split(text)
         if self._matched_inside(split):
@@ -156,77 +100,6 @@ class WordTokenizer:
 
     def _spacy_tokens(self, text: str) -> list[str]:
         return [replace_space(t.text) for t in self._spacy(text)]
-
-    def _split(self, string: str) -> list[str]:
-        """spaCy's affix splitting of one run (no whitespace, or only whitespace), without a Doc.
-
-        A line-by-line port of `Tokenizer._split_affixes` and `Tokenizer._attach_tokens` (spaCy
-        3.8) on the tokenizer's own patterns and special cases, plus a shortcut for what is left
-        once it is plain lowercase letters; spaCy's later pass that matches special cases over
-        the token sequence is left to `_matched_inside`.
-        """
-        specials, token_match, plain = self._specials, self._token_match, self._plain
-        if string in specials:
-            return list(specials[string])
-        prefixes: list[str] = []
-        suffixes: list[str] = []
-        last_size = 0
-        while string and len(string) != last_size:
-            if token_match and token_match(string):
-                break
-            if string in specials:
-                break
-            if plain and plain.fullmatch(string):  # what is left is one token
-                return [*prefixes, string, *reversed(suffixes)]
-            last_size = len(string)
-            match = self._prefix_search(string)
-            pre_len = match.end() - match.start() if match else 0
-            if pre_len:
-                prefix, minus_pre = string[:pre_len], string[pre_len:]
-                if minus_pre and minus_pre in specials:
-                    string = minus_pre
-                    prefixes.append(prefix)
-                    break
-            match = self._suffix_search(string[pre_len:])
-            suf_len = match.end() - match.start() if match else 0
-            if suf_len:
-                suffix, minus_suf = string[-suf_len:], string[:-suf_len]
-                if minus_suf and minus_suf in specials:
-                    string = minus_suf
-                    suffixes.append(suffix)
-                    break
-            if pre_len and suf_len and pre_len + suf_len <= len(string):
-                string = string[pre_len:-suf_len]
-                prefixes.append(prefix)
-                suffixes.append(suffix)
-            elif pre_len:
-                string = minus_pre
-                prefixes.append(prefix)
-            elif suf_len:
-                string = minus_suf
-                suffixes.append(suffix)
-        tokens = prefixes
-        if not string:
-            pass
-        elif string in specials:
-            tokens += specials[string]
-        elif (token_match and token_match(string)) or (self._url_match and self._url_match(string)):
-            tokens.append(string)
-        else:
-            start = 0
-            for match in self._infix_finditer(string):
-                infix_start, infix_end = match.span()
-                if infix_start == 0:
-                    continue
-                if infix_start != start:
-                    tokens.append(string[start:infix_start])
-                if infix_start != infix_end:
-                    tokens.append(string[infix_start:infix_end])
-                start = infix_end
-            if string[start:]:
-                tokens.append(string[start:])
-        tokens += reversed(suffixes)
-        return tokens
 
     def _matched_inside(self, tokens: list[str]) -> bool:
         """Whether spaCy's special-case matcher could rewrite these tokens of one piece."""
@@ -284,7 +157,7 @@ class WordTokenizer:
 
     def tokenize_many(self, texts: list[str]) -> list[list[str]]:
         processed = [apply_rules(text) for text in texts]
-        pieces = [None if _irregular(text) else text.split(" ") for text in processed]
+        pieces = [None if irregular(text) else text.split(" ") for text in processed]
         in_batch = set(itertools.chain.from_iterable(doc for doc in pieces if doc is not None))
         unseen = in_batch.difference(self._cache)
         if len(self._cache) + len(unseen) > self._cache_size:
@@ -305,29 +178,6 @@ class WordTokenizer:
         texts = iter(texts)
         while batch := list(itertools.islice(texts, self._batch_size)):
             yield from self.tokenize_many(batch)
-
-
-def _special_case_patterns(nlp, specials: dict[str, list[str]]) -> tuple[dict[str, list[str]], set[str]]:
-    """What spaCy's special-case matcher looks for after affix splitting.
-
-    Returns the special cases that affix splitting cuts into several tokens, with those tokens
-    (one can join the last token of a piece with the first of the next only if that pair sits
-    side by side in it), and the single tokens the matcher would replace by different ones.
-    """
-    from spacy.tokenizer import Tokenizer
-
-    tok = nlp.tokenizer
-    affixes_only = Tokenizer(nlp.vocab, rules={}, prefix_search=tok.prefix_search,
-                             suffix_search=tok.suffix_search, infix_finditer=tok.infix_finditer,
-                             token_match=tok.token_match, url_match=tok.url_match)
-    # The matcher knows the cases that have an affix or a space (all of them without spaCy's
-    # faster heuristics).
-    cases = {case: [t.text for t in affixes_only(case)] for case in tok.rules
-             if not tok.faster_heuristics or " " in case or tok.find_prefix(case)
-             or tok.find_suffix(case) or tok.find_infix(case)}
-    split = {case: parts for case, parts in cases.items() if len(parts) > 1}
-    rewritten = {case for case, parts in cases.items() if len(parts) == 1 and specials[case] != parts}
-    return split, rewritten
 
 
 @functools.lru_cache(maxsize=4)
