@@ -269,7 +269,8 @@ def _run_flow(job, kwargs: dict, out: str, kept: str | None = None) -> int:
     """Run the flow `job(**kwargs)` with its Prefect API (and the watch on it), its run log in
     `out`, and the stops of `_stop_on_signals`; a stop says what `out` keeps (`kept`: by default
     a run's shards and epochs) for the same command to resume from."""
-    from flows.runtime import API_LOST, KEPT, ApiWatch, bars_with_logs, prefect_api, tracebacks_to_file
+    from flows.api import API_LOST, KEPT, ApiWatch, prefect_api
+    from flows.console import bars_with_logs, tracebacks_to_file
     from ulmfit_core.rundir import RunDir
     from ulmfit_core.runstatus import stop_marked
     from ulmfit_core.runstore import local_copy, located
@@ -308,7 +309,7 @@ def _serve(params: RunParams, args: argparse.Namespace) -> int:
     from prefect.types.entrypoint import EntrypointType
 
     from flows import pipeline
-    from flows.runtime import prefect_api
+    from flows.api import prefect_api
 
     common = {k: v for k, v in params.to_dict().items()
               if k not in ("pretrained", "direction", "train_resource", "train_labels", "labels",
