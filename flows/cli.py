@@ -211,19 +211,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_params(args: argparse.Namespace) -> RunParams:
     """The run's parameters from the options this command has (checked on construction)."""
-    from ulmfit_core.storage import is_url
-
     names = RunParams.__dataclass_fields__
     given = {k: v for k, v in vars(args).items() if k in names}
     if given.get("preset", "") is None:  # label-curve: the preset the run was made with
         from ulmfit_core.rundir import RunDir
         from ulmfit_core.runstatus import made_with
-
         from ulmfit_core.runstore import local_copy
 
         with local_copy(args.out, ["run.json"], write_back=False) as out:
             given["preset"] = made_with(RunDir(out)).get("preset") or "tiny"
-    return RunParams(**{**given, "out": args.out if is_url(args.out) else str(Path(args.out).resolve())})
+    return RunParams(**{**given, "out": _location(args.out)})
+
+
+def _location(path: str) -> str:
+    """A folder or file as the command's tasks take it: an s3:// URL as given, a path absolute."""
+    from ulmfit_core.storage import is_url
+
+    return path if is_url(path) else str(Path(path).resolve())
 
 
 def _stop_on_signals() -> None:
@@ -403,10 +407,10 @@ def _score(args: argparse.Namespace) -> int:
     from ulmfit_core.storage import is_url
 
     data = args.data if is_url(args.data) else os.path.abspath(os.path.expanduser(args.data))
-    out = args.out if is_url(args.out) else str(Path(args.out).resolve())
+    out = _location(args.out)
     scoring.list_inputs(data), scoring.scored_model(args.model)
     return _run_flow(pipeline.score_job, {
-        "model": args.model if is_url(args.model) else str(Path(args.model).resolve()), "data": data, "out": out,
+        "model": _location(args.model), "data": data, "out": out,
         "text_column": args.text_column, "id_column": args.id_column, "bs": args.bs,
         "dask_address": args.dask_address, "workers": args.workers}, out, kept="the files scored")
 

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from typing import Iterator
 
 from .errors import STOP, RunInUse
-from .storage import SCHEME, endpoint, failure
+from .storage import ObjectPath, endpoint, failure
 
 log = logging.getLogger("ulmfit")
 
@@ -49,7 +49,7 @@ class Lease:
 
     def __init__(self, out: str) -> None:
         self.out, self.client = out, _client()
-        self.bucket, _, prefix = out[len(SCHEME):].rstrip("/").partition("/")
+        self.bucket, _, prefix = ObjectPath(out).key.partition("/")
         self.key = f"{prefix}/{LEASE}" if prefix else LEASE
         self.holder = f"pid {os.getpid()} on {socket.gethostname()}"
         self.token, self.etag = secrets.token_hex(8), None

@@ -25,10 +25,9 @@ from typing import Iterable, Iterator
 
 import pyarrow.fs as pafs
 
-from .errors import DataError
 from .lease import LEASE
 from .rundir import ENCODER, ENCODER_CONFIG, METRICS, MODEL, TEXT_ASSETS
-from .storage import SCHEME, is_url, reaching, s3
+from .storage import ObjectPath, check_bucket, is_url, reaching, s3
 
 log = logging.getLogger("ulmfit")
 
@@ -50,7 +49,7 @@ def scratch() -> Path:
 
 def _key(out: str, rel: str = "") -> str:
     """bucket/prefix[/rel]: the run's key (of one of its files), as pyarrow names it."""
-    root = out[len(SCHEME):].rstrip("/")
+    root = ObjectPath(out).key
     return f"{root}/{rel}" if rel else root
 
 
@@ -80,9 +79,7 @@ def pull(out: str, local: Path, pulls: Iterable[str]) -> dict[str, tuple[int, in
     mtime in ns) of the local copy}."""
     fs = s3()
     with reaching(out):
-        bucket = _key(out).split("/", 1)[0]
-        if fs.get_file_info(bucket).type == pafs.FileType.NotFound:  # some stores make it on a write
-            raise DataError(f"{out}: no such bucket '{bucket}'")
+        check_bucket(fs, out)
         names = _listed(fs, out, pulls)
 
     def fetch(rel: str) -> None:
@@ -158,9 +155,7 @@ def push(out: str, local: Path, pulled: dict[str, tuple[int, int]]) -> list[str]
             _delete(fs, _key(out, rel))
 
     def upload(rel: str) -> None:
-        with reaching(located(out, rel)), open(now[rel], "rb") as src, \
-                fs.open_output_stream(_key(out, rel)) as dst:
-            shutil.copyfileobj(src, dst, 1 << 20)
+        _upload(fs, out, rel, now[rel])
 
     waves: dict[int, list[str]] = {}
     for rel in changed:
@@ -250,9 +245,14 @@ def publish(out: str, local: Path, *paths: Path) -> None:
     fs = s3()
     for path in paths:
         rel = path.relative_to(local).as_posix()
-        with reaching(located(out, rel)):
-            if path.exists():
-                with open(path, "rb") as src, fs.open_output_stream(_key(out, rel)) as dst:
-                    shutil.copyfileobj(src, dst)
-            else:
+        if path.exists():
+            _upload(fs, out, rel, path)
+        else:
+            with reaching(located(out, rel)):
                 _delete(fs, _key(out, rel))
+
+
+def _upload(fs: pafs.S3FileSystem, out: str, rel: str, path: Path) -> None:
+    """The local file `path` as the run's file `rel`."""
+    with reaching(located(out, rel)), open(path, "rb") as src, fs.open_output_stream(_key(out, rel)) as dst:
+        shutil.copyfileobj(src, dst, 1 << 20)

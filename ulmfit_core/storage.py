@@ -104,6 +104,13 @@ def reaching(url: str) -> Iterator[None]:
         raise failure(url, exc) from exc
 
 
+def check_bucket(fs: pafs.S3FileSystem, url: str) -> None:
+    """Refuse a URL whose bucket does not exist (some stores would make it on a first write)."""
+    bucket = ObjectPath(url).key.split("/", 1)[0]
+    if not bucket or fs.get_file_info(bucket).type == pafs.FileType.NotFound:
+        raise DataError(f"{url}: no such bucket '{bucket}'")
+
+
 def list_objects(url: str) -> tuple[ObjectPath, list[ObjectPath]]:
     """The objects under a prefix (`s3://bucket/corpus/`), those a glob matches
     (`s3://bucket/corpus/*/*.parquet`, `**` for any depth), or one object; with the prefix their
@@ -116,9 +123,7 @@ def list_objects(url: str) -> tuple[ObjectPath, list[ObjectPath]]:
     root = "/".join(fixed).rstrip("/")
     fs = s3()
     with reaching(url):
-        bucket = root.split("/", 1)[0]
-        if not bucket or fs.get_file_info(bucket).type == pafs.FileType.NotFound:
-            raise DataError(f"{url}: no such bucket '{bucket}'")
+        check_bucket(fs, url)
         info = fs.get_file_info(root)
         if info.type == pafs.FileType.File and not glob:
             return ObjectPath(SCHEME + root.rsplit("/", 1)[0]), [_listed(info)]
