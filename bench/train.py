@@ -60,7 +60,7 @@ from ulmfit_core.config import Stage, get_preset
 from ulmfit_core.data import load_docs
 from ulmfit_core.models import build_classifier, build_language_model, clas_config, encoder_of, pad_front
 from ulmfit_core.rundir import RunDir, read_json
-from ulmfit_core.training import (CPUBFloat16, classifier_dataloaders, lm_dataloaders, precision,
+from ulmfit_core.training import (Checkpoint, CPUBFloat16, classifier_dataloaders, lm_dataloaders, precision,
                                sample_tokens, train_classifier, train_language_model, use_all_cores)
 from ulmfit_core.vocab import PAD_ID
 
@@ -172,7 +172,7 @@ def bench_lm(docs, vocab_size: int, preset, device: torch.device, mode: str, tmp
     free(device)
 
     model, metrics = train_language_model(docs, vocab_size, preset, SEED, device=device,
-                                          checkpoint=tmp / "lm-checkpoint.pth")
+                                          checkpoint=Checkpoint(tmp / "lm-checkpoint.pth"))
     rates["project"] = metrics["tokens_per_s"]
     report("tokens/s", rates, metrics)
     return encoder_of(model).state_dict()
@@ -251,7 +251,7 @@ def bench_classifier(docs, encoder_state: dict, vocab_size: int, preset, device:
     free(device)
 
     _, _, metrics = train_classifier(docs, encoder_state, vocab_size, preset, SEED, device=device,
-                                     checkpoint=tmp / "classifier-checkpoint.pth")
+                                     checkpoint=Checkpoint(tmp / "classifier-checkpoint.pth"))
     rates["project"] = metrics["train_docs"] / metrics["seconds"]
     report("reviews/s", rates, metrics)
 

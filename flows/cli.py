@@ -16,9 +16,13 @@ from pathlib import Path
 
 # Nothing imported here may start a thread (NumPy's OpenBLAS does as it loads): the commands
 # that run flows block SIGTERM first, in a process of one thread (`_stop_on_signals`).
-from ulmfit_core.config import PRESETS, TEST_SHARE
+from typing import get_args
+
+from pydantic import BaseModel
+
+from ulmfit_core.config import TOKENIZERS
 from ulmfit_core.errors import BAD_INPUT, STOP, DataError
-from ulmfit_core.params import RunParams, at_least
+from ulmfit_core.params import COMMANDS, Job, ScoreJob, at_least, option
 
 
 def _prefect_settings() -> None:
@@ -31,22 +35,38 @@ def _prefect_settings() -> None:
     os.environ.setdefault("DO_NOT_TRACK", "1")
 
 
-def _add_run_dir(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", required=True, help="run directory (created if missing)")
-    p.add_argument("--reset", action="store_true",
-                   help="run with a preset, tokenizer or seed other than the one this run "
-                        "directory was made with (its stages are rebuilt as needed)")
+# How a field of a job spec looks on the command line, where argparse's plain `--name VALUE`
+# does not fit (the field's type, default and description come from the spec).
+_FORM = {
+    "out": {"required": True},
+    "reset": {"action": "store_true"},
+    "labels": {"nargs": "+", "required": True, "metavar": "N"},
+    "tokenizer": {"choices": TOKENIZERS},
+    **{name: {"metavar": "N"} for name in ("train_workers", "train_labels", "lm_epochs")},
+    **{name: {"metavar": "NAME"} for name in ("train_resource", "text_column", "label_column",
+                                               "split_column", "id_column")},
+    "test_share": {"metavar": "F"},
+}
 
 
-def _add_training(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", default="tiny", help=f"model and schedule: {', '.join(PRESETS)}")
-    p.add_argument("--seed", type=int, default=0,
-                   help="seeds sampling, splits and training: the same seed repeats a run")
-
-
-def _add_dask_address(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dask-address", default=None,
-                   help="tcp://HOST:PORT of a running Dask scheduler (default: a LocalCluster)")
+def _add_fields(p: argparse.ArgumentParser, spec: type[BaseModel], names) -> None:
+    """An option for each field of `spec` named (`params.COMMANDS`): `--shard-docs N` for
+    `shard_docs`, with the field's description as its help and its default; the columns of a
+    table source in a group of their own, the direction as two flags."""
+    columns = None
+    for name in names:
+        field = spec.model_fields[name]
+        if name == "direction":
+            _add_direction(p)
+            continue
+        form = {"help": field.description, "default": field.default, **_FORM.get(name, {})}
+        if "action" not in form and "nargs" not in form:
+            form["type"] = next(t for t in (int, float, str) if t in (field.annotation, *get_args(field.annotation)))
+        if name.endswith("_column"):
+            columns = columns or p.add_argument_group("columns of a .csv/.parquet source")
+            columns.add_argument(option(name), **form)
+        else:
+            p.add_argument(option(name), **form)
 
 
 def _add_direction(p: argparse.ArgumentParser) -> None:
@@ -56,58 +76,6 @@ def _add_direction(p: argparse.ArgumentParser) -> None:
     group.add_argument("--bidirectional", dest="direction", action="store_const",
                        const="bidirectional", help="train both directions and report each and "
                                                    "their averaged-probability ensemble")
-    _add_dask_address(p)
-    p.add_argument("--train-resource", default=None, metavar="NAME",
-                   help="run training tasks on the Dask workers started with --resources NAME=1 "
-                        "(e.g. GPU); needs --dask-address")
-    p.add_argument("--train-workers", type=int, default=1, metavar="N",
-                   help="train each model data-parallel on N Dask workers (with --dask-address, "
-                        "those with --train-resource; else N local worker processes, one GPU "
-                        "each); batch size and schedule stay the preset's")
-
-
-def _add_train_labels(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--train-labels", type=int, default=None, metavar="N",
-                   help="train the classifier on a seeded, class-balanced sample of N labelled "
-                        "train reviews (the language model still learns from all the text)")
-
-
-def _add_pretrained(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--pretrained", default="none",
-                   help="LM start: none, wt103 (fastai's WikiText-103 weights, downloaded), or a "
-                        "folder/.pth with fastai's .pth weights and .pkl vocabulary")
-
-
-def _add_workers(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--workers", type=int, default=None,
-                   help="LocalCluster worker processes (default: one per core)")
-
-
-def _add_data(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", default="imdb",
-                   help="'imdb' ($ULMFIT_IMDB or fastai's download), an aclImdb .tar.gz or folder, "
-                        "or a .csv/.parquet file: a text column, and optionally a label column "
-                        "(any number of classes), a split column (train, test or unsup; without "
-                        "one, labelled rows train and the others are unsup) and an id column")
-    columns = p.add_argument_group("columns of a .csv/.parquet source")
-    for field, what in (("text", "the text"), ("label", "the label"),
-                        ("split", "train, test or unsup"), ("id", "an id for each row")):
-        columns.add_argument(f"--{field}-column", default=field, metavar="NAME",
-                             help=f"the column that holds {what}")
-    p.add_argument("--test-share", type=float, default=TEST_SHARE, metavar="F",
-                   help="without a labelled test split, this share of each label's train "
-                        "documents is held out as test (seeded, stratified)")
-    p.add_argument("--lang", default="en",
-                   help="language of the text, for spaCy's tokenizer (fastai's rules stay): en, "
-                        "de, fr, es, ... or xx (multi-language)")
-    p.add_argument("--limit", type=int, default=None,
-                   help="keep at most N documents per (split, label), chosen by the seed")
-    _add_workers(p)
-    p.add_argument("--shard-docs", type=int, default=2000, help="documents per shard")
-    p.add_argument("--tokenizer", choices=["word", "subword"], default=None,
-                   help="word: spaCy + fastai rules (default); subword: SentencePiece unigram")
-    p.add_argument("--vocab-size", type=int, default=None,
-                   help="subword pieces to learn (default 10,000; 200 to 10,000 are typical)")
 
 
 class _Defaults(argparse.HelpFormatter):
@@ -128,23 +96,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser = partial(sub.add_parser, formatter_class=_Defaults)
 
-    p = sub.add_parser("run", help="all stages: preprocess, LM, encoder, classifier, report")
-    _add_run_dir(p), _add_data(p), _add_training(p), _add_pretrained(p), _add_direction(p)
-    _add_train_labels(p)
-    p = sub.add_parser("preprocess", help="ingest, tokenize, vocab, numericalize")
-    _add_run_dir(p), _add_data(p), _add_training(p), _add_dask_address(p)
-    p = sub.add_parser("train-lm", help="fine-tune the language model and export its encoder")
-    _add_run_dir(p), _add_training(p), _add_pretrained(p), _add_direction(p)
-    p = sub.add_parser("train-classifier", help="train the classifier and evaluate it")
-    _add_run_dir(p), _add_training(p), _add_direction(p), _add_train_labels(p)
-    p = sub.add_parser("label-curve", help="what labels buy: a classifier per number of labelled "
-                                           "reviews on the run's encoder, beside NB-LR")
-    _add_run_dir(p), _add_training(p), _add_dask_address(p)
-    p.set_defaults(preset=None)
-    p.add_argument("--labels", nargs="+", required=True, metavar="N",
-                   help="numbers of labelled train reviews, and 'all' (e.g. 100 500 1000 5000 all)")
-    p.add_argument("--train-resource", default=None, metavar="NAME",
-                   help="train on the Dask workers started with --resources NAME=1; needs --dask-address")
+    for command, about in (
+            ("run", "all stages: preprocess, LM, encoder, classifier, report"),
+            ("preprocess", "ingest, tokenize, vocab, numericalize"),
+            ("train-lm", "fine-tune the language model and export its encoder"),
+            ("train-classifier", "train the classifier and evaluate it"),
+            ("label-curve", "what labels buy: a classifier per number of labelled reviews on "
+                            "the run's encoder, beside NB-LR")):
+        _add_fields(sub.add_parser(command, help=about), Job, COMMANDS[command])
+    sub.choices["label-curve"].set_defaults(preset=None)  # the preset the run was made with
 
     p = sub.add_parser("predict", help="classify texts with a trained classifier")
     p.add_argument("--model", required=True, help="run directory or its classifier/ folder")
@@ -157,22 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("score", help="classify every row of a dataset on the Dask workers, one "
                                       "task per file; a rerun scores only new or changed files")
-    p.add_argument("--model", required=True, help="run directory or its classifier/ folder")
-    p.add_argument("--data", required=True,
-                   help="a .csv/.parquet file, a folder of them (searched recursively) or a glob "
-                        "(quote it: 'reviews/*.parquet')")
-    p.add_argument("--out", required=True, help="folder of the predictions: one Parquet file per "
-                                                "input file, and score.json")
-    p.add_argument("--text-column", default="text", metavar="NAME", help="the column to classify")
-    p.add_argument("--id-column", default="id", metavar="NAME",
-                   help="the column copied beside each prediction (absent: the row number)")
-    p.add_argument("--bs", type=int, default=64, help="texts per batch")
-    _add_dask_address(p)
-    _add_workers(p)
+    _add_fields(p, ScoreJob, ScoreJob.model_fields)
 
     p = sub.add_parser("serve", help="serve the pipeline and preprocessing on their schedules "
                                       "from this process (one machine; see deployments/ for pools)")
-    _add_run_dir(p), _add_data(p), _add_training(p), _add_dask_address(p)
+    _add_fields(p, Job, COMMANDS["serve"])
     p.add_argument("--cron", default="0 2 * * *", help="schedule of the full pipeline (UTC)")
     p.add_argument("--preprocess-cron", default="0 * * * *",
                    help="schedule of preprocessing alone (UTC), keeping shards and vocab current")
@@ -209,18 +158,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run_params(args: argparse.Namespace) -> RunParams:
-    """The run's parameters from the options this command has (checked on construction)."""
-    names = RunParams.__dataclass_fields__
-    given = {k: v for k, v in vars(args).items() if k in names}
+def job_spec(args: argparse.Namespace) -> Job:
+    """The job this command runs, from its options (checked on construction)."""
+    given = {k: v for k, v in vars(args).items() if k in Job.model_fields}
     if given.get("preset", "") is None:  # label-curve: the preset the run was made with
         from ulmfit_core.rundir import RunDir
         from ulmfit_core.runstatus import made_with
         from ulmfit_core.runstore import local_copy
 
         with local_copy(args.out, ["run.json"], write_back=False) as out:
-            given["preset"] = made_with(RunDir(out)).get("preset") or "tiny"
-    return RunParams(**{**given, "out": _location(args.out)})
+            given["preset"] = made_with(RunDir(out)).get("preset") or Job.model_fields["preset"].default
+    return Job(**{**given, "out": _location(args.out)})
 
 
 def _location(path: str) -> str:
@@ -257,22 +205,16 @@ def _stopped_by() -> signal.Signals | None:
     return signal.Signals[STOP.why] if STOP.why in ("SIGINT", "SIGTERM") else None
 
 
-def _run_job(params: RunParams, command: str) -> int:
-    import inspect
-
+def _run_job(job: Job, command: str) -> int:
     from flows import pipeline
 
-    job = {"run": pipeline.ulmfit_flow, "preprocess": pipeline.preprocess_job,
-           "train-lm": pipeline.train_lm_job, "train-classifier": pipeline.train_classifier_job,
-           "label-curve": pipeline.label_curve_job}[command]
-    takes = inspect.signature(job.fn).parameters
-    return _run_flow(job, {k: v for k, v in params.to_dict().items() if k in takes}, params.out)
+    return _run_flow(pipeline.JOBS[command], job)
 
 
-def _run_flow(job, kwargs: dict, out: str, kept: str | None = None) -> int:
-    """Run the flow `job(**kwargs)` with its Prefect API (and the watch on it), its run log in
-    `out`, and the stops of `_stop_on_signals`; a stop says what `out` keeps (`kept`: by default
-    a run's shards and epochs) for the same command to resume from."""
+def _run_flow(flow, job: Job | ScoreJob, kept: str | None = None) -> int:
+    """Run the flow `flow(job)` with its Prefect API (and the watch on it), its run log in
+    `job.out`, and the stops of `_stop_on_signals`; a stop says what `job.out` keeps (`kept`: by
+    default a run's shards and epochs) for the same command to resume from."""
     from flows.api import API_LOST, KEPT, ApiWatch, prefect_api
     from flows.console import bars_with_logs, tracebacks_to_file
     from ulmfit_core.rundir import RunDir
@@ -283,11 +225,11 @@ def _run_flow(job, kwargs: dict, out: str, kept: str | None = None) -> int:
     # The clusters a run starts here log every worker's arrival and departure at INFO: keep
     # their warnings only, on the terminal and in the run's log.
     logging.getLogger("distributed").setLevel(logging.WARNING)
-    watch, kept = None, kept or KEPT
+    watch, kept, out = None, kept or KEPT, job.out
     try:
         with local_copy(out, ["logs"]) as logs, tracebacks_to_file(RunDir(logs).log, located(out, RunDir("").log)), \
                 prefect_api() as api, ApiWatch(api, out, kept) as watch:
-            job(**kwargs)
+            flow(job)
     except Exception:
         how = _stopped_by()
         if how is not None:
@@ -303,7 +245,7 @@ def _run_flow(job, kwargs: dict, out: str, kept: str | None = None) -> int:
     return 0
 
 
-def _serve(params: RunParams, args: argparse.Namespace) -> int:
+def _serve(job: Job, args: argparse.Namespace) -> int:
     """Both flows as served deployments with cron schedules, until Ctrl-C (a KeyboardInterrupt
     in Prefect's runner) or SIGTERM (the runner's own graceful shutdown: its flow runs, started
     with the signal unblocked, get it too)."""
@@ -315,9 +257,7 @@ def _serve(params: RunParams, args: argparse.Namespace) -> int:
     from flows import pipeline
     from flows.api import prefect_api
 
-    common = {k: v for k, v in params.to_dict().items()
-              if k not in ("pretrained", "direction", "train_resource", "train_labels", "labels",
-                           "train_workers", "reset")}
+    given = {"job": job.model_dump(mode="json", include=set(COMMANDS["serve"]))}
     # Flow runs import the flows as the package module (flows.pipeline), as the work-pool
     # deployments do: what Dask workers unpickle then imports the same way.
     by_module = EntrypointType.MODULE_PATH
@@ -329,10 +269,10 @@ def _serve(params: RunParams, args: argparse.Namespace) -> int:
     runner = Runner(pause_on_shutdown=True)
     with prefect_api() as api:
         runner.add_deployment(pipeline.ulmfit_flow.to_deployment(
-            name="ulmfit-scheduled", cron=args.cron, parameters=common, tags=["ulmfit"],
+            name="ulmfit-scheduled", cron=args.cron, parameters=given, tags=["ulmfit"],
             entrypoint_type=by_module))
         runner.add_deployment(pipeline.preprocess_job.to_deployment(
-            name="preprocess-scheduled", cron=args.preprocess_cron, parameters=common,
+            name="preprocess-scheduled", cron=args.preprocess_cron, parameters=given,
             tags=["ulmfit"], entrypoint_type=by_module))
         print(f"serving on the Prefect API at {api}; Ctrl-C stops")
         try:
@@ -345,7 +285,7 @@ def _serve(params: RunParams, args: argparse.Namespace) -> int:
     if how is None:
         return 0
     print(f"ulmfit: stopped serving ({how.name}); a run it had started resumes from "
-          f"{params.out} with the next one", file=sys.stderr)
+          f"{job.out} with the next one", file=sys.stderr)
     return 128 + how.value
 
 
@@ -399,20 +339,16 @@ def _predict(args: argparse.Namespace) -> int:
 
 def _score(args: argparse.Namespace) -> int:
     """`ulmfit score`: its options and inputs checked before any server or cluster starts."""
-    at_least("--bs", args.bs, 1)
-    RunParams(out=args.out, dask_address=args.dask_address, workers=args.workers)  # their checks
     _stop_on_signals()  # before NumPy loads (below), while this process has one thread
     from flows import pipeline
     from ulmfit_core.stages import scoring
     from ulmfit_core.storage import is_url
 
     data = args.data if is_url(args.data) else os.path.abspath(os.path.expanduser(args.data))
-    out = _location(args.out)
-    scoring.list_inputs(data), scoring.scored_model(args.model)
-    return _run_flow(pipeline.score_job, {
-        "model": _location(args.model), "data": data, "out": out,
-        "text_column": args.text_column, "id_column": args.id_column, "bs": args.bs,
-        "dask_address": args.dask_address, "workers": args.workers}, out, kept="the files scored")
+    job = ScoreJob(**{**{k: getattr(args, k) for k in ScoreJob.model_fields}, "data": data,
+                      "model": _location(args.model), "out": _location(args.out)})
+    scoring.list_inputs(job.data), scoring.scored_model(args.model)
+    return _run_flow(pipeline.score_job, job, kept="the files scored")
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -471,12 +407,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in ("run", "preprocess", "train-lm", "train-classifier", "label-curve", "serve"):
             if args.command != "serve":
                 _stop_on_signals()  # while this process has one thread: all later ones block SIGTERM
-            params = run_params(args)  # every option checked before any server or cluster starts
-            if args.command in ("run", "preprocess", "serve"):
+            job = job_spec(args)  # every option checked before any server or cluster starts
+            if "data" in COMMANDS[args.command]:
                 from ulmfit_core.sources import check_source, open_source
 
-                check_source(open_source(params.data), params.columns())
-            return _serve(params, args) if args.command == "serve" else _run_job(params, args.command)
+                check_source(open_source(job.data), job.columns())
+            return _serve(job, args) if args.command == "serve" else _run_job(job, args.command)
         return {"predict": _predict, "generate": _generate, "lineage": _lineage,
                 "show-batch": _show_batch, "score": _score}[args.command](args)
     except BAD_INPUT as exc:

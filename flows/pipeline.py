@@ -15,7 +15,6 @@ Where training runs (this process, GPU workers side by side, data-parallel ranks
 from __future__ import annotations
 
 import time
-from functools import partial
 
 from prefect import flow, unmapped
 from prefect.runtime import deployment
@@ -25,8 +24,8 @@ from tasks import score as scoring_tasks
 from tasks import train
 from tasks.common import for_run, progress_artifact, set_up_process
 from tasks.report import report
-from ulmfit_core.config import EXPECTED, TEST_SHARE, Columns, get_preset
-from ulmfit_core.params import DIRECTIONS, RunParams, curve_points
+from ulmfit_core.config import EXPECTED
+from ulmfit_core.params import Job, ScoreJob, curve_points
 from ulmfit_core.progress import Bar
 from ulmfit_core.rundir import RunDir
 from ulmfit_core.runstatus import tracked
@@ -65,16 +64,12 @@ def _ingest(out: str, run: RunDir, plan) -> dict:
 
 
 @flow(name="ulmfit-preprocess", log_prints=True)
-def preprocess_flow(out: str, data: str = "imdb", preset: str = "tiny", limit: int | None = None,
-                    seed: int = 0, shard_docs: int = 2000, tokenizer: str | None = None,
-                    vocab_size: int | None = None, text_column: str = "text",
-                    label_column: str = "label", split_column: str = "split", id_column: str = "id",
-                    test_share: float = TEST_SHARE, lang: str = "en") -> dict:
+def preprocess_flow(job: Job) -> dict:
     """Raw shards (a test split held out when the corpus has none) → (subword model) → token
     shards (in parallel) → vocab → id shards (in parallel)."""
-    settings, run, t0 = get_preset(preset, tokenizer, vocab_size, lang), RunDir(out), time.time()
-    columns = Columns(text_column, label_column, split_column, id_column)
-    plan = prep.plan_ingest(out, data, limit, seed, shard_docs, columns, test_share)
+    out, settings, run, t0 = job.out, job.settings(), RunDir(job.out), time.time()
+    plan = prep.plan_ingest(out, job.data, job.limit, job.seed, job.shard_docs, job.columns(),
+                            job.test_share)
     ingested = plan.done or _ingest(out, run, plan)
     parts = ingested.get("files", [])
     n_files = len({part["file"] for part in parts})
@@ -82,9 +77,9 @@ def preprocess_flow(out: str, data: str = "imdb", preset: str = "tiny", limit: i
     print(f"ingested {ingested['docs']} documents{read} into {len(ingested['shards'])} shards "
           f"(skipped {ingested['skipped']['total']})")
     if ingested["test_split"]["from"] == "held out":
-        print(f"no labelled test split: held out {test_share:.0%} of each label's train documents "
+        print(f"no labelled test split: held out {job.test_share:.0%} of each label's train documents "
               f"as test ({', '.join(f'{y} {n}' for y, n in ingested['test_split']['docs'].items())})")
-    for_run(prep.train_tokenizer, run).submit(out, settings, seed).result()
+    for_run(prep.train_tokenizer, run).submit(out, settings, job.seed).result()
     tokenized = _as_done(for_run(prep.tokenize_shard, run).map(
         unmapped(out), ingested["shards"], unmapped(settings)), "tokenization", "shards tokenized")
     vocab = for_run(prep.build_vocab, run).submit(out, settings, [r["counts"] for r in tokenized]).result()
@@ -94,28 +89,31 @@ def preprocess_flow(out: str, data: str = "imdb", preset: str = "tiny", limit: i
     return prep.summarize(out, tokenized, numericalized, vocab, time.time() - t0)
 
 
-@flow(name="ulmfit-train-lm", log_prints=True)
-def train_lm_flow(out: str, preset: str = "tiny", seed: int = 0, pretrained: str = "none",
-                  direction: str = "forward", train_resource: str | None = None,
-                  train_workers: int = 1, dask_address: str | None = None) -> dict:
-    """For each direction: fine-tune the language model on all the text (from pretrained weights
-    when given), then export its encoder. `direction`: forward, backward or bidirectional (both);
-    `train_workers`: data-parallel ranks per training."""
-    settings = get_preset(preset)
-    training = Training(dask_address, train_resource, train_workers)
-    lms, exports = {}, {}
-    for backwards in DIRECTIONS[direction]:
-        run = RunDir(out, backwards)
+def _chains(job: Job, training: Training, first, then, what: str) -> dict:
+    """For each direction of `job`, the chain of two training tasks: `first(run)` submitted,
+    then `then(run, its future)`; once all are done, {backwards: (first's, then's result)}."""
+    futures = {}
+    for backwards in job.backwards:
+        run = RunDir(job.out, backwards)
         with training.chain() as chain:
-            lms[backwards] = chain(for_run(train.train_lm, run).submit(
-                out, settings, seed, pretrained, backwards, training.ranks))
-            exports[backwards] = chain(for_run(train.export_encoder, run).submit(
-                out, backwards, wait_for=[lms[backwards]]))
-    settled([*lms.values(), *exports.values()], "language model")  # side by side: still going
+            started = chain(first(run))
+            futures[backwards] = started, chain(then(run, started))
+    settled([f for pair in futures.values() for f in pair], what)  # side by side: still going
+    return {backwards: (a.result(), b.result()) for backwards, (a, b) in futures.items()}
+
+
+@flow(name="ulmfit-train-lm", log_prints=True)
+def train_lm_flow(job: Job) -> dict:
+    """For each direction: fine-tune the language model on all the text (from pretrained weights
+    when given), then export its encoder."""
+    out, training = job.out, Training.of(job)
+    done = _chains(job, training, lambda run: for_run(train.train_lm, run).submit(
+        out, job.settings(), job.seed, job.pretrained, run.backwards, training.ranks),
+        lambda run, lm: for_run(train.export_encoder, run).submit(out, run.backwards, wait_for=[lm]),
+        "language model")
     results = {}
-    for backwards, lm in lms.items():
-        name, metrics = train.direction_name(backwards), lm.result()
-        exports[backwards].result()  # the encoder is exported (or its error raised) before the flow ends
+    for backwards, (metrics, _) in done.items():
+        name = train.direction_name(backwards)
         print(f"{name} language model: valid loss {metrics['valid_loss']:.4f}, accuracy "
               f"{metrics['accuracy']:.4f}, perplexity {metrics['perplexity']:.2f} "
               f"(host {metrics['host']}, {metrics['device']}, {metrics['precision']})")
@@ -124,35 +122,27 @@ def train_lm_flow(out: str, preset: str = "tiny", seed: int = 0, pretrained: str
 
 
 @flow(name="ulmfit-train-classifier", log_prints=True)
-def train_classifier_flow(out: str, preset: str = "tiny", seed: int = 0, direction: str = "forward",
-                          train_resource: str | None = None, train_labels: int | None = None,
-                          train_workers: int = 1, dask_address: str | None = None) -> dict:
+def train_classifier_flow(job: Job) -> dict:
     """For each direction: gradual unfreezing on the labelled train split (or a balanced sample of
     `train_labels` of its reviews), then accuracy on the test split; then, for both directions,
     the ensemble of their averaged probabilities, and the classical NB-LR baseline trained on
     the same reviews."""
-    settings = get_preset(preset)
-    training = Training(dask_address, train_resource, train_workers)
-    trained, tested = {}, {}
-    for backwards in DIRECTIONS[direction]:
-        run = RunDir(out, backwards)
-        with training.chain() as chain:
-            trained[backwards] = chain(for_run(train.train_classifier, run).submit(
-                out, settings, seed, backwards, train_labels, training.ranks))
-            tested[backwards] = chain(for_run(train.evaluate, run).submit(
-                out, backwards, training.ranks, wait_for=[trained[backwards]]))
-    settled([*trained.values(), *tested.values()], "classifier")  # side by side: still going
+    out, training = job.out, Training.of(job)
+    done = _chains(job, training, lambda run: for_run(train.train_classifier, run).submit(
+        out, job.settings(), job.seed, run.backwards, job.train_labels, training.ranks),
+        lambda run, trained: for_run(train.evaluate, run).submit(
+            out, run.backwards, training.ranks, wait_for=[trained]), "classifier")
     results = {}
-    for backwards in tested:
-        name, metrics = train.direction_name(backwards), trained[backwards].result()
-        results[name] = test = tested[backwards].result()
+    for backwards, (metrics, test) in done.items():
+        name = train.direction_name(backwards)
+        results[name] = test
         if test["accuracy"] is not None:
             print(f"{name} classifier: test accuracy {test['accuracy']:.4f} on {test['n']} reviews "
                   f"(trained on host {metrics['host']}, {metrics['device']}, {metrics['precision']})")
     if all(r["accuracy"] is None for r in results.values()):
         return results  # no labelled test split to compare on
-    run = RunDir(out, DIRECTIONS[direction][0])
-    if direction == "bidirectional":
+    run = RunDir(out, job.backwards[0])
+    if job.direction == "bidirectional":
         results["ensemble"] = for_run(train.ensemble, run)(out)["ensemble"]
         print(f"forward + backward ensemble: test accuracy {results['ensemble']['accuracy']:.4f}")
     base = for_run(train.baseline, run)(out, run.backwards)
@@ -160,9 +150,9 @@ def train_classifier_flow(out: str, preset: str = "tiny", seed: int = 0, directi
     return results
 
 
-def check_labels(out: str, preset: str, seed: int, train_labels: int | None) -> None:
+def check_labels(job: Job) -> None:
     """The labelled data checked before any training starts (`stages.check_classifier_data`)."""
-    labelled = prep.check_classifier_data(out, get_preset(preset), seed, train_labels)
+    labelled = prep.check_classifier_data(job.out, job.settings(), job.seed, job.train_labels)
     print(f"classifier data: {labelled['train_docs']} train / {labelled['valid_docs']} valid "
           f"reviews, labels {labelled['labels']}")
     if labelled["few"]:
@@ -179,87 +169,63 @@ SCHEDULED_WAIT_S = 12 * 3600
 READS_ENCODER = {"train-lm": False, "train-classifier": True, "label-curve": True}
 
 
-def _job(command: str, given: dict, work) -> dict:
-    """Run `work()` as one job on a run directory: its parameters checked (`RunParams`), the
-    directory held and its status kept in run.json (running, then complete, failed or
-    stopped), the report written at the end. `given`: the job flow's own parameters, which
-    are also what run.json records. A command refuses a directory another run holds; a run
-    of a deployment waits for it (up to SCHEDULED_WAIT_S)."""
+def _held(command: str, job: Job, work) -> dict:
+    """Run `work()` as one job on a run directory: the directory held and its status kept in
+    run.json (running, then complete, failed or stopped, with what `job.record` says of the
+    command), the report written at the end. A command refuses a directory another run holds;
+    a run of a deployment waits for it (up to SCHEDULED_WAIT_S)."""
     set_up_process()  # the job's own lines (waiting for the directory) reach the run's logs
-    params = RunParams(**given)
-    record = {"command": command, **given}
-    if "tokenizer" in given:
-        record["tokenizer"] = params.settings().tokenizer.kind
+    record = job.record(command)
     wait_s = SCHEDULED_WAIT_S if deployment.id else 0
+
     def check() -> None:
         if command in READS_ENCODER:
-            for backwards in params.backwards:
-                prep.check_inputs(params.out, backwards, READS_ENCODER[command])
+            for backwards in job.backwards:
+                prep.check_inputs(job.out, backwards, READS_ENCODER[command])
         if command == "train-classifier":
-            check_labels(params.out, params.preset, params.seed, params.train_labels)
+            check_labels(job)
 
-    with tracked(params.out, record, params.reset, wait_s, check):
+    with tracked(job.out, record, job.reset, wait_s, check):
         result = work()
-        metrics = for_run(report, RunDir(params.out))(params.out, record, params.seed)
-    print(f"report: {located(params.out, RunDir('').report)}")
+        metrics = for_run(report, RunDir(job.out))(job.out, record)
+    print(f"report: {located(job.out, RunDir('').report)}")
     return result if result is not None else metrics
 
 
 @flow(name="ulmfit-preprocess-job", log_prints=True)
-def preprocess_job(out: str, data: str = "imdb", preset: str = "tiny", limit: int | None = None,
-                   seed: int = 0, dask_address: str | None = None, workers: int | None = None,
-                   shard_docs: int = 2000, tokenizer: str | None = None,
-                   vocab_size: int | None = None, text_column: str = "text",
-                   label_column: str = "label", split_column: str = "split", id_column: str = "id",
-                   test_share: float = TEST_SHARE, lang: str = "en", reset: bool = False) -> dict:
+def preprocess_job(job: Job) -> dict:
     """Preprocessing alone, as a run of its own (lock, status, report): what the `cpu` work
     pool runs on a schedule to keep token shards and vocab current."""
-    given = dict(locals())
-    return _job("preprocess", given, partial(
-        preprocess_flow.with_options(task_runner=dask_task_runner(dask_address, workers)),
-        out, data, preset, limit, seed, shard_docs, tokenizer, vocab_size, text_column,
-        label_column, split_column, id_column, test_share, lang))
+    runner = dask_task_runner(job.dask_address, job.workers)
+    return _held("preprocess", job, lambda: preprocess_flow.with_options(task_runner=runner)(job))
 
 
 @flow(name="ulmfit-train-lm-job", log_prints=True)
-def train_lm_job(out: str, preset: str = "tiny", seed: int = 0, pretrained: str = "none",
-                 direction: str = "forward", dask_address: str | None = None,
-                 train_resource: str | None = None, train_workers: int = 1,
-                 reset: bool = False) -> dict:
+def train_lm_job(job: Job) -> dict:
     """Language-model fine-tuning and encoder export on a preprocessed run directory, as a run
     of its own."""
-    given = dict(locals())
-    return _job("train-lm", given, partial(
-        train_lm_flow.with_options(
-            task_runner=Training(dask_address, train_resource, train_workers).task_runner()),
-        out, preset, seed, pretrained, direction, train_resource, train_workers, dask_address))
+    runner = Training.of(job).task_runner()
+    return _held("train-lm", job, lambda: train_lm_flow.with_options(task_runner=runner)(job))
 
 
 @flow(name="ulmfit-train-classifier-job", log_prints=True)
-def train_classifier_job(out: str, preset: str = "tiny", seed: int = 0, direction: str = "forward",
-                         dask_address: str | None = None, train_resource: str | None = None,
-                         train_labels: int | None = None, train_workers: int = 1,
-                         reset: bool = False) -> dict:
+def train_classifier_job(job: Job) -> dict:
     """Classifier training and evaluation on a run directory with its encoder(s), as a run of
     its own."""
-    given = dict(locals())
-    return _job("train-classifier", given, partial(
-        train_classifier_flow.with_options(
-            task_runner=Training(dask_address, train_resource, train_workers).task_runner()),
-        out, preset, seed, direction, train_resource, train_labels, train_workers, dask_address))
+    runner = Training.of(job).task_runner()
+    return _held("train-classifier", job, lambda: train_classifier_flow.with_options(task_runner=runner)(job))
 
 
 @flow(name="ulmfit-label-curve", log_prints=True)
-def label_curve_flow(out: str, labels: list[str], preset: str = "tiny", seed: int = 0,
-                     train_resource: str | None = None) -> dict:
+def label_curve_flow(job: Job) -> dict:
     """One classifier per number of labelled reviews on the run's encoder (each a task, reused
     when done before), scored on the test split beside NB-LR on the same reviews."""
-    settings, training, run = get_preset(preset), Training(resource=train_resource), RunDir(out)
+    out, settings, training, run = job.out, job.settings(), Training.of(job), RunDir(job.out)
     points = []
-    for n in curve_points(labels):
+    for n in curve_points(job.labels or ()):
         with training.chain() as chain:
             points.append(chain(for_run(train.label_curve_point, run.label_curve_point(n)).submit(
-                out, settings, seed, n)))
+                out, settings, job.seed, n)))
     settled(points, "label curve")
     curve = for_run(train.write_label_curve, run)(out, [point.result() for point in points])
     for point in curve["points"]:
@@ -269,64 +235,50 @@ def label_curve_flow(out: str, labels: list[str], preset: str = "tiny", seed: in
 
 
 @flow(name="ulmfit-label-curve-job", log_prints=True)
-def label_curve_job(out: str, labels: list[str], preset: str = "tiny", seed: int = 0,
-                    dask_address: str | None = None, train_resource: str | None = None,
-                    reset: bool = False) -> dict:
+def label_curve_job(job: Job) -> dict:
     """The label curve on a run directory with its encoder, as a run of its own."""
-    given = dict(locals())
-    return _job("label-curve", given, partial(
-        label_curve_flow.with_options(task_runner=Training(dask_address, train_resource).task_runner()),
-        out, labels, preset, seed, train_resource))
+    runner = Training.of(job).task_runner()
+    return _held("label-curve", job, lambda: label_curve_flow.with_options(task_runner=runner)(job))
 
 
 @flow(name="ulmfit", log_prints=True)
-def ulmfit_flow(out: str, data: str = "imdb", preset: str = "tiny", limit: int | None = None,
-                seed: int = 0, dask_address: str | None = None, workers: int | None = None,
-                shard_docs: int = 2000, tokenizer: str | None = None,
-                vocab_size: int | None = None, text_column: str = "text",
-                label_column: str = "label", split_column: str = "split", id_column: str = "id",
-                test_share: float = TEST_SHARE, lang: str = "en", pretrained: str = "none",
-                direction: str = "forward", train_resource: str | None = None,
-                train_labels: int | None = None, train_workers: int = 1,
-                reset: bool = False) -> dict:
+def ulmfit_flow(job: Job) -> dict:
     """The whole recipe, from a corpus to a report. With `train_resource` (and a Dask cluster
     whose training workers declare it, e.g. `dask worker --resources GPU=1`), training runs on
     those workers while tokenization runs anywhere; with `train_workers` N, each training is
     spread over N of them (data-parallel ranks)."""
-    given = dict(locals())
-
     def work() -> None:
-        print(f"preset {preset}: {EXPECTED[preset]}")
-        trainer = Training(dask_address, train_resource, train_workers).task_runner()
-        preprocess_flow.with_options(task_runner=dask_task_runner(dask_address, workers))(
-            out, data, preset, limit, seed, shard_docs, tokenizer, vocab_size, text_column,
-            label_column, split_column, id_column, test_share, lang)
-        check_labels(out, preset, seed, train_labels)
-        train_lm_flow.with_options(task_runner=trainer)(out, preset, seed, pretrained, direction,
-                                                        train_resource, train_workers, dask_address)
-        train_classifier_flow.with_options(task_runner=trainer)(
-            out, preset, seed, direction, train_resource, train_labels, train_workers, dask_address)
+        print(f"preset {job.preset}: {EXPECTED[job.preset]}")
+        preprocess_flow.with_options(task_runner=dask_task_runner(job.dask_address, job.workers))(job)
+        check_labels(job)
+        trainer = Training.of(job).task_runner()
+        train_lm_flow.with_options(task_runner=trainer)(job)
+        train_classifier_flow.with_options(task_runner=trainer)(job)
 
-    return _job("run", given, work)
+    return _held("run", job, work)
+
+
+# The flow each pipeline command runs.
+JOBS = {"run": ulmfit_flow, "preprocess": preprocess_job, "train-lm": train_lm_job,
+        "train-classifier": train_classifier_job, "label-curve": label_curve_job}
 
 
 @flow(name="ulmfit-score", log_prints=True)
-def score_flow(model: str, data: str, out: str, text_column: str = "text", id_column: str = "id",
-               bs: int = 64) -> dict:
+def score_flow(job: ScoreJob) -> dict:
     """Every row of a dataset classified by a trained classifier: one task per input file, on
     the Dask workers, each writing that file's predictions under `out` (reused when the file
     and the model are unchanged); then score.json."""
-    t0 = time.time()
-    files, scored_by = scoring.list_inputs(data), scoring.scored_model(model)
+    t0, out = time.time(), job.out
+    files, scored_by = scoring.list_inputs(job.data), scoring.scored_model(job.model)
     names = [name for _, name in files]
     gone = scoring.prune_outputs(out, names)
     if gone:
-        print(f"removed the predictions of {len(gone)} files no longer in {data}")
+        print(f"removed the predictions of {len(gone)} files no longer in {job.data}")
     results = _as_done(scoring_tasks.score_file.map(
-        unmapped(out), [str(path) for path, _ in files], names,
-        unmapped(scored_by), unmapped(text_column), unmapped(id_column), unmapped(bs)),
+        unmapped(out), [str(path) for path, _ in files], names, unmapped(scored_by),
+        unmapped(job.text_column), unmapped(job.id_column), unmapped(job.bs)),
         "scoring", "files scored")
-    summary = scoring_tasks.summarize(out, data, scored_by, results, time.time() - t0)
+    summary = scoring_tasks.summarize(out, job.data, scored_by, results, time.time() - t0)
     print(f"scored {summary['scored']} of {summary['rows']} rows in {len(files)} files "
           f"({summary['reused_files']} reused) into {out} with {scored_by['path']} "
           f"(sha256 {scored_by['sha256'][:12]})")
@@ -334,10 +286,8 @@ def score_flow(model: str, data: str, out: str, text_column: str = "text", id_co
 
 
 @flow(name="ulmfit-score-job", log_prints=True)
-def score_job(model: str, data: str, out: str, text_column: str = "text", id_column: str = "id",
-              bs: int = 64, dask_address: str | None = None, workers: int | None = None) -> dict:
+def score_job(job: ScoreJob) -> dict:
     """`ulmfit score` as a flow of its own, on the Dask cluster at `dask_address` (else a local
     one of `workers` processes): what a deployment schedules."""
     set_up_process()
-    return score_flow.with_options(task_runner=dask_task_runner(dask_address, workers))(
-        model, data, out, text_column, id_column, bs)
+    return score_flow.with_options(task_runner=dask_task_runner(job.dask_address, job.workers))(job)

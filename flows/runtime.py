@@ -18,6 +18,7 @@ from prefect_dask import DaskTaskRunner
 from tasks.processes import LocalCluster
 from tasks.ranks import Ranks
 from ulmfit_core.errors import STOP, check_stop
+from ulmfit_core.params import Job
 
 log = logging.getLogger("ulmfit")
 
@@ -59,7 +60,7 @@ class Training:
 
     - By default, in the flow's process (on its GPU if it has one).
     - With `resource`, on the workers of the Dask cluster at `address` that declare it
-      (`RunParams` makes sure such a run names the cluster).
+      (`Job` makes sure such a run names the cluster).
     - With `workers` > 1, each training spreads over that many workers as data-parallel ranks
       (`tasks.ranks`), which the flow's process sends out and watches.
 
@@ -71,6 +72,11 @@ class Training:
     address: str | None = None
     resource: str | None = None
     workers: int = 1
+
+    @classmethod
+    def of(cls, job: Job) -> Training:
+        """Where `job` places its trainings."""
+        return cls(job.dask_address, job.train_resource, job.train_workers)
 
     @property
     def side_by_side(self) -> bool:

@@ -23,9 +23,9 @@ def _summarized(run: RunDir) -> list[Path]:
 
 @task(name="report", writes=lambda run: [run.metrics, run.report, run.lineage], reads=_summarized,
       pulls=lambda run, a: [""])
-def report(out: str, params: dict, seed: int) -> dict:
+def report(out: str, params: dict) -> dict:
     run = RunDir(out)
-    metrics = write_report(run, params, seed)
+    metrics = write_report(run, params)
     create_markdown_artifact(run.report.read_text(encoding="utf-8"), key="ulmfit-report",
                              description=f"ULMFiT run report for {out}")
     create_table_artifact(headline_figures(metrics), key="ulmfit-metrics",

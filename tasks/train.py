@@ -18,7 +18,8 @@ from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectAlreadyExists
 
-from ulmfit_core import labelcurve, stages
+from ulmfit_core import stages
+from ulmfit_core.stages import labelcurve
 from ulmfit_core.config import Preset
 from ulmfit_core.manifests import manifest_path
 from ulmfit_core.rundir import RunDir

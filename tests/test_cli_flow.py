@@ -108,6 +108,14 @@ def test_run_predict_generate(tmp_path, sample_tarball):
     assert str(out) not in "".join(p.read_text() for p in copy.rglob("*.json") if p.name not in (
         "run.json", "metrics.json", "lineage.json"))  # manifests hold paths relative to the run
 
+    # An option of the job spec reaches the training loop: --lm-epochs 1 retrains the tiny
+    # preset's 3-epoch language model for one epoch, and run.json records it.
+    assert len(read_json(copy / "lm" / "metrics.json")["history"]) == 3
+    fewer = ulmfit("train-lm", "--out", copy, "--preset", "tiny", "--seed", 1, "--lm-epochs", 1)
+    assert fewer.returncode == 0, fewer.stderr[-3000:]
+    assert len(read_json(copy / "lm" / "metrics.json")["history"]) == 1
+    assert read_json(copy / "run.json")["params"]["lm_epochs"] == 1
+
     # Another seed into the same run directory is refused, unless asked for with --reset; then a
     # stage command reruns its part into the directory and refreshes the summary.
     clash = ulmfit("train-classifier", "--out", out, "--preset", "tiny", "--seed", 2)

@@ -64,9 +64,9 @@ def deployed(server, tmp_path_factory, sample_tarball) -> dict:
             if name.startswith("score"):
                 asked = {"model": str(root / "ulmfit-nightly"), "data": str(incoming), "out": str(out),
                          "workers": 1}
-            first = server.run_deployment(deployment["id"], asked, f"the first run of {name}")
+            first = server.run_deployment(deployment["id"], {"job": asked}, f"the first run of {name}")
             written = _written(out)
-            second = server.run_deployment(deployment["id"], asked, f"the second run of {name}")
+            second = server.run_deployment(deployment["id"], {"job": asked}, f"the second run of {name}")
             results[name] = {"deployment": deployment, "runs": [first, second], "out": out,
                              "written": [written, _written(out)]}
     finally:
@@ -93,7 +93,7 @@ def test_every_deployment_has_its_own_directory_and_a_second_run_reuses_everythi
 
     shipped = yaml.safe_load((ROOT / "deployments" / "prefect.yaml").read_text())["deployments"]
     assert sorted(deployed) == sorted(d["name"] for d in shipped)
-    outs = [d["parameters"]["out"] for d in shipped]
+    outs = [d["parameters"]["job"]["out"] for d in shipped]
     assert len(set(outs)) == len(outs)  # one directory, one preset: no two schedules clash
     for name, result in deployed.items():
         first, second = result["written"]
@@ -133,8 +133,8 @@ def test_deployment_has_its_schedule_pool_and_parameters(finished):
     deployment = finished["deployment"]
     assert deployment["work_pool_name"] == "cpu"
     assert [s["schedule"]["cron"] for s in deployment["schedules"]] == ["0 * * * *"]
-    assert deployment["parameters"]["preset"] == "cpu"
-    assert deployment["parameters"]["out"] == "runs/preprocess-hourly"  # its own run directory
+    assert deployment["parameters"]["job"]["preset"] == "cpu"
+    assert deployment["parameters"]["job"]["out"] == "runs/preprocess-hourly"  # its own run directory
     assert deployment["pull_steps"][0]["prefect.deployments.steps.set_working_directory"][
         "directory"] == str(ROOT)
 
@@ -231,7 +231,7 @@ def test_serve_schedules_both_flows_and_runs_them(server, tmp_path, sample_tarba
         full = _until(lambda: deployment("ulmfit/ulmfit-scheduled"), 30, "the pipeline deployment")
         assert [s["schedule"]["cron"] for s in pre["schedules"]] == ["*/30 * * * *"]
         assert [s["schedule"]["cron"] for s in full["schedules"]] == ["0 3 * * *"]
-        assert full["parameters"]["out"] == str(out) and full["parameters"]["preset"] == "tiny"
+        assert full["parameters"]["job"]["out"] == str(out) and full["parameters"]["job"]["preset"] == "tiny"
         # Preprocessing fires while the pipeline holds their one run directory (the default
         # crons both fire at 02:00): it waits for the pipeline instead of failing on its lock.
         pipeline = server.start_deployment(full["id"])

@@ -45,7 +45,7 @@ def run(tmp_path_factory, preprocessed, preset) -> RunDir:
     stages.classifier_stage(run, preset, SEED)
     stages.evaluate_stage(run)
     stages.baseline_stage(run)
-    write_report(run, {"preset": preset.name, "seed": SEED}, SEED)
+    write_report(run, {"preset": preset.name, "seed": SEED})
     return run
 
 
@@ -389,7 +389,7 @@ def test_show_batch_is_the_batch_training_starts_with(run, preset, monkeypatch):
 def test_a_preprocessing_report_says_what_there_is(tmp_path, preprocessed):
     run = RunDir(tmp_path / "run")
     shutil.copytree(preprocessed, run.root)
-    write_report(run, {"command": "preprocess", "preset": "tiny", "seed": 0}, 0)
+    write_report(run, {"command": "preprocess", "preset": "tiny", "seed": 0})
     report = run.report.read_text()
     assert report.splitlines()[2].startswith("**Preprocessed, no model trained yet:** 200 documents")
     assert "None" not in report and "Test accuracy" not in report

@@ -339,7 +339,7 @@ def test_help_says_each_default_once_and_truly():
         assert "(default: None)" not in text and "(default: False)" not in text, name
         assert not re.search(r"default[^()]*\) \(default:", text), name  # said twice
     run_help = " ".join(commands["run"].format_help().split())
-    assert "--out OUT run directory (created if missing) --reset" in run_help  # required: no default
+    assert "--out OUT run directory, or an s3:// prefix (created if missing) --reset" in run_help  # required: no default
     assert "(text reversed) --bidirectional" in run_help  # a flag: no default
     assert "--seed SEED seeds sampling, splits and training: the same seed repeats a run (default: 0)" in run_help
     assert "(default: one per core) --shard-docs" in run_help

@@ -22,6 +22,7 @@ from tasks.common import for_run, retry_transient, task
 from tasks.ranks import Ranks
 from ulmfit_core import stages
 from ulmfit_core.errors import DamagedFile, DataError, DiskFull, Stopped
+from ulmfit_core.params import Job
 from ulmfit_core.rundir import RunDir
 from ulmfit_core.storage import ObjectPath
 
@@ -91,8 +92,8 @@ def test_the_preprocess_flow_writes_what_the_stage_functions_write(tmp_path, sam
     """The flow on threads (no cluster) makes the shards and vocab of the stage functions called
     one after another, byte for byte; run again, it reuses every shard."""
     preprocess = preprocess_flow.with_options(task_runner=ThreadPoolTaskRunner(max_workers=2))
-    first = preprocess(str(tmp_path / "run"), str(sample_tarball), shard_docs=60)
-    again = preprocess(str(tmp_path / "run"), str(sample_tarball), shard_docs=60)
+    job = Job(out=str(tmp_path / "run"), data=str(sample_tarball), shard_docs=60)
+    first, again = preprocess(job), preprocess(job)
     assert first["shards"] == 4 and first["reused_shards"] == {"tokens": 0, "ids": 0}
     assert again["reused_shards"] == {"tokens": 4, "ids": 4}
     run, made = RunDir(tmp_path / "run"), RunDir(preprocessed)
@@ -115,7 +116,7 @@ def test_a_failed_encoder_export_fails_the_language_model_flow(tmp_path, monkeyp
     monkeypatch.setattr(stages, "export_stage", damaged)
     train_lm = train_lm_flow.with_options(task_runner=ThreadPoolTaskRunner(max_workers=2))
     with pytest.raises(DamagedFile, match="lm/model.pth: damaged"):
-        train_lm(str(tmp_path / "run"))
+        train_lm(Job(out=str(tmp_path / "run")))
 
 
 def test_training_chains_wait_in_turn_unless_they_run_side_by_side_on_workers():

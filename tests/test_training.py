@@ -28,7 +28,7 @@ from ulmfit_core.models import build_language_model
 from ulmfit_core.predict import Classifier, LanguageModel
 from ulmfit_core.reporting import write_report
 from ulmfit_core.rundir import CHECKPOINT, RunDir, read_json
-from ulmfit_core.training import LOSS_CHECK_EVERY, ResumePoint, Schedule, fit_schedule, lm_dataloaders
+from ulmfit_core.training import LOSS_CHECK_EVERY, Checkpoint, ResumePoint, Schedule, fit_schedule, lm_dataloaders
 from ulmfit_core.training.loaders import sample_tokens
 from ulmfit_core.weights import load_checkpoint, save_checkpoint
 
@@ -211,7 +211,7 @@ def test_training_metrics_and_report_say_where_each_stage_ran(bidirectional):
         lm_tokens = round(lm["tokens_per_s"] * lm["seconds"] / tiny.lm.epochs)
         assert lm_tokens % tiny.lm.bs == 0
         assert lm["train_tokens"] - tiny.lm.bs <= lm_tokens < lm["train_tokens"]
-    write_report(bidirectional, {"preset": "tiny", "seed": 2}, seed=2)
+    write_report(bidirectional, {"preset": "tiny", "seed": 2})
     report = bidirectional.report.read_text()
     table = report[report.index("## Training"):report.index("## Test set")]
     for stage in ("language model", "classifier", "language model (backward)", "classifier (backward)"):
@@ -286,7 +286,7 @@ def test_non_finite_loss_names_its_epoch_and_batch(tiny_lm, tmp_path, epoch, bat
     learn.add_cb(breaker)
     checkpoint = tmp_path / "checkpoint.pth"
     with pytest.raises(FloatingPointError) as error:
-        fit_schedule(learn, [Stage("fit", None, 2, 1e-3)], "lm", checkpoint, "fp")
+        fit_schedule(learn, [Stage("fit", None, 2, 1e-3)], "lm", Checkpoint(checkpoint, "fp"))
     assert f"non-finite loss (nan) at epoch {epoch + 1}, batch {batch + 1}:" in str(error.value)
     late = breaker.finished - epoch * n_batches - (batch + 1)  # batches run after the broken one
     assert 0 <= late < LOSS_CHECK_EVERY  # found at the next check (or the epoch's end)

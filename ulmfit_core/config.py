@@ -14,6 +14,10 @@ LR_DIV = 2.6**4
 
 TEST_SHARE = 0.2  # of each label's train documents, held out when a corpus has no test split
 
+# The vocabularies of the run's options (the presets: `PRESETS`, below).
+TOKENIZERS = ("word", "subword")
+DIRECTIONS = {"forward": (False,), "backward": (True,), "bidirectional": (False, True)}
+
 
 @dataclass(frozen=True)
 class Columns:
@@ -44,8 +48,8 @@ class TokenizerConfig:
     subword_vocab_size: int = 10_000
 
     def __post_init__(self) -> None:
-        if self.kind not in ("word", "subword"):
-            raise ValueError(f"unknown tokenizer '{self.kind}' (choose word or subword)")
+        if self.kind not in TOKENIZERS:
+            raise ValueError(f"unknown tokenizer '{self.kind}' (choose {' or '.join(TOKENIZERS)})")
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,13 @@ class Stage:
         return slice(self.lr / LR_DIV, self.lr) if discriminative and self.freeze_to != -1 else self.lr
 
 
+def gradual_unfreezing(unfreeze_epochs: int) -> tuple[Stage, ...]:
+    """fastai's ULMFiT schedule for the classifier: one epoch of the top layer group, of the top
+    two, of the top three, then `unfreeze_epochs` of all of them, each at a lower rate."""
+    return (Stage("freeze", -1, 1, 2e-2), Stage("freeze_to(-2)", -2, 1, 1e-2),
+            Stage("freeze_to(-3)", -3, 1, 5e-3), Stage("unfreeze", None, unfreeze_epochs, 1e-3))
+
+
 @dataclass(frozen=True)
 class LMConfig:
     bs: int = 128
@@ -112,12 +123,7 @@ class ClassifierConfig:
     wd: float = 0.1
     drop_mult: float = 0.5
     valid_pct: float = 0.1
-    stages: tuple[Stage, ...] = (
-        Stage("freeze", -1, 1, 2e-2),
-        Stage("freeze_to(-2)", -2, 1, 1e-2),
-        Stage("freeze_to(-3)", -3, 1, 5e-3),
-        Stage("unfreeze", None, 2, 1e-3),
-    )
+    stages: tuple[Stage, ...] = gradual_unfreezing(unfreeze_epochs=2)
 
 
 @dataclass(frozen=True)
@@ -161,15 +167,7 @@ PRESETS: dict[str, Preset] = {
         vocab=VocabConfig(max_vocab=15_000, min_freq=3),
         model=ModelConfig(emb_sz=128, n_hid=384, n_layers=2),
         lm=LMConfig(bs=64, seq_len=72, epochs=1, lr=1e-2, sample_tokens=11_000_000),
-        classifier=ClassifierConfig(
-            bs=64,
-            stages=(
-                Stage("freeze", -1, 1, 2e-2),
-                Stage("freeze_to(-2)", -2, 1, 1e-2),
-                Stage("freeze_to(-3)", -3, 1, 5e-3),
-                Stage("unfreeze", None, 1, 1e-3),
-            ),
-        ),
+        classifier=ClassifierConfig(bs=64, stages=gradual_unfreezing(unfreeze_epochs=1)),
         cpu_bf16=True,
     ),
     # The paper's AWD-LSTM and fastai's schedule, fitted to one GPU and 10 minutes end to end on
@@ -187,12 +185,7 @@ PRESETS: dict[str, Preset] = {
     "gpu": Preset(
         name="gpu",
         lm=LMConfig(epochs=3),
-        classifier=ClassifierConfig(stages=(
-            Stage("freeze", -1, 1, 2e-2),
-            Stage("freeze_to(-2)", -2, 1, 1e-2),
-            Stage("freeze_to(-3)", -3, 1, 5e-3),
-            Stage("unfreeze", None, 1, 1e-3),
-        )),
+        classifier=ClassifierConfig(stages=gradual_unfreezing(unfreeze_epochs=1)),
     ),
     # The paper's schedule as fastai's ULMFiT notebook runs it, for hours rather than minutes:
     # from pretrained weights the LM trains one frozen cycle at 2e-2, then 10 epochs unfrozen at

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -17,6 +17,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .errors import DataError
+
+if TYPE_CHECKING:
+    from .rundir import RunDir
 
 
 def read_shard(path: str | Path, columns: list[str] | None = None) -> pa.Table:
@@ -143,6 +146,13 @@ def load_docs(id_shards: Sequence[str | Path], splits: Sequence[str] | None = No
     table = dataset.to_table(columns=["id", "label", "ids"], filter=expr)
     return Docs(table.column("id").to_pylist(), _split_lists(table.column("ids")),
                 table.column("label").to_pylist())
+
+
+def training_docs(run: RunDir, **kwargs) -> Docs:
+    """The documents of a run's id shards as its direction trains on them (reversed for
+    backward); `kwargs` as `load_docs`'s."""
+    docs = load_docs(run.shards(run.ids), **kwargs)
+    return docs.reversed() if run.backwards else docs
 
 
 def iter_raw_texts(raw_shards: Sequence[str | Path], splits: Sequence[str]) -> Iterator[tuple[str, str]]:

@@ -9,10 +9,12 @@ Everything a run produces lives under one folder:
     vocab.json                  the vocabulary, a JSON list in index order
     preprocess.json             document, token and skip counts
     lm/                         language model weights, history, metrics (checkpoint.pth while
-                                training: the last finished epoch, resumed by a restarted task)
+                                training: the last finished epoch, resumed by a restarted task),
+                                preview.json (its first batch decoded, two generated samples)
     export/                     encoder + vocab + config, for the classifier and for reuse
-    classifier/                 classifier weights, labels, history, metrics, test predictions,
-                                NB-LR baseline (train-labels.json: the sample of --train-labels)
+    classifier/                 classifier weights, labels, history, metrics, preview.json, test
+                                predictions, NB-LR baseline (train-labels.json: the sample of
+                                --train-labels)
     lm-bwd/, export-bwd/, classifier-bwd/   the same for the backward direction
     ensemble.json               forward + backward classifiers, averaged probabilities
     label-curve/n100/ ...       `ulmfit label-curve`: a classifier folder per number of labels
@@ -47,6 +49,7 @@ MODEL, METRICS, CHECKPOINT = "model.pth", "metrics.json", "checkpoint.pth"
 ENCODER, ENCODER_CONFIG = "encoder.pth", "config.json"
 TEST_SCORES, PREDICTIONS, BASELINE = "test.json", "test-predictions.parquet", "baseline.json"
 LABEL_SAMPLE = "train-labels.json"  # the reviews a classifier trained on few labels saw
+PREVIEW = "preview.json"  # what the report shows of a model: its first batch, generated text
 # What makes a model folder self-contained: its vocab and the tokenizer that feeds it.
 VOCAB, TOKENIZER_SPEC, SUBWORD_MODEL = "vocab.json", "tokenizer.json", "spm.model"
 TEXT_ASSETS = (VOCAB, TOKENIZER_SPEC, SUBWORD_MODEL)
@@ -68,6 +71,7 @@ class ModelDir:
     predictions = property(lambda self: self.path / PREDICTIONS)
     baseline = property(lambda self: self.path / BASELINE)
     label_sample = property(lambda self: self.path / LABEL_SAMPLE)
+    preview = property(lambda self: self.path / PREVIEW)
     vocab = property(lambda self: self.path / VOCAB)
 
     def existing(self, *files: Path) -> list[Path]:

@@ -1,39 +1,51 @@
-"""What the models see: the first training batch of a run, decoded (fastai's `show_batch`).
+"""What the models see and say: the first training batch of a run, decoded (fastai's
+`show_batch`), and the preview a training stage leaves beside its model for the report.
 
-The batches are made by the same functions and seed as training (`train.lm_data`,
-`train.classifier_data`), so they are the batches training starts with: language-model rows
+The batches are made by the same functions and seed as training (`training.lm_data`,
+`training.classifier_data`), so they are the batches training starts with: language-model rows
 with their targets one token later, and classifier rows with their front padding and label.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from fastai.text.core import PAD
 
 from .config import Preset
-from .rundir import RunDir
-from .stages import training_docs
+from .data import Docs, training_docs
+from .errors import DataError
+from .rundir import ModelDir, RunDir, write_json
 from .training import classifier_data, lm_data
 from .vocab import Vocab
 
 KINDS = ("lm", "classifier")
+# What the forward language model's samples in the report continue, and how.
+PROMPT, SAMPLES, SAMPLE_WORDS, TEMPERATURE = "I liked this movie because", 2, 40, 0.75
+
+
+def batch_rows(docs: Docs, vocab: Vocab, preset: Preset, seed: int, kind: str, n: int) -> list[dict]:
+    """The first `n` rows of the first training batch made from `docs`: for "lm", the `x` and
+    `y` tokens; for "classifier", the tokens (padding included) and the label."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown batch kind '{kind}' (choose {' or '.join(KINDS)})")
+    cpu = torch.device("cpu")
+    if kind == "lm":
+        *_, dls = lm_data(docs, preset, seed, cpu)
+        x, y = next(iter(dls.train))
+        return [{"x": vocab.decode(x[r]), "y": vocab.decode(y[r])} for r in range(min(n, len(x)))]
+    labels, *_, dls = classifier_data(docs, preset, seed, cpu)
+    x, y = next(iter(dls.train))
+    return [{"tokens": vocab.decode(x[r]), "label": labels[int(y[r])]} for r in range(min(n, len(x)))]
 
 
 def first_batch(run: RunDir, preset: Preset, seed: int, kind: str = "lm", n: int = 3) -> list[dict]:
-    """The first `n` rows of the first training batch: for "lm", the `x` and `y` tokens; for
-    "classifier", the tokens (padding included) and the label."""
-    if kind not in KINDS:
-        raise ValueError(f"unknown batch kind '{kind}' (choose {' or '.join(KINDS)})")
+    """`batch_rows` of a preprocessed run: all its text for "lm", its labelled train reviews for
+    "classifier"."""
     vocab = Vocab.load(run.require(run.vocab, "preprocess"))
-    cpu = torch.device("cpu")
-    if kind == "lm":
-        *_, dls = lm_data(training_docs(run), preset, seed, cpu)
-        x, y = next(iter(dls.train))
-        return [{"x": vocab.decode(x[r]), "y": vocab.decode(y[r])} for r in range(min(n, len(x)))]
-    labels, *_, dls = classifier_data(training_docs(run, splits=["train"], labelled=True), preset,
-                                      seed, cpu)
-    x, y = next(iter(dls.train))
-    return [{"tokens": vocab.decode(x[r]), "label": labels[int(y[r])]} for r in range(min(n, len(x)))]
+    docs = training_docs(run) if kind == "lm" else training_docs(run, splits=["train"], labelled=True)
+    return batch_rows(docs, vocab, preset, seed, kind, n)
 
 
 def _shown(tokens: list[str], width: int) -> str:
@@ -53,3 +65,21 @@ def format_batch(rows: list[dict], width: int = 80) -> str:
         else:
             blocks.append(f"[{i}] {row['label']}: {_shown(row['tokens'], width)}")
     return "\n".join(blocks)
+
+
+def write_preview(folder: ModelDir, kind: str, docs: Docs, vocab: Vocab, preset: Preset,
+                  seed: int, backwards: bool) -> Path:
+    """preview.json beside a model just trained on `docs`, for the report: one row of its first
+    training batch, decoded (none where the documents cannot make one), and for a forward
+    language model SAMPLES continuations of PROMPT (a backward one writes right to left)."""
+    preview: dict = {}
+    try:
+        preview["batch"] = format_batch(batch_rows(docs, vocab, preset, seed, kind, n=1))
+    except DataError:
+        pass
+    if kind == "lm" and not backwards:
+        from .predict import LanguageModel
+
+        samples = LanguageModel.load(folder).generate(PROMPT, SAMPLE_WORDS, TEMPERATURE, SAMPLES, seed)
+        preview.update(prompt=PROMPT, temperature=TEMPERATURE, samples=samples)
+    return write_json(folder.preview, preview)

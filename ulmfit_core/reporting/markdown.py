@@ -6,8 +6,6 @@ import math
 
 from ..ingest import FEW_PER_CLASS, label_counts
 
-PROMPT = "I liked this movie because"  # what the forward LM's samples in the report continue
-
 
 def _fmt(value, spec: str = ".4f") -> str:
     if value is None:
@@ -25,16 +23,17 @@ def _cell(text: str, width: int = 160) -> str:
     return text if len(text) <= width else text[:width] + "…"
 
 
-def render_report(metrics: dict, samples: list[str], batches: dict[str, str] | None = None) -> str:
-    """report.md: the headline, then a section each, those of the models once an LM is trained."""
+def render_report(metrics: dict, previews: dict[str, dict]) -> str:
+    """report.md: the headline, then a section each, those of the models once an LM is trained;
+    `previews`: the preview.json of each kind of model trained ("lm", "classifier")."""
     trained = bool(metrics["lm"].get("history"))
     sections = [_headline(metrics, trained), _data(metrics)]
     if trained:
         sections += [_language_model(metrics["lm"]), _classifier(metrics["classifier"]),
                      _training(metrics), _test_set(metrics), _label_curve(metrics.get("label_curve"))]
-    sections.append(_batches(batches))
-    if trained:
-        sections.append(_samples(samples))
+    sections.append(_batches({kind: p["batch"] for kind, p in previews.items() if "batch" in p}))
+    if trained and previews.get("lm", {}).get("samples"):
+        sections.append(_samples(previews["lm"]))
     sections.append(_times(metrics))
     return "\n".join(line for section in sections for line in section)
 
@@ -190,7 +189,7 @@ def _label_curve(curve: dict | None) -> list[str]:
               for p in curve["points"]], ""]
 
 
-def _batches(batches: dict[str, str] | None) -> list[str]:
+def _batches(batches: dict[str, str]) -> list[str]:
     if not batches:
         return []
     lines = ["## What the models see (the first training batch, `ulmfit show-batch`)", ""]
@@ -201,10 +200,9 @@ def _batches(batches: dict[str, str] | None) -> list[str]:
     return lines
 
 
-def _samples(samples: list[str]) -> list[str]:
-    if not samples:
-        return []
-    return [f"## Generated text (\"{PROMPT}\", temperature 0.75)", "", *[f"> {s}" for s in samples], ""]
+def _samples(lm: dict) -> list[str]:
+    return [f"## Generated text (\"{lm['prompt']}\", temperature {lm['temperature']:g})", "",
+            *[f"> {s}" for s in lm["samples"]], ""]
 
 
 def _times(metrics: dict) -> list[str]:

@@ -1,4 +1,4 @@
-"""The report's figures: training curves (and the PNG writer the label curve uses too)."""
+"""The run's figures: the training curves of the report, and the label curve."""
 
 from __future__ import annotations
 
@@ -38,5 +38,24 @@ def plot_curves(metrics: dict, path: Path) -> Path:
     for ax, drawn in ((ax_lm, history), (ax_clas, stages)):
         if drawn:  # a stage not trained yet (train-lm alone) has nothing to label
             ax.legend()
+    fig.tight_layout()
+    return save_png(fig, path)
+
+
+def plot_label_curve(points: list[dict], path: Path) -> Path:
+    """Test accuracy of ULMFiT and NB-LR against labelled training reviews, log x axis."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    x = [p["labels"] for p in points]
+    for key, name in (("ulmfit", "ULMFiT (fine-tuned LM)"), ("nblr", "NB-LR")):
+        ax.plot(x, [100 * p[key] for p in points], marker="o", label=name)
+    ax.set_xscale("log")
+    ax.set(title="test accuracy by labelled training reviews", xlabel="labelled reviews",
+           ylabel="test accuracy (%)")
+    ax.legend()
     fig.tight_layout()
     return save_png(fig, path)

@@ -15,7 +15,7 @@ import shutil
 
 from .. import __version__
 from ..config import Preset
-from ..data import load_docs
+from ..data import training_docs
 from ..errors import DataError
 from ..manifests import file_inputs, made_once, verify_outputs
 from ..rundir import TEXT_ASSETS, ModelDir, RunDir, read_json, write_json
@@ -40,12 +40,6 @@ def _training_settings(preset: Preset, part: str, seed: int, run: RunDir, **extr
     return {"model": config["model"], part: config[part], "fp16": preset.fp16,
             "cpu_bf16": preset.cpu_bf16, "seed": seed, "backwards": run.backwards,
             "ulmfit": __version__, **extra}
-
-
-def training_docs(run: RunDir, **kwargs):
-    """The documents of the id shards as this direction trains on them (reversed for backward)."""
-    docs = load_docs(run.shards(run.ids), **kwargs)
-    return docs.reversed() if run.backwards else docs
 
 
 def check_classifier_data(run: RunDir, preset: Preset, seed: int,
@@ -100,11 +94,12 @@ def lm_stage(run: RunDir, preset: Preset, seed: int, pretrained: str = "none",
     A language model made from the same vocab, id shards and settings is reused. Otherwise each
     epoch is checkpointed under lm/, and a rerun after a crash resumes from the last one.
     """
-    from ..weights import save_model
     from ..parallel import rank
     from ..pretrained import load_pretrained
-    from ..training import train_language_model
+    from ..show import write_preview
+    from ..training import Checkpoint, train_language_model
     from ..vocab import Vocab
+    from ..weights import save_model
 
     vocab_path = run.require(run.vocab, "vocab")
     if run.backwards and pretrained == "wt103":
@@ -119,10 +114,9 @@ def lm_stage(run: RunDir, preset: Preset, seed: int, pretrained: str = "none",
         if pretrained != "none":
             start, source = load_pretrained(pretrained, vocab.itos, preset.model)
         docs = training_docs(run)  # all text, labels unused
+        checkpoint = Checkpoint(folder.checkpoint, fingerprint(inputs, settings))
         model, metrics = train_language_model(docs, len(vocab), preset, seed, pretrained=start,
-                                              checkpoint=folder.checkpoint,
-                                              fingerprint=fingerprint(inputs, settings),
-                                              progress=progress)
+                                              checkpoint=checkpoint, progress=progress)
         metrics.update(pretrained=source, backwards=run.backwards)
         if rank() != 0:  # rank 0 of a data-parallel training writes the model
             return metrics, None
@@ -130,8 +124,9 @@ def lm_stage(run: RunDir, preset: Preset, seed: int, pretrained: str = "none",
         save_model(folder.model, "language_model", model.state_dict(),
                    model=vars(preset.model), drop_mult=preset.lm.drop_mult, vocab_size=len(vocab),
                    backwards=run.backwards)
+        write_preview(folder, "lm", docs, vocab, preset, seed, run.backwards)
         write_json(folder.metrics, metrics)
-        return metrics, folder.existing(folder.model, folder.metrics)
+        return metrics, folder.existing(folder.model, folder.metrics, folder.preview)
 
     result = made_once(folder.model, inputs, settings, train)
     if rank() == 0:
@@ -168,9 +163,11 @@ def classifier_stage(run: RunDir, preset: Preset, seed: int, progress=None,
     """Gradual unfreezing on the labelled train split (or a class-balanced sample of
     `train_labels` of its reviews, whose ids go to train-labels.json); reused when the encoder,
     id shards and settings are unchanged, else checkpointed (and resumed) per epoch."""
-    from ..weights import load_model_file, save_model
     from ..parallel import rank
-    from ..training import train_classifier
+    from ..show import write_preview
+    from ..training import Checkpoint, train_classifier
+    from ..vocab import Vocab
+    from ..weights import load_model_file, save_model
 
     encoder_path = run.require(run.export.encoder, "encoder export")
     inputs = file_inputs(run, [encoder_path, *run.shards(run.ids)])
@@ -180,8 +177,9 @@ def classifier_stage(run: RunDir, preset: Preset, seed: int, progress=None,
     folder = run.classifier
 
     def train():
-        # Scores of an earlier classifier, and the sample it was trained on.
-        for stale in (folder.test_scores, folder.predictions, folder.baseline, folder.label_sample):
+        # Scores of an earlier classifier, the sample it was trained on, its preview.
+        for stale in (folder.test_scores, folder.predictions, folder.baseline, folder.label_sample,
+                      folder.preview):
             stale.unlink(missing_ok=True)
         run.ensemble.unlink(missing_ok=True)
         encoder = load_model_file(encoder_path, "encoder")
@@ -189,9 +187,9 @@ def classifier_stage(run: RunDir, preset: Preset, seed: int, progress=None,
             raise ValueError(f"the exported encoder has model {encoder['model']}, but preset "
                              f"'{preset.name}' builds {vars(preset.model)}: use the LM's preset")
         docs = training_docs(run, splits=["train"], labelled=True)
+        checkpoint = Checkpoint(folder.checkpoint, fingerprint(inputs, settings))
         model, labels, metrics = train_classifier(docs, encoder["state_dict"], encoder["vocab_size"],
-                                                  preset, seed, checkpoint=folder.checkpoint,
-                                                  fingerprint=fingerprint(inputs, settings),
+                                                  preset, seed, checkpoint=checkpoint,
                                                   progress=progress, train_labels=train_labels)
         metrics["backwards"] = run.backwards
         sample = metrics.pop("sample", None)
@@ -203,8 +201,10 @@ def classifier_stage(run: RunDir, preset: Preset, seed: int, progress=None,
         save_model(folder.model, "classifier", model.state_dict(), labels=labels,
                    model=vars(preset.model), classifier=preset.to_dict()["classifier"],
                    vocab_size=encoder["vocab_size"], backwards=run.backwards)
+        if train_labels is None:  # the run's own classifier, not a point of the label curve
+            write_preview(folder, "classifier", docs, Vocab.load(run.vocab), preset, seed, run.backwards)
         write_json(folder.metrics, metrics)
-        return metrics, folder.existing(folder.model, folder.metrics, folder.label_sample)
+        return metrics, folder.existing(folder.model, folder.metrics, folder.label_sample, folder.preview)
 
     result = made_once(folder.model, inputs, settings, train)
     if rank() == 0:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import torch
 from fastai.callback.core import Callback
@@ -18,9 +18,7 @@ from ..config import Preset
 from ..errors import STOP, Stopped
 from ..progress import Bar
 from .device import precision
-
-if TYPE_CHECKING:
-    from .schedule import ResumePoint, Schedule
+from .resume import ResumePoint, Schedule
 
 log = logging.getLogger("ulmfit")
 
@@ -45,7 +43,7 @@ class ProgressLog(Callback):
 
     order = 70  # after the Recorder has logged the epoch
 
-    def __init__(self, stage: str, schedule: "Schedule", every_s: float = 30.0,
+    def __init__(self, stage: str, schedule: Schedule, every_s: float = 30.0,
                  progress: Progress | None = None, check_every: int = LOSS_CHECK_EVERY) -> None:
         self.stage, self.schedule, self.every_s = stage, schedule, every_s
         self.progress, self.check_every = progress, check_every
@@ -131,8 +129,8 @@ class EpochEnd(Callback):
 
     order = 80  # after the Recorder
 
-    def __init__(self, stage: str, schedule: "Schedule", history: list[dict],
-                 checkpoint: Callable[["ResumePoint"], None], progress: Progress | None) -> None:
+    def __init__(self, stage: str, schedule: Schedule, history: list[dict],
+                 checkpoint: Callable[[ResumePoint], None], progress: Progress | None) -> None:
         self.stage, self.schedule, self.history = stage, schedule, history
         self.checkpoint, self.progress = checkpoint, progress
 

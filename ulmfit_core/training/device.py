@@ -7,14 +7,13 @@ from __future__ import annotations
 import os
 import socket
 from contextlib import contextmanager
-from pathlib import Path
 
 import torch
 
 from .. import parallel
 from ..config import Preset
 from ..errors import OutOfDeviceMemory
-from ..weights import load_checkpoint
+from .resume import Checkpoint
 
 
 def executed_on() -> dict:
@@ -60,17 +59,17 @@ def gpu_usage(device: torch.device) -> dict:
 
 @contextmanager
 def explain_out_of_memory(stage: str, preset: Preset, bs: int, device: torch.device,
-                          checkpoint: Path | None, fingerprint: str):
+                          checkpoint: Checkpoint):
     """Turn torch's out-of-memory error during training into one line naming the preset and
     the batch size to lower, and what was kept of the stage (its last per-epoch checkpoint)."""
     try:
         yield
     except torch.OutOfMemoryError as exc:
-        state = load_checkpoint(checkpoint, fingerprint)
-        kept = ("" if checkpoint is None else
+        state = checkpoint.load()
+        kept = ("" if checkpoint.path is None else
                 "; no epoch had finished, so there is no checkpoint" if state is None else
                 f"; the checkpoint of the last finished epoch ({len(state['history'])} epoch(s) "
-                f"done) was kept at {checkpoint}, and a rerun with the same settings resumes from it")
+                f"done) was kept at {checkpoint.path}, and a rerun with the same settings resumes from it")
         raise OutOfDeviceMemory(
             f"{stage}: out of memory on {gpu_name(device) or device} with preset '{preset.name}' "
             f"at batch size {bs}: lower {stage}.bs of preset '{preset.name}' or use a smaller "

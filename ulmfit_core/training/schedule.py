@@ -1,12 +1,10 @@
-"""A training's schedule of stages, the point it has reached, and `fit_schedule`: the stages fitted
-one after another, checkpointed after every epoch and resumed from the last one.
+"""`fit_schedule`: a training's stages fitted one after another, checkpointed after every epoch
+and resumed from the last one (where it stands: `resume`).
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Sequence
 
 from fastai.callback.schedule import fit_one_cycle  # noqa: F401  (patches Learner.fit_one_cycle)
@@ -14,45 +12,15 @@ from fastai.callback.schedule import fit_one_cycle  # noqa: F401  (patches Learn
 from .. import parallel
 from ..config import Stage
 from ..errors import DiskFull, Stopped
-from ..runstore import written
-from ..weights import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from ..weights import rng_state, set_rng_state
 from .callbacks import CPUBFloat16, EpochEnd, Progress, ProgressLog
+from .resume import Checkpoint, ResumePoint, Schedule
 
 log = logging.getLogger("ulmfit")
 
 
-@dataclass(frozen=True)
-class ResumePoint:
-    """Where a schedule stands: `epoch` epochs of its stage number `stage` are done. A checkpoint
-    records the point after its epoch, and training resumed from it starts there."""
-
-    stage: int = 0
-    epoch: int = 0
-
-    @classmethod
-    def of(cls, checkpoint: dict | None) -> "ResumePoint":
-        return cls() if checkpoint is None else cls(checkpoint["phase"], checkpoint["epoch"])
-
-
-class Schedule:
-    """The stages of a training (`config.Stage`) and the point reached, which the callbacks
-    read (the stage running, the epochs of it done before a resume) and move on."""
-
-    def __init__(self, stages: Sequence[Stage], point: ResumePoint) -> None:
-        self.stages, self.point = tuple(stages), point
-
-    @property
-    def stage(self) -> Stage:
-        return self.stages[self.point.stage]
-
-    def epoch_done(self) -> None:
-        """One more epoch of the current stage; the next stage's start after its last."""
-        stage, epoch = self.point.stage, self.point.epoch + 1
-        self.point = ResumePoint(stage + 1, 0) if epoch == self.stage.epochs else ResumePoint(stage, epoch)
-
-
-def fit_schedule(learn, stages: Sequence[Stage], stage: str, checkpoint: Path | None,
-                 fingerprint: str, progress: Progress | None = None,
+def fit_schedule(learn, stages: Sequence[Stage], stage: str, checkpoint: Checkpoint,
+                 progress: Progress | None = None,
                  discriminative: bool = False) -> tuple[list[dict], dict | None]:
     """Fit `stages` one after another (a one-cycle fit each, with discriminative rates if
     asked: `Stage.rates`), checkpointing after every epoch; returns (history, resumed).
@@ -62,7 +30,7 @@ def fit_schedule(learn, stages: Sequence[Stage], stage: str, checkpoint: Path | 
     it takes the steps an uninterrupted run would have taken.
     """
     loaders = {"train": learn.dls.train, "valid": learn.dls.valid}
-    state = load_checkpoint(checkpoint, fingerprint)
+    state = checkpoint.load()
     start = ResumePoint.of(state)
     schedule = Schedule(stages, start)
     history: list[dict] = [] if state is None else list(state["history"])
@@ -71,14 +39,13 @@ def fit_schedule(learn, stages: Sequence[Stage], stage: str, checkpoint: Path | 
         learn.model.load_state_dict(state["model"])
         resumed = {"phase": schedule.stage.name if start.stage < len(stages) else None,
                    "epoch": start.epoch, "epochs_done": len(history)}
-        log.info("%s: resuming from %s after %d finished epoch(s)", stage, checkpoint, len(history))
+        log.info("%s: resuming from %s after %d finished epoch(s)", stage, checkpoint.path, len(history))
 
     def save(point: ResumePoint) -> None:
-        if checkpoint is not None and parallel.rank() == 0:
-            save_checkpoint(checkpoint, fingerprint, phase=point.stage, epoch=point.epoch,
-                            history=history, model=parallel.unwrap(learn.model).state_dict(),
+        if parallel.rank() == 0:
+            checkpoint.save(phase=point.stage, epoch=point.epoch, history=history,
+                            model=parallel.unwrap(learn.model).state_dict(),
                             opt=learn.opt.state_dict(), rng=rng_state(loaders))
-            written(checkpoint)  # a run on object storage gets it now: a lost worker's retry resumes
 
     progress_log = ProgressLog(stage, schedule, progress=progress)
     epoch_end = EpochEnd(stage, schedule, history, save, progress)

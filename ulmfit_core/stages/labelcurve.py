@@ -9,23 +9,23 @@ label-curve.json and label-curve.png.
 
 from __future__ import annotations
 
-from pathlib import Path
+from ..config import Preset
+from ..errors import DataError
+from ..reporting.plots import plot_label_curve
+from ..rundir import RunDir, write_json
+from .evaluating import baseline_stage, evaluate_stage
+from .modelling import classifier_stage
 
-from . import stages
-from .config import Preset
-from .errors import DataError
-from .reporting.plots import save_png
-from .rundir import RunDir, write_json
 
 def curve_point(run: RunDir, preset: Preset, seed: int, n: int | None, progress=None) -> dict:
     """Train (or reuse) the classifier on `n` labelled reviews, score it on the test split, and
     NB-LR on the same reviews."""
     at = run.label_curve_point(n)
-    clas = stages.classifier_stage(at, preset, seed, progress, train_labels=n)
-    test = stages.evaluate_stage(at)
+    clas = classifier_stage(at, preset, seed, progress, train_labels=n)
+    test = evaluate_stage(at)
     if test["accuracy"] is None:
         raise DataError(f"{run.root}: no labelled test split to score the label curve on")
-    base = stages.baseline_stage(at)
+    base = baseline_stage(at)
     return {"labels": clas["train_docs"] + clas["valid_docs"], "all": n is None,
             "train_docs": clas["train_docs"], "valid_docs": clas["valid_docs"],
             "folder": run.rel(at.classifier), "ulmfit": test["accuracy"], "nblr": base["accuracy"],
@@ -36,24 +36,6 @@ def curve_point(run: RunDir, preset: Preset, seed: int, n: int | None, progress=
 def write_curve(run: RunDir, points: list[dict]) -> dict:
     """label-curve.json and its plot (test accuracy against labelled reviews, log x axis)."""
     curve = {"points": sorted(points, key=lambda p: p["labels"]), "plot": run.rel(run.label_curve_plot)}
-    plot_curve(curve["points"], run.label_curve_plot)
+    plot_label_curve(curve["points"], run.label_curve_plot)
     write_json(run.label_curve, curve)
     return curve
-
-
-def plot_curve(points: list[dict], path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    x = [p["labels"] for p in points]
-    for key, name in (("ulmfit", "ULMFiT (fine-tuned LM)"), ("nblr", "NB-LR")):
-        ax.plot(x, [100 * p[key] for p in points], marker="o", label=name)
-    ax.set_xscale("log")
-    ax.set(title="test accuracy by labelled training reviews", xlabel="labelled reviews",
-           ylabel="test accuracy (%)")
-    ax.legend()
-    fig.tight_layout()
-    return save_png(fig, path)
