@@ -27,13 +27,13 @@ from fastai.text.all import AWD_LSTM, TextDataLoaders, text_classifier_learner
 
 from ulmfit_core import stages
 from ulmfit_core.config import get_preset
-from ulmfit_core.data import load_raw_labelled
-from ulmfit_core.models import build_classifier, clas_config
-from ulmfit_core.predict import Classifier
-from ulmfit_core.rundir import RunDir, read_json
+from ulmfit_core.model.networks import build_classifier, clas_config
+from ulmfit_core.model.predict import Classifier
+from ulmfit_core.model.weights import save_model
+from ulmfit_core.run.layout import RunDir, read_json
 from ulmfit_core.stages import copy_text_assets
+from ulmfit_core.text.data import load_raw_labelled
 from ulmfit_core.training import use_all_cores
-from ulmfit_core.weights import save_model
 
 
 def main() -> None:

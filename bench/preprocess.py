@@ -21,7 +21,7 @@ from typing import Callable
 
 import psutil
 
-from ulmfit_core.rundir import RunDir, read_json
+from ulmfit_core.run.layout import RunDir, read_json
 
 
 def tree_rss(proc: psutil.Process, peaks: dict) -> int:

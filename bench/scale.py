@@ -26,9 +26,9 @@ import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ulmfit_core.ingest import RAW_SCHEMA, SkipLog, iter_documents
-from ulmfit_core.rundir import RunDir, read_json
-from ulmfit_core.sources import open_source
+from ulmfit_core.run.layout import RunDir, read_json
+from ulmfit_core.text.ingest import RAW_SCHEMA, SkipLog, iter_documents
+from ulmfit_core.text.sources import open_source
 
 from preprocess import timed  # bench/, this script's folder
 

@@ -23,9 +23,9 @@ from distributed import Client, LocalCluster
 from fastai.text.core import WordTokenizer, defaults, parallel_tokenize
 
 from ulmfit_core.config import TokenizerConfig
-from ulmfit_core.ingest import SkipLog, iter_documents, write_raw_shards
-from ulmfit_core.sources import open_source
-from ulmfit_core.tokenize import tokenize_shard
+from ulmfit_core.text.ingest import SkipLog, iter_documents, write_raw_shards
+from ulmfit_core.text.sources import open_source
+from ulmfit_core.text.tokenize import tokenize_shard
 
 
 def load_texts(data: str, n: int) -> list[dict]:
@@ -43,7 +43,7 @@ def run_project(docs: list[dict], workers: int, shard_docs: int, tmp: Path) -> t
     raw = write_raw_shards(docs, tmp / "raw", shard_docs)
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                       dashboard_address=None) as cluster, Client(cluster) as client:
-        client.run(lambda: __import__("ulmfit_core.tokenize"))  # warm imports, like fastai's pool
+        client.run(lambda: __import__("ulmfit_core.text.tokenize"))  # warm imports, like fastai's pool
         t0 = time.perf_counter()
         futures = [client.submit(tokenize_shard, str(p), str(tmp / "tok" / p.name),
                                  str(tmp / "tok" / f"counts-{p.name}"), TokenizerConfig(), pure=False)

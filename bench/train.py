@@ -57,12 +57,13 @@ from fastai.torch_core import set_seed
 
 from ulmfit_core import stages
 from ulmfit_core.config import Stage, get_preset
-from ulmfit_core.data import load_docs
-from ulmfit_core.models import build_classifier, build_language_model, clas_config, encoder_of, pad_front
-from ulmfit_core.rundir import RunDir, read_json
+from ulmfit_core.model.networks import build_classifier, build_language_model, clas_config, encoder_of, pad_front
+from ulmfit_core.run.layout import RunDir, read_json
+from ulmfit_core.text.data import load_docs
+from ulmfit_core.text.vocab import PAD_ID
 from ulmfit_core.training import (Checkpoint, CPUBFloat16, classifier_dataloaders, lm_dataloaders, precision,
-                               sample_tokens, train_classifier, train_language_model, use_all_cores)
-from ulmfit_core.vocab import PAD_ID
+                               train_classifier, train_language_model, use_all_cores)
+from ulmfit_core.training.loaders import sample_tokens
 
 SEED = 0
 # Per device: the preset whose sizes are timed, reviews per split/label read, LM tokens sampled.

@@ -14,7 +14,7 @@ from typing import Iterator
 
 from tasks.processes import start_tied
 from ulmfit_core.errors import STOP
-from ulmfit_core.runstatus import stop_marked
+from ulmfit_core.run.status import stop_marked
 
 log = logging.getLogger("ulmfit")
 

@@ -22,7 +22,7 @@ from pydantic import BaseModel
 
 from ulmfit_core.config import TOKENIZERS
 from ulmfit_core.errors import BAD_INPUT, STOP, DataError
-from ulmfit_core.params import COMMANDS, Job, ScoreJob, at_least, option
+from ulmfit_core.run.job import COMMANDS, Job, ScoreJob, at_least, option
 
 
 def _prefect_settings() -> None:
@@ -38,7 +38,6 @@ def _prefect_settings() -> None:
 # How a field of a job spec looks on the command line, where argparse's plain `--name VALUE`
 # does not fit (the field's type, default and description come from the spec).
 _FORM = {
-    "out": {"required": True},
     "reset": {"action": "store_true"},
     "labels": {"nargs": "+", "required": True, "metavar": "N"},
     "tokenizer": {"choices": TOKENIZERS},
@@ -59,7 +58,8 @@ def _add_fields(p: argparse.ArgumentParser, spec: type[BaseModel], names) -> Non
         if name == "direction":
             _add_direction(p)
             continue
-        form = {"help": field.description, "default": field.default, **_FORM.get(name, {})}
+        form = {"help": field.description, **_FORM.get(name, {})}
+        form.setdefault("required", True) if field.is_required() else form.setdefault("default", field.default)
         if "action" not in form and "nargs" not in form:
             form["type"] = next(t for t in (int, float, str) if t in (field.annotation, *get_args(field.annotation)))
         if name.endswith("_column"):
@@ -72,7 +72,8 @@ def _add_fields(p: argparse.ArgumentParser, spec: type[BaseModel], names) -> Non
 def _add_direction(p: argparse.ArgumentParser) -> None:
     group = p.add_mutually_exclusive_group()
     group.add_argument("--backwards", dest="direction", action="store_const", const="backward",
-                       default="forward", help="train a backward LM and classifier (text reversed)")
+                       default=Job.model_fields["direction"].default,
+                       help="train a backward LM and classifier (text reversed)")
     group.add_argument("--bidirectional", dest="direction", action="store_const",
                        const="bidirectional", help="train both directions and report each and "
                                                    "their averaged-probability ensemble")
@@ -110,10 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="run directory or its classifier/ folder")
     p.add_argument("texts", nargs="*", help="texts to classify")
     p.add_argument("--input", help="CSV or Parquet file with a text column")
-    p.add_argument("--text-column", default="text", metavar="NAME", help="--input's text column")
     p.add_argument("--output", help="where to write --input's rows with predictions (.csv/.parquet)")
-    p.add_argument("--bs", type=int, default=64, help="texts per batch (memory, not results: a "
-                                                       "prediction does not depend on its batch)")
+    _add_fields(p, ScoreJob, ("text_column", "bs"))  # as `score` reads a file
 
     p = sub.add_parser("score", help="classify every row of a dataset on the Dask workers, one "
                                       "task per file; a rerun scores only new or changed files")
@@ -162,9 +161,9 @@ def job_spec(args: argparse.Namespace) -> Job:
     """The job this command runs, from its options (checked on construction)."""
     given = {k: v for k, v in vars(args).items() if k in Job.model_fields}
     if given.get("preset", "") is None:  # label-curve: the preset the run was made with
-        from ulmfit_core.rundir import RunDir
-        from ulmfit_core.runstatus import made_with
-        from ulmfit_core.runstore import local_copy
+        from ulmfit_core.run.layout import RunDir
+        from ulmfit_core.run.status import made_with
+        from ulmfit_core.run.store import local_copy
 
         with local_copy(args.out, ["run.json"], write_back=False) as out:
             given["preset"] = made_with(RunDir(out)).get("preset") or Job.model_fields["preset"].default
@@ -173,7 +172,7 @@ def job_spec(args: argparse.Namespace) -> Job:
 
 def _location(path: str) -> str:
     """A folder or file as the command's tasks take it: an s3:// URL as given, a path absolute."""
-    from ulmfit_core.storage import is_url
+    from ulmfit_core.run.storage import is_url
 
     return path if is_url(path) else str(Path(path).resolve())
 
@@ -217,9 +216,9 @@ def _run_flow(flow, job: Job | ScoreJob, kept: str | None = None) -> int:
     default a run's shards and epochs) for the same command to resume from."""
     from flows.api import API_LOST, KEPT, ApiWatch, prefect_api
     from flows.console import bars_with_logs, tracebacks_to_file
-    from ulmfit_core.rundir import RunDir
-    from ulmfit_core.runstatus import stop_marked
-    from ulmfit_core.runstore import local_copy, located
+    from ulmfit_core.run.layout import RunDir
+    from ulmfit_core.run.status import stop_marked
+    from ulmfit_core.run.store import local_copy, located
 
     bars_with_logs()
     # The clusters a run starts here log every worker's arrival and departure at INFO: keep
@@ -290,7 +289,7 @@ def _serve(job: Job, args: argparse.Namespace) -> int:
 
 
 def _check_predict(args: argparse.Namespace) -> None:
-    from ulmfit_core.tables import check_output
+    from ulmfit_core.text.tables import check_output
 
     at_least("--bs", args.bs, 1)
     if bool(args.texts) == bool(args.input):
@@ -308,7 +307,7 @@ def _check_predict(args: argparse.Namespace) -> None:
 def _predict(args: argparse.Namespace) -> int:
     from collections import Counter
 
-    from ulmfit_core.predict import Classifier
+    from ulmfit_core.model.predict import Classifier
 
     _check_predict(args)
     classifier = Classifier.load(args.model)
@@ -322,7 +321,7 @@ def _predict(args: argparse.Namespace) -> int:
         if all(skipped):
             raise DataError("predict: nothing to classify (every text is empty)")
         return 0
-    from ulmfit_core.tables import read_texts_table, with_predictions, write_table
+    from ulmfit_core.text.tables import read_texts_table, with_predictions, write_table
 
     table, texts = read_texts_table(Path(args.input), args.text_column)
     probs, skipped = classifier.predict_raw(texts, args.bs)
@@ -341,8 +340,8 @@ def _score(args: argparse.Namespace) -> int:
     """`ulmfit score`: its options and inputs checked before any server or cluster starts."""
     _stop_on_signals()  # before NumPy loads (below), while this process has one thread
     from flows import pipeline
+    from ulmfit_core.run.storage import is_url
     from ulmfit_core.stages import scoring
-    from ulmfit_core.storage import is_url
 
     data = args.data if is_url(args.data) else os.path.abspath(os.path.expanduser(args.data))
     job = ScoreJob(**{**{k: getattr(args, k) for k in ScoreJob.model_fields}, "data": data,
@@ -352,7 +351,7 @@ def _score(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from ulmfit_core.predict import LanguageModel
+    from ulmfit_core.model.predict import LanguageModel
 
     for name in ("words", "n"):
         at_least(f"--{name}", getattr(args, name), 1)
@@ -367,10 +366,10 @@ def _generate(args: argparse.Namespace) -> int:
 
 def _show_batch(args: argparse.Namespace) -> int:
     from ulmfit_core.config import get_preset
-    from ulmfit_core.rundir import RunDir
-    from ulmfit_core.runstatus import made_with
-    from ulmfit_core.runstore import local_copy
-    from ulmfit_core.show import first_batch, format_batch
+    from ulmfit_core.reporting.show import first_batch, format_batch
+    from ulmfit_core.run.layout import RunDir
+    from ulmfit_core.run.status import made_with
+    from ulmfit_core.run.store import local_copy
     from ulmfit_core.stages import check_inputs
 
     at_least("--n", args.n, 1)
@@ -388,9 +387,9 @@ def _show_batch(args: argparse.Namespace) -> int:
 def _lineage(args: argparse.Namespace) -> int:
     import json
 
-    from ulmfit_core.lineage import build_lineage, render_lineage
-    from ulmfit_core.rundir import RunDir
-    from ulmfit_core.runstore import local_copy
+    from ulmfit_core.run.layout import RunDir
+    from ulmfit_core.run.lineage import build_lineage, render_lineage
+    from ulmfit_core.run.store import local_copy
 
     with local_copy(args.run, [""], write_back=False) as root:
         if not RunDir(root).ingest_summary.exists():
@@ -409,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
                 _stop_on_signals()  # while this process has one thread: all later ones block SIGTERM
             job = job_spec(args)  # every option checked before any server or cluster starts
             if "data" in COMMANDS[args.command]:
-                from ulmfit_core.sources import check_source, open_source
+                from ulmfit_core.text.sources import check_source, open_source
 
                 check_source(open_source(job.data), job.columns())
             return _serve(job, args) if args.command == "serve" else _run_job(job, args.command)

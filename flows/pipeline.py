@@ -25,11 +25,11 @@ from tasks import train
 from tasks.common import for_run, progress_artifact, set_up_process
 from tasks.report import report
 from ulmfit_core.config import EXPECTED
-from ulmfit_core.params import Job, ScoreJob, curve_points
 from ulmfit_core.progress import Bar
-from ulmfit_core.rundir import RunDir
-from ulmfit_core.runstatus import tracked
-from ulmfit_core.runstore import located
+from ulmfit_core.run.job import Job, ScoreJob, curve_points
+from ulmfit_core.run.layout import RunDir
+from ulmfit_core.run.status import tracked
+from ulmfit_core.run.store import located
 from ulmfit_core.stages import scoring
 
 from flows.runtime import Training, dask_task_runner, settled
@@ -67,7 +67,7 @@ def _ingest(out: str, run: RunDir, plan) -> dict:
 def preprocess_flow(job: Job) -> dict:
     """Raw shards (a test split held out when the corpus has none) → (subword model) → token
     shards (in parallel) → vocab → id shards (in parallel)."""
-    out, settings, run, t0 = job.out, job.settings(), RunDir(job.out), time.time()
+    out, settings, run, t0 = job.out, job.settings, RunDir(job.out), time.time()
     plan = prep.plan_ingest(out, job.data, job.limit, job.seed, job.shard_docs, job.columns(),
                             job.test_share)
     ingested = plan.done or _ingest(out, run, plan)
@@ -108,7 +108,7 @@ def train_lm_flow(job: Job) -> dict:
     when given), then export its encoder."""
     out, training = job.out, Training.of(job)
     done = _chains(job, training, lambda run: for_run(train.train_lm, run).submit(
-        out, job.settings(), job.seed, job.pretrained, run.backwards, training.ranks),
+        out, job.settings, job.seed, job.pretrained, run.backwards, training.ranks),
         lambda run, lm: for_run(train.export_encoder, run).submit(out, run.backwards, wait_for=[lm]),
         "language model")
     results = {}
@@ -118,6 +118,8 @@ def train_lm_flow(job: Job) -> dict:
               f"{metrics['accuracy']:.4f}, perplexity {metrics['perplexity']:.2f} "
               f"(host {metrics['host']}, {metrics['device']}, {metrics['precision']})")
         results[name] = metrics
+    if False in done:  # a backward language model writes right to left
+        for_run(train.samples, RunDir(out))(out, job.seed)
     return results
 
 
@@ -129,7 +131,7 @@ def train_classifier_flow(job: Job) -> dict:
     the same reviews."""
     out, training = job.out, Training.of(job)
     done = _chains(job, training, lambda run: for_run(train.train_classifier, run).submit(
-        out, job.settings(), job.seed, run.backwards, job.train_labels, training.ranks),
+        out, job.settings, job.seed, run.backwards, job.train_labels, training.ranks),
         lambda run, trained: for_run(train.evaluate, run).submit(
             out, run.backwards, training.ranks, wait_for=[trained]), "classifier")
     results = {}
@@ -152,7 +154,7 @@ def train_classifier_flow(job: Job) -> dict:
 
 def check_labels(job: Job) -> None:
     """The labelled data checked before any training starts (`stages.check_classifier_data`)."""
-    labelled = prep.check_classifier_data(job.out, job.settings(), job.seed, job.train_labels)
+    labelled = prep.check_classifier_data(job.out, job.settings, job.seed, job.train_labels)
     print(f"classifier data: {labelled['train_docs']} train / {labelled['valid_docs']} valid "
           f"reviews, labels {labelled['labels']}")
     if labelled["few"]:
@@ -220,7 +222,7 @@ def train_classifier_job(job: Job) -> dict:
 def label_curve_flow(job: Job) -> dict:
     """One classifier per number of labelled reviews on the run's encoder (each a task, reused
     when done before), scored on the test split beside NB-LR on the same reviews."""
-    out, settings, training, run = job.out, job.settings(), Training.of(job), RunDir(job.out)
+    out, settings, training, run = job.out, job.settings, Training.of(job), RunDir(job.out)
     points = []
     for n in curve_points(job.labels or ()):
         with training.chain() as chain:

@@ -18,7 +18,7 @@ from prefect_dask import DaskTaskRunner
 from tasks.processes import LocalCluster
 from tasks.ranks import Ranks
 from ulmfit_core.errors import STOP, check_stop
-from ulmfit_core.params import Job
+from ulmfit_core.run.job import Job
 
 log = logging.getLogger("ulmfit")
 

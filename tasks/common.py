@@ -18,9 +18,9 @@ from prefect.assets import Asset
 from prefect.tasks import MaterializingTask
 
 from ulmfit_core.errors import BAD_INPUT, DiskFull, Stopped, check_stop, out_of_space
-from ulmfit_core.rundir import RunDir
-from ulmfit_core.runstore import local_copy
-from ulmfit_core.storage import SCHEME, ObjectPath, is_url
+from ulmfit_core.run.layout import RunDir
+from ulmfit_core.run.storage import SCHEME, ObjectPath, is_url
+from ulmfit_core.run.store import local_copy
 
 
 def set_up_process() -> None:
@@ -51,7 +51,7 @@ def set_up_process() -> None:
 Files = Callable[[RunDir], Iterable[Path]]
 # The files and folders of a run a task works on (reads, and checks its outputs against), as a
 # function of a RunDir relative to the run (its direction's) and of the task's arguments: what a
-# task given a run on object storage copies in (`runstore.local_copy`); None where the task's
+# task given a run on object storage copies in (`run.store.local_copy`); None where the task's
 # data-parallel ranks make their own copies.
 Pulls = Callable[[RunDir, dict], "Iterable[str | Path] | None"]
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from ulmfit_core import stages
 from ulmfit_core.config import Columns, Preset
-from ulmfit_core.manifests import manifest_path
-from ulmfit_core.ingest import Reading, SourceFile
+from ulmfit_core.run.layout import RunDir
+from ulmfit_core.run.manifests import manifest_path
 from ulmfit_core.stages.ingesting import PARTIAL, IngestPlan
-from ulmfit_core.rundir import RunDir
+from ulmfit_core.text.ingest import Reading, SourceFile
 
 from .common import retry_transient, task
 

@@ -1,5 +1,5 @@
 """Data-parallel training stages on Dask workers: N ranks of one stage, one per worker
-(`ulmfit_core.parallel` holds what each rank does).
+(`ulmfit_core.training.parallel` holds what each rank does).
 
 The ranks go to workers of a Dask cluster (those that declare `resource`, e.g. `dask worker
 --resources GPU=1`), or to a LocalCluster of N worker processes started here (on a machine with
@@ -30,7 +30,7 @@ from distributed import Client, get_worker, wait
 
 from tasks.processes import LocalCluster
 from ulmfit_core.errors import BAD_INPUT, STOP, RankFailed, Stopped
-from ulmfit_core.rendezvous import RENDEZVOUS_TIMEOUT_S, free_port
+from ulmfit_core.training.rendezvous import RENDEZVOUS_TIMEOUT_S, free_port
 
 log = logging.getLogger("ulmfit")
 
@@ -105,7 +105,7 @@ class _ToDirector(logging.Handler):
 def _rank(topic: str, progress: bool, fn, args: tuple, kwargs: dict, rank: int, *group):
     """What a worker runs: `parallel.run_rank`, its log lines (and, with `progress`, rank 0's
     progress) sent to the directing client under `topic`."""
-    from ulmfit_core.parallel import run_rank
+    from ulmfit_core.training.parallel import run_rank
 
     to_director = _ToDirector(topic, rank)
     if progress and rank == 0:

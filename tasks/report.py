@@ -8,7 +8,7 @@ from pathlib import Path
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from ulmfit_core.reporting import headline_figures, write_report
-from ulmfit_core.rundir import RunDir
+from ulmfit_core.run.layout import RunDir
 
 from .common import task
 

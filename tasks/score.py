@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ulmfit_core.manifests import manifest_path
+from ulmfit_core.run.manifests import manifest_path
 from ulmfit_core.stages import scoring
 
 from .common import task

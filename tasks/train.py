@@ -6,73 +6,28 @@ worker died, resumes from the last finished epoch. Their progress shows as Prefe
 
 from __future__ import annotations
 
-import logging
-from contextlib import contextmanager
 from dataclasses import replace
 from functools import partial
-from typing import Iterator
 
 from prefect.artifacts import create_table_artifact
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-from prefect.concurrency.sync import concurrency
-from prefect.exceptions import ObjectAlreadyExists
 
 from ulmfit_core import stages
-from ulmfit_core.stages import labelcurve
 from ulmfit_core.config import Preset
-from ulmfit_core.manifests import manifest_path
-from ulmfit_core.rundir import RunDir
-from ulmfit_core.runstore import local_copy
+from ulmfit_core.run.layout import RunDir
+from ulmfit_core.run.manifests import manifest_path
+from ulmfit_core.run.store import local_copy
+from ulmfit_core.stages import labelcurve
 
 from .common import progress_artifact, retry_transient, run_files, task
+from .gpu import training_slot
 from .ranks import Ranks, run_ranks
 
 TRAIN_RETRIES = dict(retries=1, retry_delay_seconds=5, retry_condition_fn=retry_transient)
-# The Prefect global concurrency limit that training on a GPU occupies, created with one slot:
-# two trainings on one GPU (both directions of --bidirectional, two runs on one node) would
-# compete for its memory and compute. With N GPU workers, raise it to N (README: Operations).
-GPU_LIMIT = "ulmfit-gpu"
-
-log = logging.getLogger("ulmfit")
 
 
 def preprocessed(run: RunDir) -> list:
     """What every training task reads of preprocessing: raw and id shards, tokenizer, vocab."""
     return [run.raw, run.tokenizer, run.ids, run.vocab, manifest_path(run.vocab), run.preprocess_metrics]
-
-
-def ensure_gpu_limit() -> None:
-    """Create GPU_LIMIT with one slot if the Prefect server has no limit of that name; an
-    existing one keeps the size it was given."""
-    with get_client(sync_client=True) as client:
-        try:
-            client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=GPU_LIMIT, limit=1))
-        except ObjectAlreadyExists:
-            pass
-
-
-@contextmanager
-def gpu_limit_slot() -> Iterator[None]:
-    """Hold one slot of GPU_LIMIT, waiting as long as the others are taken."""
-    ensure_gpu_limit()
-    log.info("training on the GPU: taking a slot of the Prefect concurrency limit %s", GPU_LIMIT)
-    # A lease that fails to renew (a server hiccup during hours of training) must not stop the
-    # training; a task that dies releases its slot when the lease runs out.
-    with concurrency(GPU_LIMIT, occupy=1, strict=True, raise_on_lease_renewal_failure=False):
-        yield
-
-
-@contextmanager
-def training_slot() -> Iterator[None]:
-    """GPU_LIMIT's slot when this process trains on CUDA; nothing on CPU."""
-    from ulmfit_core.models import pick_device  # loads torch: only in the process that trains
-
-    if pick_device().type == "cuda":
-        with gpu_limit_slot():
-            yield
-    else:
-        yield
 
 
 def direction_name(backwards: bool) -> str:
@@ -105,7 +60,7 @@ def _trained(ranks: Ranks | None, stage, out: str, backwards: bool, pulls, *args
 def _on_copy(stage, out: str, backwards: bool, names: list[str], *args, **kwargs) -> dict:
     """`stage` on the run `out` (on object storage: a rank's own local copy of `names` of it,
     whose changes rank 0 alone writes back, as it alone writes the run's files)."""
-    from ulmfit_core.parallel import rank
+    from ulmfit_core.training.parallel import rank
 
     with local_copy(out, names, write_back=rank() == 0) as local:
         return stage(RunDir(local, backwards), *args, **kwargs)
@@ -143,6 +98,14 @@ def train_lm(out: str, preset: Preset, seed: int, pretrained: str, backwards: bo
       pulls=lambda run, a: [*preprocessed(run), run.lm, run.export])
 def export_encoder(out: str, backwards: bool = False) -> dict:
     return stages.export_stage(RunDir(out, backwards))
+
+
+@task(name="generate-samples", writes=lambda run: [run.samples], reads=lambda run: [run.lm.model],
+      pulls=lambda run, a: [run.tokenizer, run.lm])
+def samples(out: str, seed: int) -> dict:
+    """The forward language model's continuations of the report's prompt, in this process (it
+    tokenizes text: not on a node that only trains)."""
+    return stages.samples_stage(RunDir(out), seed)
 
 
 @task(name="train-classifier", task_run_name=_named("train {} classifier"),

@@ -14,9 +14,9 @@ import torch
 from ulmfit_core import stages
 from ulmfit_core.config import get_preset
 from ulmfit_core.errors import DamagedFile, DataError
-from ulmfit_core.predict import Classifier, LanguageModel
-from ulmfit_core.rundir import RunDir, read_json
-from ulmfit_core.weights import load_checkpoint, save_checkpoint
+from ulmfit_core.model.predict import Classifier, LanguageModel
+from ulmfit_core.model.weights import load_checkpoint, save_checkpoint
+from ulmfit_core.run.layout import RunDir, read_json
 
 from conftest import error_line, ulmfit
 

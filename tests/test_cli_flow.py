@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import error_line, ulmfit
-from ulmfit_core.rundir import read_json
+from ulmfit_core.run.layout import read_json
 
 
 def test_bad_input_fails_fast_with_one_line(tmp_path, sample_tarball):

@@ -13,8 +13,8 @@ import pytest
 
 from conftest import ulmfit, write_table
 from ulmfit_core import stages
-from ulmfit_core.manifests import file_sha256
-from ulmfit_core.rundir import RunDir, read_json
+from ulmfit_core.run.layout import RunDir, read_json
+from ulmfit_core.run.manifests import file_sha256
 
 pytestmark = pytest.mark.slow
 

@@ -12,10 +12,10 @@ import pytest
 
 from ulmfit_core import stages
 from ulmfit_core.config import get_preset
-from ulmfit_core.data import read_shard
 from ulmfit_core.errors import DataError
-from ulmfit_core.rundir import RunDir, read_json
-from ulmfit_core.sources import check_source, open_source
+from ulmfit_core.run.layout import RunDir, read_json
+from ulmfit_core.text.data import read_shard
+from ulmfit_core.text.sources import check_source, open_source
 
 from conftest import error_line, ulmfit, write_dataset, write_table
 
@@ -81,7 +81,7 @@ def test_a_large_parquet_file_is_read_in_runs_of_row_groups_as_if_whole(tmp_path
     """A Parquet file of more than PART_ROWS rows is read in parts, each a run of row groups (a
     task each under Prefect): the same documents, ids (its row numbers), --limit sample and
     held-out test split as reading it whole, in shards named by part."""
-    from ulmfit_core import ingest
+    from ulmfit_core.text import ingest
 
     rows = [{"text": r["text"], "label": r["label"]} for r in table_rows]
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "big.parquet", row_group_size=10)

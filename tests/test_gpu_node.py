@@ -22,10 +22,10 @@ from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectNotFound
 from prefect.testing.utilities import prefect_test_harness
 
-from tasks.train import GPU_LIMIT, ensure_gpu_limit, gpu_limit_slot, training_slot
+from tasks.gpu import GPU_LIMIT, ensure_gpu_limit, gpu_limit_slot, training_slot
 from ulmfit_core import stages
 from ulmfit_core.config import get_preset
-from ulmfit_core.rundir import RunDir
+from ulmfit_core.run.layout import RunDir
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,9 +44,9 @@ WITHOUT_SPACY = textwrap.dedent("""
 
     from ulmfit_core import stages
     from ulmfit_core.config import get_preset
-    from ulmfit_core.data import load_docs
-    from ulmfit_core.predict import Classifier
-    from ulmfit_core.rundir import RunDir
+    from ulmfit_core.text.data import load_docs
+    from ulmfit_core.model.predict import Classifier
+    from ulmfit_core.run.layout import RunDir
 
     run = RunDir(sys.argv[1])
     tiny = get_preset("tiny")
@@ -139,12 +139,12 @@ def test_an_existing_limit_keeps_its_size(prefect_server):
 
 def test_training_takes_the_slot_only_on_cuda(prefect_server, monkeypatch):
     _delete_limit()
-    monkeypatch.setattr("ulmfit_core.models.pick_device", lambda: torch.device("cpu"))
+    monkeypatch.setattr("ulmfit_core.model.networks.pick_device", lambda: torch.device("cpu"))
     with training_slot():  # no limit needed, none created
         pass
     with pytest.raises(ObjectNotFound):
         _limit()
-    monkeypatch.setattr("ulmfit_core.models.pick_device", lambda: torch.device("cuda"))
+    monkeypatch.setattr("ulmfit_core.model.networks.pick_device", lambda: torch.device("cuda"))
     with training_slot():
         assert _limit().active_slots == 1
     assert _limit().active_slots == 0

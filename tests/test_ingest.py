@@ -10,9 +10,9 @@ import pytest
 
 from conftest import GROUPS, PER_GROUP, write_tarball
 from ulmfit_core.errors import DataError
-from ulmfit_core.ingest import SkipLog, ingest, iter_documents
-from ulmfit_core.sampling import limit_per_group
-from ulmfit_core.sources import open_source
+from ulmfit_core.text.ingest import SkipLog, ingest, iter_documents
+from ulmfit_core.text.sampling import limit_per_group
+from ulmfit_core.text.sources import open_source
 
 
 def _read_shards(shards):

@@ -12,9 +12,9 @@ import pytest
 
 from ulmfit_core import stages
 from ulmfit_core.config import ClassifierConfig, get_preset
-from ulmfit_core.data import Docs, classifier_split
 from ulmfit_core.errors import DataError
-from ulmfit_core.rundir import RunDir, read_json
+from ulmfit_core.run.layout import RunDir, read_json
+from ulmfit_core.text.data import Docs, classifier_split
 from ulmfit_core.training import FEW_LABEL_STEPS, few_label_settings
 
 

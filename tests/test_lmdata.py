@@ -9,10 +9,10 @@ import torch
 from fastai.text.data import LMDataLoader, LMTensorText
 from fastai.torch_core import set_seed
 
-from ulmfit_core.data import load_docs
-from ulmfit_core.lmdata import DeviceLMDataLoader
-from ulmfit_core.rundir import RunDir
-from ulmfit_core.weights import rng_state, set_rng_state
+from ulmfit_core.model.weights import rng_state, set_rng_state
+from ulmfit_core.run.layout import RunDir
+from ulmfit_core.text.data import load_docs
+from ulmfit_core.training.lmdata import DeviceLMDataLoader
 
 EPOCHS = 3
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

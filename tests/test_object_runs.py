@@ -17,10 +17,10 @@ import pytest
 from ulmfit_core import stages
 from ulmfit_core.config import get_preset
 from ulmfit_core.errors import RunInUse
-from ulmfit_core.manifests import file_sha256
-from ulmfit_core.rundir import RunDir, read_json
-from ulmfit_core.lease import LEASE, Lease
-from ulmfit_core.runstore import local_copy, written
+from ulmfit_core.run.layout import RunDir, read_json
+from ulmfit_core.run.lease import LEASE, Lease
+from ulmfit_core.run.manifests import file_sha256
+from ulmfit_core.run.store import local_copy, written
 
 from conftest import error_line, ulmfit, write_dataset
 

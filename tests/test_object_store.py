@@ -10,9 +10,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from ulmfit_core.errors import DataError
-from ulmfit_core.rundir import read_json
-from ulmfit_core.sources import check_source, open_source
-from ulmfit_core.storage import ObjectPath
+from ulmfit_core.run.layout import read_json
+from ulmfit_core.run.storage import ObjectPath
+from ulmfit_core.text.sources import check_source, open_source
 
 from conftest import error_line, ulmfit, write_dataset
 

@@ -12,16 +12,16 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
-from ulmfit_core.baseline import nb_logistic_regression
 from ulmfit_core.config import Columns
-from ulmfit_core.data import read_shard
 from ulmfit_core.errors import DataError
-from ulmfit_core.ingest import ingest
+from ulmfit_core.model.baseline import nb_logistic_regression
+from ulmfit_core.model.metrics import classification_scores
 from ulmfit_core.reporting import headline_figures
-from ulmfit_core.rundir import read_json
-from ulmfit_core.metrics import classification_scores
-from ulmfit_core.sources import IMDB_ENV
-from ulmfit_core.tables import read_texts_table
+from ulmfit_core.run.layout import read_json
+from ulmfit_core.text.data import read_shard
+from ulmfit_core.text.ingest import ingest
+from ulmfit_core.text.sources import IMDB_ENV
+from ulmfit_core.text.tables import read_texts_table
 
 from conftest import error_line, real_reviews, ulmfit
 
@@ -284,7 +284,7 @@ def test_a_label_only_in_the_test_split_is_refused_before_the_language_model(tmp
 def test_lang_reaches_the_tokenizer_and_its_manifest(tmp_path):
     from ulmfit_core import stages
     from ulmfit_core.config import get_preset
-    from ulmfit_core.rundir import RunDir
+    from ulmfit_core.run.layout import RunDir
 
     src = tmp_path / "de.csv"
     pacsv.write_csv(pa.table({"text": ["Das ist z.B. ein guter Film, oder?"] * 3}), src)

@@ -13,9 +13,9 @@ import torch
 from ulmfit_core import stages
 from ulmfit_core.config import ModelConfig, get_preset
 from ulmfit_core.errors import DataError
-from ulmfit_core.models import build_language_model
-from ulmfit_core.pretrained import load_itos, load_pretrained
-from ulmfit_core.rundir import RunDir, read_json
+from ulmfit_core.model.networks import build_language_model
+from ulmfit_core.model.pretrained import load_itos, load_pretrained
+from ulmfit_core.run.layout import RunDir, read_json
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from rich.theme import Theme
 
 from ulmfit_core import progress, stages
 from ulmfit_core.config import get_preset
-from ulmfit_core.rundir import RunDir
+from ulmfit_core.run.layout import RunDir
 
 
 def _console(terminal: bool, width: int = 160) -> io.StringIO:

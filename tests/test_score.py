@@ -9,9 +9,9 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from conftest import error_line, ulmfit
-from ulmfit_core.manifests import file_sha256
-from ulmfit_core.predict import Classifier
-from ulmfit_core.rundir import read_json
+from ulmfit_core.model.predict import Classifier
+from ulmfit_core.run.layout import read_json
+from ulmfit_core.run.manifests import file_sha256
 
 
 def test_a_folder_is_scored_file_by_file_as_predict_scores_it_and_a_rerun_resumes(tmp_path, trained,

@@ -8,8 +8,8 @@ import pytest
 
 from ulmfit_core import stages
 from ulmfit_core.config import TokenizerConfig, get_preset
-from ulmfit_core.manifests import file_sha256
-from ulmfit_core.rundir import RunDir
+from ulmfit_core.run.layout import RunDir
+from ulmfit_core.run.manifests import file_sha256
 
 
 def preprocess(run: RunDir, source, preset, limit=None):

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+import re
 import shutil
 import subprocess
 import sys
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,17 +17,17 @@ import torch
 
 from ulmfit_core import stages
 from ulmfit_core.config import LMConfig, get_preset
-from ulmfit_core.data import Docs, load_docs
-from ulmfit_core.manifests import file_sha256
-from ulmfit_core.models import pad_front
-from ulmfit_core.predict import Classifier, LanguageModel
-from ulmfit_core.reporting import headline_figures, write_report
 from ulmfit_core.errors import RunInUse
-from ulmfit_core.rundir import RunDir, read_json
-from ulmfit_core.runstatus import tracked_run
+from ulmfit_core.model.networks import pad_front
+from ulmfit_core.model.predict import Classifier, LanguageModel
+from ulmfit_core.model.weights import load_model_file
+from ulmfit_core.reporting import headline_figures, write_report
+from ulmfit_core.run.layout import RunDir, read_json
+from ulmfit_core.run.manifests import file_sha256
+from ulmfit_core.run.status import tracked_run
+from ulmfit_core.text.data import Docs, load_docs
+from ulmfit_core.text.vocab import PAD_ID
 from ulmfit_core.training import classifier_dataloaders, lm_dataloaders, train_language_model
-from ulmfit_core.vocab import PAD_ID
-from ulmfit_core.weights import load_model_file
 
 SEED = 3
 
@@ -41,6 +43,7 @@ def run(tmp_path_factory, preprocessed, preset) -> RunDir:
     run = RunDir(tmp_path_factory.mktemp("stages") / "run")
     shutil.copytree(preprocessed, run.root)
     stages.lm_stage(run, preset, SEED)
+    stages.samples_stage(run, SEED)
     stages.export_stage(run)
     stages.classifier_stage(run, preset, SEED)
     stages.evaluate_stage(run)
@@ -107,6 +110,9 @@ def test_metrics_and_report(run):
     assert all(w["id"].startswith("test/") and len(w["text"]) > 20 for w in worst)
     assert len(metrics["samples"]) == 2 and all(s.startswith("I liked this movie because")
                                                 for s in metrics["samples"])
+    # The report shows what the stages left: each training's first batch, the LM's samples.
+    assert "Language model: input `x`" in report and "Classifier: padded review and label" in report
+    assert metrics["samples"][0] in report and stages.samples_stage(run, SEED)["reused"]
 
 
 def test_batched_and_single_predictions_agree(run):
@@ -211,6 +217,23 @@ def test_core_imports_no_orchestrator():
     assert out.stdout.strip() == "False"
 
 
+def test_the_readme_layout_names_every_room_of_the_core():
+    """README's layout section names each folder of the core (`text/`) and each module in it
+    (`tokenize`), and nothing that is no longer there."""
+    import ulmfit_core
+
+    root = Path(ulmfit_core.__file__).parent
+    readme = (root.parent / "README.md").read_text(encoding="utf-8")
+    layout = readme.split("## Layout", 1)[1].split("\n## ", 1)[0]
+    core = layout.split("- `ulmfit_core/`", 1)[1].split("\n- `tasks/`", 1)[0]
+    folders = {p.parent.name for p in root.glob("*/__init__.py")}
+    modules = {p.stem for p in root.rglob("*.py") if p.stem != "__init__"}
+    assert {f for f in folders if f"`{f}/`" not in core} == set()
+    assert {m for m in modules if f"`{m}`" not in core} == set()
+    named = set(re.findall(r"`([a-z_]+)/`", core))
+    assert named <= folders, named - folders
+
+
 def test_seeded_training_repeats_exactly(run, preset):
     docs = load_docs(run.shards(run.ids))
     one_epoch = replace(preset, lm=replace(preset.lm, epochs=1))
@@ -278,7 +301,7 @@ def test_lineage_links_every_artifact_to_its_inputs(run):
 
 
 def test_a_run_directory_in_use_is_refused(tmp_path):
-    code = ("import sys, time; from ulmfit_core.rundir import RunDir; from ulmfit_core.runstatus import tracked_run\n"
+    code = ("import sys, time; from ulmfit_core.run.layout import RunDir; from ulmfit_core.run.status import tracked_run\n"
             "with tracked_run(RunDir(sys.argv[1]), {}):\n"
             "    print('holding', flush=True); time.sleep(60)\n")
     holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
@@ -296,7 +319,7 @@ def test_a_run_directory_in_use_is_refused(tmp_path):
 
 
 def test_a_scheduled_run_waits_for_the_run_holding_its_directory(tmp_path):
-    code = ("import sys, time; from ulmfit_core.rundir import RunDir; from ulmfit_core.runstatus import tracked_run\n"
+    code = ("import sys, time; from ulmfit_core.run.layout import RunDir; from ulmfit_core.run.status import tracked_run\n"
             "with tracked_run(RunDir(sys.argv[1]), {}):\n"
             "    print('holding', flush=True); time.sleep(float(sys.argv[2]))\n")
 
@@ -342,7 +365,7 @@ def test_a_run_directory_keeps_the_settings_it_was_made_with(tmp_path):
 def test_show_batch_is_the_batch_training_starts_with(run, preset, monkeypatch):
     """`first_batch` against what the model's first forward pass receives in training."""
     import ulmfit_core.training.learners as train_module
-    from ulmfit_core.show import first_batch, format_batch
+    from ulmfit_core.reporting.show import first_batch, format_batch
 
     seen = {}
 

@@ -19,7 +19,7 @@ import pytest
 
 from conftest import Command, error_line, ulmfit
 from ulmfit_core.errors import DamagedFile, DiskFull
-from ulmfit_core.rundir import atomic_path, read_json, write_json, write_text
+from ulmfit_core.run.layout import atomic_path, read_json, write_json, write_text
 
 STOPS = [signal.SIGINT, signal.SIGTERM]
 
@@ -319,7 +319,7 @@ def test_a_damaged_file_under_a_stage_command_is_named_with_its_remedy(tmp_path,
 
 
 def test_a_damaged_model_file_names_the_command_that_rebuilds_it(tmp_path, trained):
-    from ulmfit_core.weights import load_model_file
+    from ulmfit_core.model.weights import load_model_file
 
     out = tmp_path / "run"
     shutil.copytree(trained, out)

@@ -12,11 +12,11 @@ from sentencepiece import SentencePieceProcessor
 
 from ulmfit_core import stages
 from ulmfit_core.config import get_preset
-from ulmfit_core.manifests import file_sha256
-from ulmfit_core.predict import Classifier, LanguageModel
-from ulmfit_core.rules import SPECIAL_TOKENS
-from ulmfit_core.rundir import RunDir, read_json
-from ulmfit_core.subword import SubwordTokenizer, train_subword_model
+from ulmfit_core.model.predict import Classifier, LanguageModel
+from ulmfit_core.run.layout import RunDir, read_json
+from ulmfit_core.run.manifests import file_sha256
+from ulmfit_core.text.rules import SPECIAL_TOKENS
+from ulmfit_core.text.subword import SubwordTokenizer, train_subword_model
 
 
 @pytest.fixture(scope="module")

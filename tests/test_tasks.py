@@ -22,9 +22,9 @@ from tasks.common import for_run, retry_transient, task
 from tasks.ranks import Ranks
 from ulmfit_core import stages
 from ulmfit_core.errors import DamagedFile, DataError, DiskFull, Stopped
-from ulmfit_core.params import Job
-from ulmfit_core.rundir import RunDir
-from ulmfit_core.storage import ObjectPath
+from ulmfit_core.run.job import Job
+from ulmfit_core.run.layout import RunDir
+from ulmfit_core.run.storage import ObjectPath
 
 
 @pytest.fixture(scope="module", autouse=True)

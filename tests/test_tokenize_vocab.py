@@ -15,10 +15,10 @@ from fastai.text.core import SpacyTokenizer, Tokenizer, defaults, replace_space
 from fastai.text.data import Numericalize
 
 from ulmfit_core.config import TokenizerConfig
-from ulmfit_core.rules import SPECIAL_TOKENS, apply_rules
-from ulmfit_core.tokenize import tokenize_shard, tokenize_texts
-from ulmfit_core.vocab import FAKE, UNK_ID, Vocab, merge_counts, numericalize_shard
-from ulmfit_core.ingest import ingest
+from ulmfit_core.text.ingest import ingest
+from ulmfit_core.text.rules import SPECIAL_TOKENS, apply_rules
+from ulmfit_core.text.tokenize import tokenize_shard, tokenize_texts
+from ulmfit_core.text.vocab import FAKE, UNK_ID, Vocab, merge_counts, numericalize_shard
 
 HARD_CASES = [
     "",
@@ -90,9 +90,9 @@ def test_tokenizing_and_numericalizing_do_not_load_torch(sample_tarball, tmp_pat
     code = f"""
 import sys
 from ulmfit_core.config import TokenizerConfig
-from ulmfit_core.ingest import ingest
-from ulmfit_core.tokenize import tokenize_shard
-from ulmfit_core.vocab import Vocab, merge_counts, numericalize_shard
+from ulmfit_core.text.ingest import ingest
+from ulmfit_core.text.tokenize import tokenize_shard
+from ulmfit_core.text.vocab import Vocab, merge_counts, numericalize_shard
 from pathlib import Path
 shard = ingest(Path({str(sample_tarball)!r}), Path({str(tmp_path / "raw")!r}), limit=8).shards[0]
 tokenize_shard(shard, {str(tmp_path / "tok.parquet")!r}, {str(tmp_path / "counts.parquet")!r}, TokenizerConfig())
@@ -187,7 +187,7 @@ def test_numericalized_shard(sample_tarball, tmp_path):
 
 
 def test_piece_cache_stays_bounded_and_tokens_do_not_change(sample_texts):
-    from ulmfit_core.tokenize import WordTokenizer
+    from ulmfit_core.text.tokenize import WordTokenizer
 
     small = WordTokenizer(cache_size=300)
     tokens = []

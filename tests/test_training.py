@@ -22,15 +22,15 @@ from fastai.text.models.awdlstm import AWD_LSTM, awd_lstm_lm_split
 
 from ulmfit_core import stages
 from ulmfit_core.config import LMConfig, ModelConfig, Stage, get_preset
-from ulmfit_core.data import classifier_split, load_docs
 from ulmfit_core.errors import DamagedFile, DataError
-from ulmfit_core.models import build_language_model
-from ulmfit_core.predict import Classifier, LanguageModel
+from ulmfit_core.model.networks import build_language_model
+from ulmfit_core.model.predict import Classifier, LanguageModel
+from ulmfit_core.model.weights import load_checkpoint, save_checkpoint
 from ulmfit_core.reporting import write_report
-from ulmfit_core.rundir import CHECKPOINT, RunDir, read_json
+from ulmfit_core.run.layout import CHECKPOINT, RunDir, read_json
+from ulmfit_core.text.data import classifier_split, load_docs
 from ulmfit_core.training import LOSS_CHECK_EVERY, Checkpoint, ResumePoint, Schedule, fit_schedule, lm_dataloaders
 from ulmfit_core.training.loaders import sample_tokens
-from ulmfit_core.weights import load_checkpoint, save_checkpoint
 
 # A stage of the tiny preset with more epochs, run in a process of its own so it can be killed.
 STAGE_SCRIPT = """
@@ -39,7 +39,7 @@ logging.basicConfig(level=logging.INFO)
 from dataclasses import replace
 from ulmfit_core import stages
 from ulmfit_core.config import get_preset
-from ulmfit_core.rundir import RunDir
+from ulmfit_core.run.layout import RunDir
 
 tiny = get_preset("tiny")
 preset = replace(tiny, lm=replace(tiny.lm, epochs=4))

@@ -1,7 +1,10 @@
 """ULMFiT as a library: ingest, tokenize, vocab, language model, classifier, report.
 
-Plain Python on torch, fastai, spaCy and pyarrow; no orchestrator. `ulmfit_core.stages` holds
-one function per pipeline stage, each reading and writing a run directory.
+Plain Python on torch, fastai, spaCy and pyarrow; no orchestrator. By concern, from the ground
+up: `config`, `errors` and `progress`; `run` (the job spec, the run directory and where it
+lives); `text` (corpus to ids); `model` (networks, weights, prediction); `training`;
+`reporting`; and on top `stages`, one function per pipeline stage, each reading and writing a
+run directory.
 """
 
 __version__ = "0.1.0"

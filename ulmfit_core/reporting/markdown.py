@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from ..ingest import FEW_PER_CLASS, label_counts
+from ..text.ingest import FEW_PER_CLASS, label_counts
 
 
 def _fmt(value, spec: str = ".4f") -> str:
@@ -25,7 +25,8 @@ def _cell(text: str, width: int = 160) -> str:
 
 def render_report(metrics: dict, previews: dict[str, dict]) -> str:
     """report.md: the headline, then a section each, those of the models once an LM is trained;
-    `previews`: the preview.json of each kind of model trained ("lm", "classifier")."""
+    `previews`: what the stages left of each kind of model trained ("lm", "classifier"): its
+    preview.json, and the language model's samples.json."""
     trained = bool(metrics["lm"].get("history"))
     sections = [_headline(metrics, trained), _data(metrics)]
     if trained:
@@ -33,7 +34,7 @@ def render_report(metrics: dict, previews: dict[str, dict]) -> str:
                      _training(metrics), _test_set(metrics), _label_curve(metrics.get("label_curve"))]
     sections.append(_batches({kind: p["batch"] for kind, p in previews.items() if "batch" in p}))
     if trained and previews.get("lm", {}).get("samples"):
-        sections.append(_samples(previews["lm"]))
+        sections.append(_samples(previews["lm"]["samples"]))
     sections.append(_times(metrics))
     return "\n".join(line for section in sections for line in section)
 
@@ -200,9 +201,9 @@ def _batches(batches: dict[str, str]) -> list[str]:
     return lines
 
 
-def _samples(lm: dict) -> list[str]:
-    return [f"## Generated text (\"{lm['prompt']}\", temperature {lm['temperature']:g})", "",
-            *[f"> {s}" for s in lm["samples"]], ""]
+def _samples(samples: dict) -> list[str]:
+    return [f"## Generated text (\"{samples['prompt']}\", temperature {samples['temperature']:g})", "",
+            *[f"> {s}" for s in samples["samples"]], ""]
 
 
 def _times(metrics: dict) -> list[str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..rundir import atomic_path
+from ..run.layout import atomic_path
 
 
 def save_png(fig, path: Path) -> Path:

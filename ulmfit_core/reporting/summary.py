@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..rundir import RunDir, read_json
+from ..run.layout import RunDir, read_json
 
 
 def _read(path: Path) -> dict | None:

@@ -12,16 +12,16 @@ Modules that load torch, fastai or spaCy are imported inside the stages that use
 orchestrating process runs ingest and the Dask scheduler and should not carry a model stack.
 """
 
+from ..text.data import training_docs
 from .evaluating import baseline_stage, ensemble_stage, evaluate_stage
-from ..data import training_docs
-from .modelling import (check_classifier_data, check_inputs, classifier_stage, copy_text_assets, export_stage,
-                        lm_stage)
 from .ingesting import finish_ingest, ingest_file_stage, ingest_plan, ingest_stage
+from .modelling import (check_classifier_data, check_inputs, classifier_stage, copy_text_assets, export_stage,
+                        lm_stage, samples_stage)
 from .preprocessing import (id_files, numericalize_stage, preprocess_in_process, summarize_preprocess,
                             token_files, tokenize_stage, tokenizer_stage, vocab_stage)
 
 __all__ = ["baseline_stage", "check_classifier_data", "check_inputs", "classifier_stage", "copy_text_assets",
            "ensemble_stage", "evaluate_stage", "export_stage", "finish_ingest", "ingest_file_stage",
            "id_files", "ingest_plan", "ingest_stage", "lm_stage", "token_files",
-           "numericalize_stage", "preprocess_in_process", "summarize_preprocess", "tokenize_stage",
+           "numericalize_stage", "preprocess_in_process", "samples_stage", "summarize_preprocess", "tokenize_stage",
            "tokenizer_stage", "training_docs", "vocab_stage"]

@@ -10,14 +10,14 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from ..data import load_docs, load_raw_labelled
-from ..manifests import file_inputs, made_once
-from ..rundir import RunDir, atomic_path, read_json, write_json
+from ..run.layout import RunDir, atomic_path, read_json, write_json
+from ..run.manifests import file_inputs, made_once
+from ..text.data import load_docs, load_raw_labelled
 
 
 def evaluate_stage(run: RunDir, progress=None) -> dict:
     """Accuracy on the labelled test split; per-review probabilities go to a Parquet file."""
-    from ..predict import Classifier, evaluate
+    from ..model.predict import Classifier, evaluate
 
     t0 = time.time()
     model_path = run.require(run.classifier.model, "train-classifier")
@@ -63,7 +63,7 @@ def ensemble_stage(run: RunDir) -> dict:
     import numpy as np
     import pyarrow.parquet as pq
 
-    from ..predict import evaluate
+    from ..model.predict import evaluate
 
     fwd, bwd = (pq.read_table(run.direction(b).require(run.direction(b).classifier.predictions,
                                                        "evaluate")) for b in (False, True))
@@ -95,7 +95,7 @@ def _top_losses(run: RunDir, docs, probs, labels: list[str], k: int = 5) -> list
 def baseline_stage(run: RunDir) -> dict:
     """The classical NB-LR baseline on the same train and test reviews as the classifier (its
     sample, when it was trained on one); reused while those are unchanged."""
-    from ..baseline import nb_logistic_regression
+    from ..model.baseline import nb_logistic_regression
 
     raw = run.shards(run.raw)
     sample = run.classifier.label_sample

@@ -21,10 +21,10 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from ..config import TEST_SHARE, Columns
-from ..ingest import Reading, SourceFile, finish, ingest_file, source_files
-from ..manifests import reusable, write_manifest
-from ..rundir import RunDir, write_json
-from ..sources import Source, open_source
+from ..run.layout import RunDir, write_json
+from ..run.manifests import reusable, write_manifest
+from ..text.ingest import Reading, SourceFile, finish, ingest_file, source_files
+from ..text.sources import Source, open_source
 
 
 @dataclass(frozen=True)

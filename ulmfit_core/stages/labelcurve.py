@@ -12,7 +12,7 @@ from __future__ import annotations
 from ..config import Preset
 from ..errors import DataError
 from ..reporting.plots import plot_label_curve
-from ..rundir import RunDir, write_json
+from ..run.layout import RunDir, write_json
 from .evaluating import baseline_stage, evaluate_stage
 from .modelling import classifier_stage
 

@@ -15,10 +15,10 @@ import shutil
 
 from .. import __version__
 from ..config import Preset
-from ..data import training_docs
 from ..errors import DataError
-from ..manifests import file_inputs, made_once, verify_outputs
-from ..rundir import TEXT_ASSETS, ModelDir, RunDir, read_json, write_json
+from ..run.layout import TEXT_ASSETS, ModelDir, RunDir, read_json, write_json
+from ..run.manifests import file_inputs, made_once, verify_outputs
+from ..text.data import training_docs
 
 
 def copy_text_assets(run: RunDir, folder: ModelDir) -> None:
@@ -49,8 +49,8 @@ def check_classifier_data(run: RunDir, preset: Preset, seed: int,
     only in the test split, a validation or sample the train documents cannot give. Errors name
     the source (and its label column). Returns the classifier's labels and split sizes, and the
     classes with fewer than FEW_PER_CLASS training documents."""
-    from ..data import classifier_split
-    from ..ingest import FEW_PER_CLASS, label_counts
+    from ..text.data import classifier_split
+    from ..text.ingest import FEW_PER_CLASS, label_counts
 
     ingested = read_json(run.ingest_summary)
     where = ingested["source"]
@@ -94,12 +94,12 @@ def lm_stage(run: RunDir, preset: Preset, seed: int, pretrained: str = "none",
     A language model made from the same vocab, id shards and settings is reused. Otherwise each
     epoch is checkpointed under lm/, and a rerun after a crash resumes from the last one.
     """
-    from ..parallel import rank
-    from ..pretrained import load_pretrained
-    from ..show import write_preview
+    from ..model.pretrained import load_pretrained
+    from ..model.weights import save_model
+    from ..reporting.show import write_preview
+    from ..text.vocab import Vocab
     from ..training import Checkpoint, train_language_model
-    from ..vocab import Vocab
-    from ..weights import save_model
+    from ..training.parallel import rank
 
     vocab_path = run.require(run.vocab, "vocab")
     if run.backwards and pretrained == "wt103":
@@ -124,7 +124,7 @@ def lm_stage(run: RunDir, preset: Preset, seed: int, pretrained: str = "none",
         save_model(folder.model, "language_model", model.state_dict(),
                    model=vars(preset.model), drop_mult=preset.lm.drop_mult, vocab_size=len(vocab),
                    backwards=run.backwards)
-        write_preview(folder, "lm", docs, vocab, preset, seed, run.backwards)
+        write_preview(folder, "lm", docs, vocab, preset, seed)
         write_json(folder.metrics, metrics)
         return metrics, folder.existing(folder.model, folder.metrics, folder.preview)
 
@@ -136,7 +136,7 @@ def lm_stage(run: RunDir, preset: Preset, seed: int, pretrained: str = "none",
 
 def export_stage(run: RunDir) -> dict:
     """The encoder of the fine-tuned LM, with its vocab and model config, for the classifier."""
-    from ..weights import load_model_file, save_model
+    from ..model.weights import load_model_file, save_model
 
     lm_path = run.require(run.lm.model, "train-lm")
     inputs = file_inputs(run, [lm_path])
@@ -158,16 +158,41 @@ def export_stage(run: RunDir) -> dict:
     return made_once(folder.encoder, inputs, {}, export)
 
 
+# What the forward language model's samples in the report continue, and how.
+PROMPT, SAMPLES, SAMPLE_WORDS, TEMPERATURE = "I liked this movie because", 2, 40, 0.75
+
+
+def samples_stage(run: RunDir, seed: int) -> dict:
+    """lm/samples.json: SAMPLES continuations of PROMPT by the forward language model, for the
+    report; reused while the model is unchanged. The prompt is text, so this loads the run's
+    tokenizer (spaCy for word tokens): it runs where preprocessing can, not on a node that
+    only trains."""
+    from ..model.predict import LanguageModel
+
+    folder, target = run.direction(False).lm, run.samples
+    settings = {"prompt": PROMPT, "n": SAMPLES, "words": SAMPLE_WORDS, "temperature": TEMPERATURE,
+                "seed": seed}
+
+    def generate():
+        lm = LanguageModel.load(folder)
+        samples = lm.generate(PROMPT, SAMPLE_WORDS, TEMPERATURE, SAMPLES, seed)
+        write_json(target, {**settings, "samples": samples})
+        return {"samples": samples}, [target]
+
+    return made_once(target, file_inputs(run, [run.require(folder.model, "train-lm")]),
+                     settings, generate)
+
+
 def classifier_stage(run: RunDir, preset: Preset, seed: int, progress=None,
                      train_labels: int | None = None) -> dict:
     """Gradual unfreezing on the labelled train split (or a class-balanced sample of
     `train_labels` of its reviews, whose ids go to train-labels.json); reused when the encoder,
     id shards and settings are unchanged, else checkpointed (and resumed) per epoch."""
-    from ..parallel import rank
-    from ..show import write_preview
+    from ..model.weights import load_model_file, save_model
+    from ..reporting.show import write_preview
+    from ..text.vocab import Vocab
     from ..training import Checkpoint, train_classifier
-    from ..vocab import Vocab
-    from ..weights import load_model_file, save_model
+    from ..training.parallel import rank
 
     encoder_path = run.require(run.export.encoder, "encoder export")
     inputs = file_inputs(run, [encoder_path, *run.shards(run.ids)])
@@ -202,7 +227,7 @@ def classifier_stage(run: RunDir, preset: Preset, seed: int, progress=None,
                    model=vars(preset.model), classifier=preset.to_dict()["classifier"],
                    vocab_size=encoder["vocab_size"], backwards=run.backwards)
         if train_labels is None:  # the run's own classifier, not a point of the label curve
-            write_preview(folder, "classifier", docs, Vocab.load(run.vocab), preset, seed, run.backwards)
+            write_preview(folder, "classifier", docs, Vocab.load(run.vocab), preset, seed)
         write_json(folder.metrics, metrics)
         return metrics, folder.existing(folder.model, folder.metrics, folder.label_sample, folder.preview)
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 from .. import __version__
 from ..config import TEST_SHARE, Columns, Preset
-from ..data import iter_raw_texts, seeded_unit
-from ..manifests import file_inputs, file_sha256, made_once, manifest_path
-from ..rundir import SUBWORD_MODEL, TOKENIZER_SPEC, VOCAB, RunDir, read_json, write_json
+from ..run.layout import SUBWORD_MODEL, TOKENIZER_SPEC, VOCAB, RunDir, read_json, write_json
+from ..run.manifests import file_inputs, file_sha256, made_once, manifest_path
+from ..text.data import iter_raw_texts, seeded_unit
 from .ingesting import ingest_stage
 
 
@@ -30,7 +30,7 @@ def tokenizer_stage(run: RunDir, preset: Preset, seed: int) -> dict:
     gives about SUBWORD_SAMPLE_DOCS documents. A model made from the same raw shards and
     settings is reused.
     """
-    from ..subword import train_subword_model
+    from ..text.subword import train_subword_model
 
     cfg, folder = preset.tokenizer, run.tokenizer
     spec = folder / TOKENIZER_SPEC
@@ -94,7 +94,7 @@ def tokenize_stage(run: RunDir, raw_shard: str, preset: Preset) -> dict:
         inputs[SUBWORD_MODEL] = file_sha256(run.require(run.tokenizer / SUBWORD_MODEL, "tokenizer"))
 
     def tokenize():
-        from ..tokenize import tokenize_shard
+        from ..text.tokenize import tokenize_shard
 
         t0 = time.time()
         result = tokenize_shard(raw_shard, out, counts, preset.tokenizer, run.tokenizer)
@@ -106,7 +106,7 @@ def tokenize_stage(run: RunDir, raw_shard: str, preset: Preset) -> dict:
 
 def vocab_stage(run: RunDir, preset: Preset, count_paths: list[str]) -> dict:
     """fastai's vocab from the per-shard counts, merged in shard order; reused if unchanged."""
-    from ..vocab import Vocab, merge_counts
+    from ..text.vocab import Vocab, merge_counts
 
     count_paths = [run.path(p) for p in count_paths]
     inputs, settings = file_inputs(run, count_paths), vars(preset.vocab)
@@ -122,7 +122,7 @@ def vocab_stage(run: RunDir, preset: Preset, count_paths: list[str]) -> dict:
 
 def numericalize_stage(run: RunDir, token_shard: str) -> dict:
     """Encode one token shard with the vocab, or reuse its id shard if both are unchanged."""
-    from ..vocab import Vocab, numericalize_shard
+    from ..text.vocab import Vocab, numericalize_shard
 
     token_shard = run.path(token_shard)
     out = id_files(run, token_shard)[0]

@@ -11,11 +11,11 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from ..manifests import file_sha256, made_once, manifest_path
-from ..rundir import model_folder, write_json
-from ..sources import dataset_files
-from ..runstore import listing, located, model_copy, remove
-from ..storage import Location, is_url, location, sha256
+from ..run.layout import model_folder, write_json
+from ..run.manifests import file_sha256, made_once, manifest_path
+from ..run.storage import Location, is_url, location, sha256
+from ..run.store import listing, located, model_copy, remove
+from ..text.sources import dataset_files
 
 SUMMARY = "score.json"
 _LOADED: dict[tuple[str, str], object] = {}  # (model file, its SHA-256) -> Classifier, per process
@@ -57,7 +57,7 @@ def scored_model(model: str) -> dict:
 def _classifier(model: dict):
     key = (model["path"], model["sha256"])
     if key not in _LOADED:  # a worker loads the model once for all the files it scores
-        from ..predict import Classifier
+        from ..model.predict import Classifier
 
         _LOADED.clear()
         _LOADED[key] = Classifier.load(model["path"].rsplit("/", 1)[0] if is_url(model["path"])
@@ -74,8 +74,8 @@ def score_file_stage(out: str | Path, source: str, name: str, model: dict,
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from ..rundir import atomic_path
-    from ..tables import read_texts_table, with_predictions
+    from ..run.layout import atomic_path
+    from ..text.tables import read_texts_table, with_predictions
 
     source, target = location(source), Path(out) / name
     inputs = {"input": sha256(source), "model": model["sha256"]}

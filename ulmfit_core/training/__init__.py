@@ -6,6 +6,8 @@
     loaders     the batches of both, as training builds them for a seed
     callbacks   progress and the loss check, the epoch's end (history, checkpoint), bf16 on CPU
     device      cores, device, precision, GPU memory, an out-of-memory error as one line
+    lmdata      the language model's stream of batches, on the device
+    parallel    data-parallel ranks of one training (torch.distributed), `rendezvous` their meeting
 
 These functions take documents and settings and return metrics; they write only the model
 files they are told to write. Devices: CUDA (with mixed precision) when available, else CPU

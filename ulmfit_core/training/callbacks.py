@@ -13,10 +13,10 @@ import torch
 from fastai.callback.core import Callback
 from fastai.learner import AvgSmoothLoss
 
-from .. import parallel
 from ..config import Preset
 from ..errors import STOP, Stopped
 from ..progress import Bar
+from . import parallel
 from .device import precision
 from .resume import ResumePoint, Schedule
 

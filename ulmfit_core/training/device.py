@@ -10,9 +10,9 @@ from contextlib import contextmanager
 
 import torch
 
-from .. import parallel
 from ..config import Preset
 from ..errors import OutOfDeviceMemory
+from . import parallel
 from .resume import Checkpoint
 
 

@@ -14,11 +14,11 @@ from fastai.metrics import Perplexity, accuracy
 from fastai.text.learner import LMLearner, TextLearner
 from fastai.text.models.awdlstm import awd_lstm_clas_split, awd_lstm_lm_split
 
-from .. import parallel
 from ..config import Preset
-from ..data import Docs
 from ..errors import DataError
-from ..models import build_classifier, build_language_model, encoder_of, pick_device
+from ..model.networks import build_classifier, build_language_model, encoder_of, pick_device
+from ..text.data import Docs
+from . import parallel
 from .callbacks import Progress, prepare
 from .device import executed_on, explain_out_of_memory, gpu_usage, reset_gpu_peak, use_all_cores
 from .loaders import classifier_data, lm_data

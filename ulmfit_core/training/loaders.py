@@ -15,11 +15,11 @@ from fastai.text.data import SortedDL
 from fastai.torch_core import set_seed
 
 from ..config import ClassifierConfig, LMConfig, Preset
-from ..data import Docs, classifier_split, seeded_unit
 from ..errors import DataError
-from ..lmdata import DeviceLMDataLoader
-from ..models import pad_front
-from ..vocab import PAD_ID
+from ..model.networks import pad_front
+from ..text.data import Docs, classifier_split, seeded_unit
+from ..text.vocab import PAD_ID
+from .lmdata import DeviceLMDataLoader
 
 
 def _as_tensors(docs: Docs) -> list[torch.Tensor]:

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Sequence
 
 from ..config import Stage
-from ..runstore import written
-from ..weights import load_checkpoint, save_checkpoint
+from ..model.weights import load_checkpoint, save_checkpoint
+from ..run.store import written
 
 
 @dataclass(frozen=True)

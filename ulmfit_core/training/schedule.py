@@ -9,10 +9,10 @@ from typing import Sequence
 
 from fastai.callback.schedule import fit_one_cycle  # noqa: F401  (patches Learner.fit_one_cycle)
 
-from .. import parallel
 from ..config import Stage
 from ..errors import DiskFull, Stopped
-from ..weights import rng_state, set_rng_state
+from ..model.weights import rng_state, set_rng_state
+from . import parallel
 from .callbacks import CPUBFloat16, EpochEnd, Progress, ProgressLog
 from .resume import Checkpoint, ResumePoint, Schedule
 

@@ -13,12 +13,13 @@ from __future__ import annotations
 import importlib.util
 import re
 from dataclasses import replace
+from functools import cached_property
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from .config import DIRECTIONS, PRESETS, TEST_SHARE, TOKENIZERS, Columns, Preset, get_preset
-from .errors import DataError
+from ..config import DIRECTIONS, PRESETS, TEST_SHARE, TOKENIZERS, Columns, Preset, get_preset
+from ..errors import DataError
 
 SUBWORD_VOCAB = (100, 1_000_000)  # SentencePiece needs some room beyond its special pieces
 _DASK_ADDRESS = re.compile(r"^(tcp|tls|inproc|ucx)://[^\s/]+$")
@@ -187,8 +188,9 @@ class Job(_Spec):
         """The directions to train: (False,), (True,) or (False, True)."""
         return DIRECTIONS[self.direction]
 
+    @cached_property
     def settings(self) -> Preset:
-        """The preset, with this job's tokenizer choices and LM epochs applied."""
+        """The preset, with this job's tokenizer choices and LM epochs applied (built once)."""
         preset = get_preset(self.preset, self.tokenizer, self.vocab_size, self.lang)
         if self.lm_epochs is None:
             return preset
@@ -202,7 +204,7 @@ class Job(_Spec):
         the tokenizer as the kind the run uses."""
         given = {name: getattr(self, name) for name in COMMANDS[command]}
         if "tokenizer" in given:
-            given["tokenizer"] = self.settings().tokenizer.kind
+            given["tokenizer"] = self.settings.tokenizer.kind
         return {"command": command, **given}
 
 
@@ -234,7 +236,8 @@ class ScoreJob(_Spec):
     text_column: str = Field("text", description="the column to classify")
     id_column: str = Field("id", description="the column copied beside each prediction (absent: "
                            "the row number)")
-    bs: int = Field(64, description="texts per batch")
+    bs: int = Field(64, description="texts per batch (memory, not results: a prediction does "
+                    "not depend on its batch)")
     dask_address: str | None = Field(None, description=_DASK)
     workers: int | None = Field(None, description=_WORKERS)
 

@@ -10,7 +10,8 @@ Everything a run produces lives under one folder:
     preprocess.json             document, token and skip counts
     lm/                         language model weights, history, metrics (checkpoint.pth while
                                 training: the last finished epoch, resumed by a restarted task),
-                                preview.json (its first batch decoded, two generated samples)
+                                preview.json (its first batch, decoded), samples.json (two
+                                continuations of a prompt)
     export/                     encoder + vocab + config, for the classifier and for reuse
     classifier/                 classifier weights, labels, history, metrics, preview.json, test
                                 predictions, NB-LR baseline (train-labels.json: the sample of
@@ -25,7 +26,7 @@ Everything a run produces lives under one folder:
 
 A file appears under its final name only once fully written (write to a temporary name in the
 same folder, then rename), so a crashed run never leaves a file that looks complete. Who holds a
-run and how it ended (the lock, run.json): `runstatus`.
+run and how it ended (the lock, run.json): `status`.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from .errors import DiskFull, free_bytes, out_of_space
+from ..errors import DiskFull, free_bytes, out_of_space
 
 log = logging.getLogger("ulmfit")
 
@@ -49,7 +50,8 @@ MODEL, METRICS, CHECKPOINT = "model.pth", "metrics.json", "checkpoint.pth"
 ENCODER, ENCODER_CONFIG = "encoder.pth", "config.json"
 TEST_SCORES, PREDICTIONS, BASELINE = "test.json", "test-predictions.parquet", "baseline.json"
 LABEL_SAMPLE = "train-labels.json"  # the reviews a classifier trained on few labels saw
-PREVIEW = "preview.json"  # what the report shows of a model: its first batch, generated text
+PREVIEW = "preview.json"  # what the report shows of a model's training: its first batch
+SAMPLES = "samples.json"  # what the report shows of a language model: text it wrote
 # What makes a model folder self-contained: its vocab and the tokenizer that feeds it.
 VOCAB, TOKENIZER_SPEC, SUBWORD_MODEL = "vocab.json", "tokenizer.json", "spm.model"
 TEXT_ASSETS = (VOCAB, TOKENIZER_SPEC, SUBWORD_MODEL)
@@ -65,14 +67,14 @@ class ModelDir:
     model = property(lambda self: self.path / MODEL)
     metrics = property(lambda self: self.path / METRICS)
     checkpoint = property(lambda self: self.path / CHECKPOINT)
+    preview = property(lambda self: self.path / PREVIEW)
     encoder = property(lambda self: self.path / ENCODER)
     encoder_config = property(lambda self: self.path / ENCODER_CONFIG)
+    vocab = property(lambda self: self.path / VOCAB)
     test_scores = property(lambda self: self.path / TEST_SCORES)
     predictions = property(lambda self: self.path / PREDICTIONS)
     baseline = property(lambda self: self.path / BASELINE)
     label_sample = property(lambda self: self.path / LABEL_SAMPLE)
-    preview = property(lambda self: self.path / PREVIEW)
-    vocab = property(lambda self: self.path / VOCAB)
 
     def existing(self, *files: Path) -> list[Path]:
         """Those of `files` and of the folder's text assets (vocab, tokenizer) that exist: what
@@ -138,6 +140,7 @@ class RunDir:
     preprocess_metrics = property(lambda self: self.root / "preprocess.json")
     lm = property(lambda self: self._model_dir("lm"))
     export = property(lambda self: self._model_dir("export"))
+    samples = property(lambda self: self.direction(False).lm / SAMPLES)  # of the forward LM
     classifier = property(lambda self: ModelDir(self.root / self.classifier_dir) if self.classifier_dir
                           else self._model_dir("classifier"))
     ensemble = property(lambda self: self.root / "ensemble.json")

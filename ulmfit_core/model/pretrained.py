@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 from fastai.text.learner import clean_raw_keys, match_embeds
 
-from .config import ModelConfig
-from .errors import DataError
+from ..config import ModelConfig
+from ..errors import DataError
 
 
 class _NoClasses(pickle.Unpickler):

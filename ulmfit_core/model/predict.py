@@ -15,17 +15,17 @@ import numpy as np
 import torch
 from fastai.text.learner import decode_spec_tokens
 
-from .config import ClassifierConfig, ModelConfig, TokenizerConfig
-from .errors import check_stop
-from .sources import usable_text
-from .models import build_classifier, build_language_model, pad_front, pick_device
-from .progress import Bar
+from ..config import ClassifierConfig, ModelConfig, TokenizerConfig
+from ..errors import check_stop
+from ..progress import Bar
+from ..run.layout import TOKENIZER_SPEC, ModelDir, model_folder, read_json
+from ..run.store import model_copy
+from ..text.sources import usable_text
+from ..text.subword import detokenize_pieces
+from ..text.tokenize import text_tokenizer
+from ..text.vocab import PAD_ID, UNK_ID, Vocab, FAKE
 from .metrics import classification_scores
-from .rundir import TOKENIZER_SPEC, ModelDir, model_folder, read_json
-from .runstore import model_copy
-from .subword import detokenize_pieces
-from .tokenize import text_tokenizer
-from .vocab import PAD_ID, UNK_ID, Vocab, FAKE
+from .networks import build_classifier, build_language_model, pad_front, pick_device
 from .weights import load_model_file
 
 
@@ -142,6 +142,12 @@ class LanguageModel:
         model = build_language_model(len(vocab), ModelConfig(**payload["model"]), payload["drop_mult"])
         device = torch.device(device) if device else pick_device()
         return cls(_ready(model, payload, device), vocab, device, *tokenizer)
+
+    @classmethod
+    def trained(cls, model: torch.nn.Module, vocab: Vocab, folder: ModelDir) -> "LanguageModel":
+        """The forward language model a training has just made (in evaluation mode), with the
+        tokenizer of its model folder: what it writes, before its files are checked in."""
+        return cls(model, vocab, next(model.parameters()).device, *load_tokenizer(folder.path))
 
     @torch.no_grad()
     def generate(self, prompt: str, n_words: int = 40, temperature: float = 0.75, n: int = 1,

@@ -20,11 +20,11 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from .config import Columns
-from .errors import DataError
+from ..config import Columns
+from ..errors import DataError
+from ..run.manifests import file_sha256
+from ..run.storage import Location, is_url, list_objects, opened, stat
 from .imdb import iter_imdb_folder, iter_imdb_tarball
-from .manifests import file_sha256
-from .storage import Location, is_url, list_objects, opened, stat
 
 SPLITS = ("train", "test", "unsup")
 IMDB_ENV = "ULMFIT_IMDB"

@@ -15,8 +15,8 @@ import logging
 from pathlib import Path
 from typing import Callable
 
-from .errors import DamagedFile
-from .rundir import read_json, write_json
+from ..errors import DamagedFile
+from .layout import read_json, write_json
 
 log = logging.getLogger("ulmfit")
 

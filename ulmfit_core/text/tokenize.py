@@ -17,10 +17,10 @@ from typing import Iterable, Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .config import TokenizerConfig
+from ..config import TokenizerConfig
+from ..run.layout import SUBWORD_MODEL, atomic_path
 from .data import read_shard
 from .rules import SPECIAL_TOKENS, apply_rules, replace_space
-from .rundir import SUBWORD_MODEL, atomic_path
 from .spacy_port import PLAIN, SPACE, AffixSplitter, import_spacy, irregular, spacy_runs, special_case_patterns
 
 

@@ -19,13 +19,13 @@ from typing import Iterable, Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .config import TEST_SHARE, Columns
+from ..config import TEST_SHARE, Columns
+from ..errors import DataError, check_stop
+from ..run.layout import atomic_path
+from ..run.storage import Location, opened
 from .data import read_shard
-from .errors import DataError, check_stop
-from .rundir import atomic_path
 from .sampling import doc_group, hold_out_test, keep_lowest, limit_per_group, limit_quotas, sample_draw
 from .sources import Source, open_source, raw_records, usable_text
-from .storage import Location, opened
 
 RAW_SCHEMA = pa.schema(
     [("id", pa.string()), ("split", pa.string()), ("label", pa.string()), ("text", pa.string())]

@@ -11,8 +11,8 @@ import tarfile
 import zlib
 from pathlib import Path
 
-from .errors import DataError
-from .progress import Bar
+from ..errors import DataError
+from ..progress import Bar
 
 _IMDB_MEMBER = re.compile(r"(?:^|/)(train|test)/(pos|neg|unsup)/([^/]+)\.txt$")
 

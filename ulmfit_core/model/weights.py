@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import DamagedFile
-from .manifests import verify_outputs
-from .rundir import atomic_path
+from ..errors import DamagedFile
+from ..run.layout import atomic_path
+from ..run.manifests import verify_outputs
 
 MODEL_FORMAT = "ulmfit/1"
 FORMAT = "ulmfit-checkpoint/2"

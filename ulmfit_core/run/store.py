@@ -25,8 +25,8 @@ from typing import Iterable, Iterator
 
 import pyarrow.fs as pafs
 
+from .layout import ENCODER, ENCODER_CONFIG, METRICS, MODEL, TEXT_ASSETS
 from .lease import LEASE
-from .rundir import ENCODER, ENCODER_CONFIG, METRICS, MODEL, TEXT_ASSETS
 from .storage import ObjectPath, check_bucket, is_url, reaching, s3
 
 log = logging.getLogger("ulmfit")
@@ -213,7 +213,7 @@ def written(path: str | Path) -> None:
 
 @contextmanager
 def model_copy(path: str | Path, sub: str) -> Iterator[str | Path]:
-    """A run directory or model folder (what `rundir.model_folder` takes) as a local path: `path`
+    """A run directory or model folder (what `layout.model_folder` takes) as a local path: `path`
     itself, or for one on object storage a copy of the run's model folder `sub`, else of the
     model folder's own files."""
     if not is_url(path):

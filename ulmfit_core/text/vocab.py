@@ -17,9 +17,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from ..run.layout import atomic_path, read_json, write_json
 from .data import read_shard
 from .rules import SPECIAL_TOKENS
-from .rundir import atomic_path, read_json, write_json
 
 UNK_ID, PAD_ID = 0, 1
 FAKE = "xxfake"

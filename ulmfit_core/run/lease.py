@@ -1,5 +1,5 @@
 """The lease that holds a run directory on object storage while a job runs: the object `.lock`
-under the run's prefix, where an OS lock (`runstatus.run_lock`) cannot reach.
+under the run's prefix, where an OS lock (`status.run_lock`) cannot reach.
 
 It is created with a conditional write (If-None-Match: another holder's lease is never
 overwritten), renewed every LEASE_S / 3 by its holder with If-Match (a holder that finds it
@@ -20,7 +20,7 @@ import time
 from contextlib import contextmanager
 from typing import Iterator
 
-from .errors import STOP, RunInUse
+from ..errors import STOP, RunInUse
 from .storage import ObjectPath, endpoint, failure
 
 log = logging.getLogger("ulmfit")

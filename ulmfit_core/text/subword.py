@@ -11,8 +11,8 @@ import itertools
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from ..run.layout import SUBWORD_MODEL
 from .rules import SPECIAL_TOKENS, apply_rules
-from .rundir import SUBWORD_MODEL
 
 # fastai's character coverage: 0.99999 for European languages, 0.9998 otherwise.
 EU_LANGS = {"bg", "cs", "da", "de", "el", "en", "es", "et", "fi", "fr", "ga", "hr", "hu", "it", "lt",

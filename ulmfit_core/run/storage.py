@@ -21,7 +21,7 @@ from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 
-from .errors import DataError
+from ..errors import DataError
 from .manifests import file_sha256, stream_sha256
 
 SCHEME = "s3://"

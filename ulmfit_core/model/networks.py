@@ -8,7 +8,7 @@ from fastai.text.models.awdlstm import AWD_LSTM, awd_lstm_clas_config, awd_lstm_
 from fastai.text.models.core import SentenceEncoder, get_language_model, get_text_classifier
 from torch import nn
 
-from .config import ClassifierConfig, ModelConfig
+from ..config import ClassifierConfig, ModelConfig
 
 
 

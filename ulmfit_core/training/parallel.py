@@ -32,7 +32,7 @@ import torch.distributed as dist
 from fastai.callback.core import Callback, CancelBatchException
 from torch.nn.parallel import DistributedDataParallel
 
-from .errors import RendezvousFailed
+from ..errors import RendezvousFailed
 from .rendezvous import RENDEZVOUS_TIMEOUT_S
 
 log = logging.getLogger("ulmfit")
@@ -83,7 +83,7 @@ def run_rank(fn, args: tuple, kwargs: dict, rank: int, world: int, host: str, po
     `local_index` of the `on_host` ranks on this machine: its GPU; its CPU threads are
     `threads`, or its share of the machine's cores. The rank's log lines go to `log_to` (to
     the process that directs the ranks), else to this process's stderr."""
-    from .errors import STOP
+    from ..errors import STOP
 
     logger = logging.getLogger("ulmfit")
     if log_to is not None:
@@ -176,7 +176,7 @@ class DataParallel(Callback):
         self.device = device
 
     def before_fit(self) -> None:
-        from .models import AlignedSentenceEncoder
+        from ..model.networks import AlignedSentenceEncoder
 
         self.aligned = [m for m in self.model.modules() if isinstance(m, AlignedSentenceEncoder)]
         _batch_norms(self.model, _GroupBatchNorm)
@@ -233,7 +233,7 @@ def _collective_device() -> torch.device:
 def check_batch(stage: str, bs: int) -> None:
     """Each rank needs at least one row of every training batch."""
     if bs < world():
-        from .errors import DataError
+        from ..errors import DataError
 
         raise DataError(f"{stage}: batch size {bs} is smaller than the {world()} ranks training "
                         "it; use fewer --train-workers or a larger batch")

@@ -16,10 +16,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .errors import DataError
+from ..errors import DataError
 
 if TYPE_CHECKING:
-    from .rundir import RunDir
+    from ..run.layout import RunDir
 
 
 def read_shard(path: str | Path, columns: list[str] | None = None) -> pa.Table:

@@ -15,10 +15,10 @@ from functools import partial
 from pathlib import Path
 from typing import Iterator
 
-from . import runstore
-from .errors import DataError, RunInUse, Stopped
+from ..errors import DataError, RunInUse, Stopped
+from . import store
+from .layout import RunDir, read_json, write_json
 from .lease import leased
-from .rundir import RunDir, read_json, write_json
 from .storage import is_url
 
 log = logging.getLogger("ulmfit")
@@ -121,7 +121,7 @@ def tracked_run(run: RunDir, params: dict, reset: bool = False, wait_s: float = 
     metrics.json and report.md are the marks of a finished run, so they are removed first and
     only written again by a run that gets to its end. `lock(run, wait_s)` holds the directory;
     `publish(*paths)` is told of each status file written or removed (a run on object storage
-    writes them back at once: `runstore.tracked`).
+    writes them back at once: `tracked`).
     """
     with lock(run, wait_s):
         settings = _check_settings(run, params, reset)
@@ -157,8 +157,8 @@ def tracked(out: str, params: dict, reset: bool = False, wait_s: float = 0,
         with tracked_run(RunDir(out), params, reset, wait_s, check):
             yield
         return
-    with leased(out, wait_s), runstore.local_copy(out, runstore.MARKS, write_back=False) as local:
-        publish = partial(runstore.publish, out, Path(local))
+    with leased(out, wait_s), store.local_copy(out, store.MARKS, write_back=False) as local:
+        publish = partial(store.publish, out, Path(local))
         with tracked_run(RunDir(local), params, reset, check=check,
                          lock=lambda run, wait_s: nullcontext(), publish=publish):
             yield
@@ -166,5 +166,5 @@ def tracked(out: str, params: dict, reset: bool = False, wait_s: float = 0,
 
 def stop_marked(out: str, why: str) -> None:
     """`mark_stopped` on a local run directory or one on object storage."""
-    with runstore.local_copy(out, ["run.json"]) as local:
+    with store.local_copy(out, ["run.json"]) as local:
         mark_stopped(RunDir(local), why)

@@ -8,10 +8,10 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from .errors import DataError
+from ..errors import DataError
+from ..run.layout import atomic_path
+from ..run.storage import Location, opened
 from .sources import check_text_column, csv_batches, usable_text
-from .rundir import atomic_path
-from .storage import Location, opened
 
 
 def read_table(path: Location, text_column: str = "text") -> pa.Table:

@@ -1,5 +1,5 @@
-"""What the models see and say: the first training batch of a run, decoded (fastai's
-`show_batch`), and the preview a training stage leaves beside its model for the report.
+"""What the models see: the first training batch of a run, decoded (fastai's `show_batch`), and
+the preview a training stage leaves beside its model for the report.
 
 The batches are made by the same functions and seed as training (`training.lm_data`,
 `training.classifier_data`), so they are the batches training starts with: language-model rows
@@ -13,16 +13,14 @@ from pathlib import Path
 import torch
 from fastai.text.core import PAD
 
-from .config import Preset
-from .data import Docs, training_docs
-from .errors import DataError
-from .rundir import ModelDir, RunDir, write_json
-from .training import classifier_data, lm_data
-from .vocab import Vocab
+from ..config import Preset
+from ..errors import DataError
+from ..run.layout import ModelDir, RunDir, write_json
+from ..text.data import Docs, training_docs
+from ..text.vocab import Vocab
+from ..training import classifier_data, lm_data
 
 KINDS = ("lm", "classifier")
-# What the forward language model's samples in the report continue, and how.
-PROMPT, SAMPLES, SAMPLE_WORDS, TEMPERATURE = "I liked this movie because", 2, 40, 0.75
 
 
 def batch_rows(docs: Docs, vocab: Vocab, preset: Preset, seed: int, kind: str, n: int) -> list[dict]:
@@ -68,18 +66,11 @@ def format_batch(rows: list[dict], width: int = 80) -> str:
 
 
 def write_preview(folder: ModelDir, kind: str, docs: Docs, vocab: Vocab, preset: Preset,
-                  seed: int, backwards: bool) -> Path:
+                  seed: int) -> Path:
     """preview.json beside a model just trained on `docs`, for the report: one row of its first
-    training batch, decoded (none where the documents cannot make one), and for a forward
-    language model SAMPLES continuations of PROMPT (a backward one writes right to left)."""
-    preview: dict = {}
+    training batch, decoded (none where the documents cannot make one)."""
     try:
-        preview["batch"] = format_batch(batch_rows(docs, vocab, preset, seed, kind, n=1))
+        preview = {"batch": format_batch(batch_rows(docs, vocab, preset, seed, kind, n=1))}
     except DataError:
-        pass
-    if kind == "lm" and not backwards:
-        from .predict import LanguageModel
-
-        samples = LanguageModel.load(folder).generate(PROMPT, SAMPLE_WORDS, TEMPERATURE, SAMPLES, seed)
-        preview.update(prompt=PROMPT, temperature=TEMPERATURE, samples=samples)
+        preview = {}
     return write_json(folder.preview, preview)

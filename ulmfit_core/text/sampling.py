@@ -15,9 +15,9 @@ from typing import Iterable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..errors import check_stop
+from ..run.layout import atomic_path
 from .data import read_shard, seeded_unit
-from .errors import check_stop
-from .rundir import atomic_path
 
 
 def doc_group(doc: dict) -> str:

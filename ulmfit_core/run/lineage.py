@@ -17,9 +17,9 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Iterator
 
-from . import __version__
+from .. import __version__
+from .layout import SUBWORD_MODEL, RunDir, read_json, write_json
 from .manifests import file_sha256, manifest_path
-from .rundir import SUBWORD_MODEL, RunDir, read_json, write_json
 
 LIBRARIES = ("torch", "fastai", "spacy", "sentencepiece", "pyarrow", "numpy", "prefect",
              "prefect-dask", "dask", "distributed")
