@@ -118,8 +118,6 @@ def train_lm_flow(job: Job) -> dict:
               f"{metrics['accuracy']:.4f}, perplexity {metrics['perplexity']:.2f} "
               f"(host {metrics['host']}, {metrics['device']}, {metrics['precision']})")
         results[name] = metrics
-    if False in done:  # a backward language model writes right to left
-        for_run(train.samples, RunDir(out))(out, job.seed)
     return results
 
 
@@ -189,6 +187,10 @@ def _held(command: str, job: Job, work) -> dict:
 
     with tracked(job.out, record, job.reset, wait_s, check):
         result = work()
+        if command != "preprocess" and False in job.backwards:  # a backward LM writes right to left
+            # Here, after the trainings: text generation in this process would slow a training
+            # that follows in one of its threads (about 2x, measured on 2 cores).
+            for_run(train.samples, RunDir(job.out))(job.out, job.seed)
         metrics = for_run(report, RunDir(job.out))(job.out, record)
     print(f"report: {located(job.out, RunDir('').report)}")
     return result if result is not None else metrics

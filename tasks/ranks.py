@@ -30,7 +30,7 @@ from distributed import Client, get_worker, wait
 
 from tasks.processes import LocalCluster
 from ulmfit_core.errors import BAD_INPUT, STOP, RankFailed, Stopped
-from ulmfit_core.training.rendezvous import RENDEZVOUS_TIMEOUT_S, free_port
+from ulmfit_core.rendezvous import RENDEZVOUS_TIMEOUT_S, free_port
 
 log = logging.getLogger("ulmfit")
 

@@ -103,8 +103,8 @@ def export_encoder(out: str, backwards: bool = False) -> dict:
 @task(name="generate-samples", writes=lambda run: [run.samples], reads=lambda run: [run.lm.model],
       pulls=lambda run, a: [run.tokenizer, run.lm])
 def samples(out: str, seed: int) -> dict:
-    """The forward language model's continuations of the report's prompt, in this process (it
-    tokenizes text: not on a node that only trains)."""
+    """The forward language model's continuations of the report's prompt, in the job's process
+    (it tokenizes text: not on a node that only trains)."""
     return stages.samples_stage(RunDir(out), seed)
 
 

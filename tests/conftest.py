@@ -28,10 +28,10 @@ import pytest
 
 from ulmfit_core import stages
 from ulmfit_core.config import get_preset
+from ulmfit_core.rendezvous import free_port
 from ulmfit_core.run.layout import RunDir
 from ulmfit_core.text.ingest import SkipLog, iter_documents
 from ulmfit_core.text.sources import IMDB_ENV
-from ulmfit_core.training.rendezvous import free_port
 
 GROUPS = ["train/pos", "train/neg", "train/unsup", "test/pos", "test/neg"]
 PER_GROUP = 40

@@ -25,11 +25,11 @@ from conftest import Command, ulmfit
 from ulmfit_core import stages
 from ulmfit_core.config import get_preset
 from ulmfit_core.model.weights import load_model_file
+from ulmfit_core.rendezvous import free_port
 from ulmfit_core.run.layout import RunDir, read_json
 from ulmfit_core.text.vocab import Vocab
 from ulmfit_core.training import classifier_learner, lm_learner
 from ulmfit_core.training.parallel import process_group, unwrap
-from ulmfit_core.training.rendezvous import free_port
 
 pytestmark = pytest.mark.slow
 

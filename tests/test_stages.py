@@ -217,6 +217,16 @@ def test_core_imports_no_orchestrator():
     assert out.stdout.strip() == "False"
 
 
+def test_the_flows_load_no_model_stack():
+    """Importing the flows (what the command, a flow run and every Dask worker that unpickles a
+    task import, tasks and stages with them) loads neither torch, fastai, spaCy nor matplotlib:
+    those load in the processes that train, tokenize or plot, when they do."""
+    code = ("import sys, flows.cli, flows.pipeline\n"
+            "print(sorted(m for m in ('torch', 'fastai', 'spacy', 'matplotlib') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
 def test_the_readme_layout_names_every_room_of_the_core():
     """README's layout section names each folder of the core (`text/`) and each module in it
     (`tokenize`), and nothing that is no longer there."""

@@ -164,12 +164,14 @@ PROMPT, SAMPLES, SAMPLE_WORDS, TEMPERATURE = "I liked this movie because", 2, 40
 
 def samples_stage(run: RunDir, seed: int) -> dict:
     """lm/samples.json: SAMPLES continuations of PROMPT by the forward language model, for the
-    report; reused while the model is unchanged. The prompt is text, so this loads the run's
-    tokenizer (spaCy for word tokens): it runs where preprocessing can, not on a node that
-    only trains."""
+    report; reused while the model is unchanged, nothing without a forward model. The prompt is
+    text, so this loads the run's tokenizer (spaCy for word tokens): it runs where
+    preprocessing can, not on a node that only trains."""
     from ..model.predict import LanguageModel
 
     folder, target = run.direction(False).lm, run.samples
+    if not folder.model.exists():
+        return {"samples": None}
     settings = {"prompt": PROMPT, "n": SAMPLES, "words": SAMPLE_WORDS, "temperature": TEMPERATURE,
                 "seed": seed}
 
@@ -179,8 +181,7 @@ def samples_stage(run: RunDir, seed: int) -> dict:
         write_json(target, {**settings, "samples": samples})
         return {"samples": samples}, [target]
 
-    return made_once(target, file_inputs(run, [run.require(folder.model, "train-lm")]),
-                     settings, generate)
+    return made_once(target, file_inputs(run, [folder.model]), settings, generate)
 
 
 def classifier_stage(run: RunDir, preset: Preset, seed: int, progress=None,

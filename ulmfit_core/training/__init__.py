@@ -7,7 +7,7 @@
     callbacks   progress and the loss check, the epoch's end (history, checkpoint), bf16 on CPU
     device      cores, device, precision, GPU memory, an out-of-memory error as one line
     lmdata      the language model's stream of batches, on the device
-    parallel    data-parallel ranks of one training (torch.distributed), `rendezvous` their meeting
+    parallel    data-parallel ranks of one training (torch.distributed)
 
 These functions take documents and settings and return metrics; they write only the model
 files they are told to write. Devices: CUDA (with mixed precision) when available, else CPU

@@ -33,7 +33,7 @@ from fastai.callback.core import Callback, CancelBatchException
 from torch.nn.parallel import DistributedDataParallel
 
 from ..errors import RendezvousFailed
-from .rendezvous import RENDEZVOUS_TIMEOUT_S
+from ..rendezvous import RENDEZVOUS_TIMEOUT_S
 
 log = logging.getLogger("ulmfit")
 
