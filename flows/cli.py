@@ -48,10 +48,11 @@ _FORM = {
 }
 
 
-def _add_fields(p: argparse.ArgumentParser, spec: type[BaseModel], names) -> None:
-    """An option for each field of `spec` named (`params.COMMANDS`): `--shard-docs N` for
-    `shard_docs`, with the field's description as its help and its default; the columns of a
-    table source in a group of their own, the direction as two flags."""
+def _add_fields(p: argparse.ArgumentParser, spec: type[BaseModel], names, **defaults) -> None:
+    """An option for each field of `spec` named (`job.COMMANDS`): `--shard-docs N` for
+    `shard_docs`, with the field's description as its help and its default (or, for a field in
+    `defaults`, (value, what it means)); the columns of a table source in a group of their own,
+    the direction as two flags."""
     columns = None
     for name in names:
         field = spec.model_fields[name]
@@ -59,6 +60,9 @@ def _add_fields(p: argparse.ArgumentParser, spec: type[BaseModel], names) -> Non
             _add_direction(p)
             continue
         form = {"help": field.description, **_FORM.get(name, {})}
+        if name in defaults:
+            form["default"], meaning = defaults[name]
+            form["help"] += f" (default: {meaning})"
         form.setdefault("required", True) if field.is_required() else form.setdefault("default", field.default)
         if "action" not in form and "nargs" not in form:
             form["type"] = next(t for t in (int, float, str) if t in (field.annotation, *get_args(field.annotation)))
@@ -104,8 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
             ("train-classifier", "train the classifier and evaluate it"),
             ("label-curve", "what labels buy: a classifier per number of labelled reviews on "
                             "the run's encoder, beside NB-LR")):
-        _add_fields(sub.add_parser(command, help=about), Job, COMMANDS[command])
-    sub.choices["label-curve"].set_defaults(preset=None)  # the preset the run was made with
+        made_with = {"preset": (None, "the one the run was made with")} if command == "label-curve" else {}
+        _add_fields(sub.add_parser(command, help=about), Job, COMMANDS[command], **made_with)
 
     p = sub.add_parser("predict", help="classify texts with a trained classifier")
     p.add_argument("--model", required=True, help="run directory or its classifier/ folder")
