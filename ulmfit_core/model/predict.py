@@ -143,12 +143,6 @@ class LanguageModel:
         device = torch.device(device) if device else pick_device()
         return cls(_ready(model, payload, device), vocab, device, *tokenizer)
 
-    @classmethod
-    def trained(cls, model: torch.nn.Module, vocab: Vocab, folder: ModelDir) -> "LanguageModel":
-        """The forward language model a training has just made (in evaluation mode), with the
-        tokenizer of its model folder: what it writes, before its files are checked in."""
-        return cls(model, vocab, next(model.parameters()).device, *load_tokenizer(folder.path))
-
     @torch.no_grad()
     def generate(self, prompt: str, n_words: int = 40, temperature: float = 0.75, n: int = 1,
                  seed: int | None = None) -> list[str]:
