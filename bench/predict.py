@@ -36,6 +36,20 @@ from ulmfit_core.text.data import load_raw_labelled
 from ulmfit_core.training import use_all_cores
 
 
+def seeded_classifier(run: RunDir, data: str, preset, reviews: int) -> torch.nn.Module:
+    """Preprocess `reviews` // 2 reviews per split and label of `data` into `run` and save there a
+    classifier at the preset's size with seeded weights, as a trained run's would be saved."""
+    stages.preprocess_in_process(run, data, preset, limit=reviews // 2)
+    itos = read_json(run.vocab)
+    torch.manual_seed(0)
+    model = build_classifier(len(itos), 2, preset.model, preset.classifier)
+    copy_text_assets(run, run.classifier)
+    save_model(run.classifier.model, "classifier", model.state_dict(), labels=["neg", "pos"],
+               model=vars(preset.model), classifier=preset.to_dict()["classifier"],
+               vocab_size=len(itos))
+    return model
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="imdb")
@@ -50,15 +64,9 @@ def main() -> None:
     preset = replace(base, classifier=replace(base.classifier, max_len=1_000_000))
     with tempfile.TemporaryDirectory() as tmp:
         run = RunDir(Path(tmp) / "run")
-        stages.preprocess_in_process(run, args.data, preset, limit=args.reviews // 2)
+        model = seeded_classifier(run, args.data, preset, args.reviews)
         itos = read_json(run.vocab)
         _, texts, labels = load_raw_labelled(run.shards(run.raw), "test")
-        torch.manual_seed(0)
-        model = build_classifier(len(itos), 2, preset.model, preset.classifier)
-        copy_text_assets(run, run.classifier)
-        save_model(run.classifier.model, "classifier", model.state_dict(), labels=["neg", "pos"],
-                   model=vars(preset.model), classifier=preset.to_dict()["classifier"],
-                   vocab_size=len(itos))
         ours = Classifier.load(run.classifier, device="cpu")
         t0 = time.perf_counter()
         probs = ours.predict_texts(texts)

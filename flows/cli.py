@@ -309,8 +309,6 @@ def _check_predict(args: argparse.Namespace) -> None:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from collections import Counter
-
     from ulmfit_core.model.predict import Classifier
 
     _check_predict(args)
@@ -325,17 +323,13 @@ def _predict(args: argparse.Namespace) -> int:
         if all(skipped):
             raise DataError("predict: nothing to classify (every text is empty)")
         return 0
-    from ulmfit_core.text.tables import read_texts_table, with_predictions, write_table
+    from ulmfit_core.stages.scoring import predict_file
 
-    table, texts = read_texts_table(Path(args.input), args.text_column)
-    probs, skipped = classifier.predict_raw(texts, args.bs)
-    table = with_predictions(table, classifier.labels, probs, skipped)
-    write_table(table, Path(args.output))
-    counts = Counter(why for why in skipped if why)
+    rows, counts = predict_file(classifier, Path(args.input), Path(args.output), args.text_column, args.bs)
     if counts:
-        print(f"ulmfit: skipped {sum(counts.values())} of {len(texts)} rows ("
+        print(f"ulmfit: skipped {sum(counts.values())} of {rows} rows ("
               + ", ".join(f"{why}: {n}" for why, n in sorted(counts.items())) + ")", file=sys.stderr)
-    print(f"wrote {table.num_rows} rows, {len(texts) - sum(counts.values())} predictions, "
+    print(f"wrote {rows} rows, {rows - sum(counts.values())} predictions, "
           f"to {args.output}")
     return 0
 

@@ -58,6 +58,25 @@ def test_rows_without_ids_are_named_by_file_and_row(tmp_path, table_rows):
     assert len(ids) == len(set(ids)) == 29 and "x.csv:7" not in ids  # row 7 is blank: skipped
 
 
+def test_a_blank_line_is_a_row_counted_as_skipped_not_a_row_lost(tmp_path, sample_texts):
+    """pyarrow and pandas write a missing text of a one-column CSV as a blank line: it is read as
+    a row (skipped as empty, and counted), so no row is lost and the rows after it keep their
+    numbers; a blank line between the rows of a wider file is counted the same way."""
+    one = tmp_path / "one.csv"
+    pacsv.write_csv(pa.table({"text": [sample_texts[0], None, sample_texts[1], None]}), one)
+    assert one.read_text().count("\n\n") == 2 and len(pacsv.read_csv(one)) == 2  # pyarrow's default
+    wide = tmp_path / "wide.csv"
+    pacsv.write_csv(pa.table({"text": sample_texts[2:4], "label": ["pos", "neg"]}), wide)
+    header, first, second = wide.read_bytes().splitlines(keepends=True)
+    wide.write_bytes(header + first + b"\n" + second)
+    for path, kept, skipped in ((one, ["0", "2"], ["1", "3"]), (wide, ["0", "2"], ["1"])):
+        run = RunDir(tmp_path / f"run-{path.stem}")
+        summary = stages.ingest_stage(run, str(path), None, 0)
+        assert [d["id"] for d in _docs(run)] == kept
+        assert summary["skipped"] == {"total": len(skipped), "by_reason": {"empty": len(skipped)},
+                                      "examples": {"empty": skipped}}
+
+
 def test_limit_and_held_out_test_across_files_are_those_of_one_file(tmp_path, table_rows):
     """The same rows in one file and in three: the same documents kept by --limit, in the same
     order, and the same ones held out as test when the corpus has no test split."""

@@ -71,3 +71,37 @@ def test_a_dataset_or_model_that_is_not_there_is_one_line(tmp_path, trained):
     result = ulmfit("score", "--model", tmp_path, "--data", trained.root, "--out", tmp_path / "o")
     assert error_line(result).startswith(f"ulmfit: error: {tmp_path}: no classifier model here")
     assert not (tmp_path / "o").exists()
+
+
+def test_a_file_is_scored_batch_by_batch_as_if_whole(tmp_path, trained, sample_texts, monkeypatch):
+    """A file is read, classified and written one batch of rows at a time, so that scoring takes
+    the memory of a batch whatever the file's size: the same rows, row numbers and probabilities
+    as classifying it whole."""
+    from ulmfit_core.stages.scoring import predict_file
+    from ulmfit_core.text import tables
+
+    monkeypatch.setattr(tables, "BATCH_ROWS", 7)
+    classifier = Classifier.load(trained.root)
+    texts = sample_texts[:30]
+    pq.write_table(pa.table({"text": texts}), tmp_path / "in.parquet", row_group_size=10)
+    rows, skips = predict_file(classifier, tmp_path / "in.parquet", tmp_path / "ids.parquet", id_column="id")
+    assert (rows, sum(skips.values())) == (30, 0)
+    assert pq.ParquetFile(tmp_path / "ids.parquet").metadata.num_row_groups >= 30 // 7  # a batch each
+    table = pq.read_table(tmp_path / "ids.parquet")
+    assert table.column("id").to_pylist() == [str(i) for i in range(30)]
+    got = np.array([table.column(f"p_{y}").to_pylist() for y in classifier.labels], dtype=float).T
+    assert np.allclose(got, classifier.predict_raw(texts)[0], atol=1e-5)
+
+
+def test_a_blank_line_of_a_one_column_csv_keeps_its_row_in_the_predictions(tmp_path, trained, sample_texts):
+    """A one-column CSV writes a missing text as a blank line: `predict` gives that row no label
+    and says so, rather than dropping it and shifting the rows after it."""
+    src = tmp_path / "one.csv"
+    pacsv.write_csv(pa.table({"text": [sample_texts[0], None, sample_texts[1]]}), src)
+    result = ulmfit("predict", "--model", trained.root, "--input", src, "--output", tmp_path / "out.csv")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "skipped 1 of 3 rows (empty: 1)" in result.stderr and "wrote 3 rows, 2 predictions" in result.stdout
+    out = pacsv.read_csv(tmp_path / "out.csv", convert_options=pacsv.ConvertOptions(strings_can_be_null=True))
+    assert out.column("skipped").to_pylist() == [None, "empty", None]
+    assert out.column("text").to_pylist() == [sample_texts[0], None, sample_texts[1]]
+    assert out.column("pred").null_count == 1

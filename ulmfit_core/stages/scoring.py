@@ -11,6 +11,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from ..progress import Bar
 from ..run.layout import model_folder, write_json
 from ..run.manifests import file_sha256, made_once, manifest_path
 from ..run.storage import Location, is_url, location, sha256
@@ -65,18 +66,39 @@ def _classifier(model: dict):
     return _LOADED[key]
 
 
+def predict_file(classifier, source: Location, target: Path, text_column: str = "text", bs: int = 64,
+                 id_column: str | None = None) -> tuple[int, Counter]:
+    """Classify every row of the CSV or Parquet file `source` into the file `target`, one batch of
+    rows at a time, so that a file of any size takes the memory of one batch: the rows as read
+    with their predictions (`predict --input`), or, given `id_column`, their ids (that column,
+    else the row number) with their predictions (`score`). Returns the rows read and the skipped
+    ones by reason."""
+    import pyarrow as pa
+
+    from ..text.tables import table_batches, table_rows, table_writer, texts_of, with_predictions
+
+    rows, skips = 0, Counter()
+    with table_writer(target) as write, Bar(f"scoring {source.name}", table_rows(source)) as bar:
+        for batch in table_batches(source, text_column):
+            shown, texts = texts_of(batch, text_column)
+            probs, skipped = classifier.predict_raw(texts, bs)
+            if id_column is not None:
+                ids = (batch.column(id_column).cast(pa.string()) if id_column in batch.schema.names
+                       else pa.array([str(i) for i in range(rows, rows + batch.num_rows)], pa.string()))
+                shown = pa.record_batch({"id": ids})
+            write(with_predictions(shown, classifier.labels, probs, skipped))
+            rows += batch.num_rows
+            skips.update(why for why in skipped if why)
+            bar.update(completed=rows)
+    return rows, skips
+
+
 def score_file_stage(out: str | Path, source: str, name: str, model: dict,
                      text_column: str = "text", id_column: str = "id", bs: int = 64) -> dict:
     """Predict every row of the input file `source` (a path or an object's URL) into the output
-    folder's file `name`: the
-    id column (or the row number, when the file has none) and the predictions. Reused when the
-    file, the model and the settings are those it was scored with."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from ..run.layout import atomic_path
-    from ..text.tables import read_texts_table, with_predictions
-
+    folder's file `name` (`predict_file`): the id column (or the row number, when the file has
+    none) and the predictions. Reused when the file, the model and the settings are those it was
+    scored with."""
     source, target = location(source), Path(out) / name
     inputs = {"input": sha256(source), "model": model["sha256"]}
     settings = {"text_column": text_column, "id_column": id_column}
@@ -84,17 +106,9 @@ def score_file_stage(out: str | Path, source: str, name: str, model: dict,
     def score():
         t0 = time.time()
         classifier = _classifier(model)
-        table, texts = read_texts_table(source, text_column)
-        ids = (table.column(id_column).cast(pa.string()) if id_column in table.column_names
-               else pa.array([str(i) for i in range(table.num_rows)], pa.string()))
-        probs, skipped = classifier.predict_raw(texts, bs)
-        scored = with_predictions(pa.table({"id": ids}), classifier.labels, probs, skipped)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(target) as tmp:
-            pq.write_table(scored, tmp)
-        skips = Counter(why for why in skipped if why)
-        return {"input": str(source), "output": name, "rows": table.num_rows,
-                "scored": table.num_rows - sum(skips.values()), "skipped": dict(skips),
+        rows, skips = predict_file(classifier, source, target, text_column, bs, id_column)
+        return {"input": str(source), "output": name, "rows": rows,
+                "scored": rows - sum(skips.values()), "skipped": dict(skips),
                 "labels": classifier.labels, "seconds": time.time() - t0}, [target]
 
     return made_once(target, inputs, settings, score)

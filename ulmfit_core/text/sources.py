@@ -231,17 +231,24 @@ def _csv_types(columns: Columns) -> pacsv.ConvertOptions:
                                               columns.split: pa.string(), columns.id: pa.string()})
 
 
+# A blank line is a row whose values are all empty, not nothing: in a one-column CSV it is how a
+# missing text is written (pyarrow and pandas both write a null so), and skipping it unseen would
+# lose the row and shift every row number after it.
+_ROWS = pacsv.ParseOptions(ignore_empty_lines=False)
+
+
 def csv_batches(path: Location, convert: pacsv.ConvertOptions) -> Iterator[pa.RecordBatch]:
-    """A CSV file's rows in record batches, read in blocks as large as its longest row needs:
-    a row longer than a block (pyarrow's "straddling object") reopens the file with blocks
-    eight times larger, from the first row not yet given."""
+    """A CSV file's rows in record batches, blank lines included (as rows of empty values), read
+    in blocks as large as its longest row needs: a row longer than a block (pyarrow's
+    "straddling object") reopens the file with blocks eight times larger, from the first row not
+    yet given."""
     block, given = 1 << 20, 0  # pyarrow's default block
     while True:
         try:
             seen = 0
             with opened(path) as source:
                 for batch in pacsv.open_csv(source, read_options=pacsv.ReadOptions(block_size=block),
-                                            convert_options=convert):
+                                            parse_options=_ROWS, convert_options=convert):
                     if seen + batch.num_rows > given:
                         fresh = batch.slice(max(0, given - seen))
                         given += fresh.num_rows
@@ -254,6 +261,9 @@ def csv_batches(path: Location, convert: pacsv.ConvertOptions) -> Iterator[pa.Re
             block *= 8
 
 
+_BLANK = (None, "", b"")
+
+
 def _iter_table(path: Location, batches: Iterable[pa.RecordBatch], columns: Columns, id_prefix: str,
                 first_row: int = 0):
     row = first_row
@@ -264,6 +274,10 @@ def _iter_table(path: Location, batches: Iterable[pa.RecordBatch], columns: Colu
             check_columns(path, batch.schema, columns)
         cols = {f: batch.column(c).to_pylist() for f, c in fields.items() if c in names}
         for i in range(batch.num_rows):
+            if all(cols[f][i] in _BLANK for f in cols):  # a blank line: no text, counted as empty
+                yield f"{id_prefix}{row}", "unsup", None, None
+                row += 1
+                continue
             label = cols["label"][i] if "label" in cols else None
             label = None if label is None or str(label).strip() == "" else str(label)
             doc_id = str(cols["id"][i]) if "id" in cols else f"{id_prefix}{row}"
