@@ -269,19 +269,25 @@ JOBS = {"run": ulmfit_flow, "preprocess": preprocess_job, "train-lm": train_lm_j
 
 @flow(name="ulmfit-score", log_prints=True)
 def score_flow(job: ScoreJob) -> dict:
-    """Every row of a dataset classified by a trained classifier: one task per input file, on
-    the Dask workers, each writing that file's predictions under `out` (reused when the file
-    and the model are unchanged); then score.json."""
+    """Every row of a dataset classified by a trained classifier: one task per input file (per
+    run of row groups of a large Parquet file, whose parts are then joined), on the Dask
+    workers, each writing that file's predictions under `out` (reused when the file and the
+    model are unchanged); then score.json."""
     t0, out = time.time(), job.out
     files, scored_by = scoring.list_inputs(job.data), scoring.scored_model(job.model)
-    names = [name for _, name in files]
-    gone = scoring.prune_outputs(out, names)
+    gone = scoring.prune_outputs(out, [name for _, name in files])
     if gone:
         print(f"removed the predictions of {len(gone)} files no longer in {job.data}")
-    results = _as_done(scoring_tasks.score_file.map(
-        unmapped(out), [str(path) for path, _ in files], names, unmapped(scored_by),
-        unmapped(job.text_column), unmapped(job.id_column), unmapped(job.bs)),
-        "scoring", "files scored")
+    plan = scoring.plan_scoring(files)
+    scored = _as_done(scoring_tasks.score_file.map(
+        unmapped(out), plan, unmapped(scored_by), unmapped(job.text_column), unmapped(job.id_column),
+        unmapped(job.bs)), "scoring", "files (or parts) scored")
+    by_file: dict[str, list] = {}
+    for part, result in zip(plan, scored):
+        by_file.setdefault(part.name, []).append((part, result))
+    results = [done[0][1] if done[0][0].part is None else scoring_tasks.join_parts(
+        out, [p for p, _ in done], scored_by, [r for _, r in done], job.text_column, job.id_column)
+        for done in by_file.values()]
     summary = scoring_tasks.summarize(out, job.data, scored_by, results, time.time() - t0)
     print(f"scored {summary['scored']} of {summary['rows']} rows in {len(files)} files "
           f"({summary['reused_files']} reused) into {out} with {scored_by['path']} "

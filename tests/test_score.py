@@ -7,6 +7,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
+import pytest
 
 from conftest import error_line, ulmfit
 from ulmfit_core.model.predict import Classifier
@@ -105,3 +106,57 @@ def test_a_blank_line_of_a_one_column_csv_keeps_its_row_in_the_predictions(tmp_p
     assert out.column("skipped").to_pylist() == [None, "empty", None]
     assert out.column("text").to_pylist() == [sample_texts[0], None, sample_texts[1]]
     assert out.column("pred").null_count == 1
+
+
+@pytest.mark.parametrize("where", ["folder", "object storage"])
+def test_a_large_parquet_file_is_scored_in_parts_side_by_side_and_joined_as_if_whole(
+        tmp_path, trained, sample_texts, monkeypatch, request, where):
+    """A Parquet file of more than PART_ROWS rows is scored in runs of its row groups, a task
+    each, then joined into its one predictions file: the same rows, row numbers and
+    probabilities as scoring it whole, and no parts left (in a folder, or on object storage);
+    a rerun reuses the joined file."""
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    from flows.pipeline import score_flow
+    from ulmfit_core.run.job import ScoreJob
+    from ulmfit_core.run.storage import location, opened
+    from ulmfit_core.run.store import listing
+    from ulmfit_core.stages import scoring
+    from ulmfit_core.text import ingest
+
+    monkeypatch.setattr(ingest, "PART_ROWS", 25)
+    texts = sample_texts[:58] + ["", None]
+    data = tmp_path / "data"
+    data.mkdir()
+    pq.write_table(pa.table({"text": texts}), data / "big.parquet", row_group_size=10)
+    pq.write_table(pa.table({"text": texts[:3]}), data / "small.parquet")
+    plan = scoring.plan_scoring(scoring.list_inputs(str(data)))
+    assert [(p.target, p.row_groups, p.first_row) for p in plan] == [
+        ("big.parquet.parts/part-00000.parquet", (0, 1), 0), ("big.parquet.parts/part-00001.parquet", (2, 3), 20),
+        ("big.parquet.parts/part-00002.parquet", (4, 5), 40), ("small.parquet", None, 0)]
+    out = str(tmp_path / "scored")
+    if where == "object storage":
+        store = request.getfixturevalue("object_store")
+        for key, value in store.env.items():
+            monkeypatch.setenv(key, value)
+        monkeypatch.setenv("ULMFIT_SCRATCH", str(tmp_path / "scratch"))
+        store.filesystem().create_dir("runs")  # the bucket the other tests use: each costs the store volumes
+        out = "s3://runs/scored-in-parts"
+    flow = score_flow.with_options(task_runner=ThreadPoolTaskRunner(max_workers=2))
+    job = ScoreJob(model=str(trained.root), data=str(data), out=out)
+    summary = flow(job)
+    assert [(f["output"], f["rows"], f["scored"], f["reused"]) for f in summary["files"]] == [
+        ("big.parquet", 60, 58, False), ("small.parquet", 3, 3, False)]
+    assert summary["skipped"] == {"empty": 2}
+    assert listing(out) == ["big.json", "big.parquet", "score.json", "small.json", "small.parquet"]
+    with opened(location(f"{out}/big.parquet"), random_access=True) as source:
+        table = pq.read_table(source)
+    classifier = Classifier.load(trained.root)
+    assert table.column("id").to_pylist() == [str(i) for i in range(60)]
+    probs, skipped = classifier.predict_raw(texts)
+    got = np.array([table.column(f"p_{y}").to_pylist() for y in classifier.labels], dtype=float).T
+    assert np.allclose(got, probs, atol=1e-5, equal_nan=True) and table.column("skipped").to_pylist() == skipped
+
+    again = flow(job)
+    assert [f["reused"] for f in again["files"]] == [True, True]
+    assert listing(out) == ["big.json", "big.parquet", "score.json", "small.json", "small.parquet"]

@@ -155,14 +155,16 @@ def source_files(source: Source) -> list[SourceFile]:
     """The parts a source is read in, in order: each of its files, a Parquet file of more than
     PART_ROWS rows in runs of its row groups. Their shards are `part-NNNNN` when the source is
     one file read whole, else `part-PPPPP-NNNNN` (the part's place, then the shard's)."""
-    pieces = [(path, *run) for path in source.files for run in _row_group_runs(path)]
+    pieces = [(path, *run) for path in source.files for run in row_group_runs(path)]
     many = source.dataset or len(pieces) > 1
     return [SourceFile(path, f"part-{p:05d}-" if many else "part-", source.id_prefix(path), groups,
                        first) for p, (path, groups, first) in enumerate(pieces)]
 
 
-def _row_group_runs(path: Location) -> list[tuple[tuple[int, ...] | None, int]]:
-    """(row groups, first row) of each part of a file: one part but for a large Parquet file."""
+def row_group_runs(path: Location) -> list[tuple[tuple[int, ...] | None, int]]:
+    """(row groups, first row) of each part of a file: one part, (None, 0), but for a Parquet file
+    of more than PART_ROWS rows, read in runs of its row groups (a task each, in preprocessing
+    and in scoring)."""
     if not path.name.lower().endswith(".parquet"):
         return [(None, 0)]
     try:

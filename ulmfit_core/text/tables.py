@@ -19,11 +19,12 @@ from .sources import check_text_column, csv_batches, usable_text
 BATCH_ROWS = 4096  # a Parquet file's rows per batch; a CSV's come in blocks of about 1 MiB
 
 
-def table_batches(path: Location, text_column: str = "text") -> Iterator[pa.RecordBatch]:
-    """A CSV or Parquet file (local, or an object) in record batches, read as they are used, so
-    that a file of any size takes the memory of one batch; its text column is checked in the
-    first, and a CSV's is read as bytes, to be decoded row by row. A file without rows gives one
-    empty batch, which carries its columns."""
+def table_batches(path: Location, text_column: str = "text",
+                  row_groups: tuple[int, ...] | None = None) -> Iterator[pa.RecordBatch]:
+    """A CSV or Parquet file (local, or an object; of a Parquet file only its `row_groups`, if
+    given) in record batches, read as they are used, so that a file of any size takes the memory
+    of one batch; its text column is checked in the first, and a CSV's is read as bytes, to be
+    decoded row by row. A file without rows gives one empty batch, which carries its columns."""
     if isinstance(path, Path) and not path.exists():
         raise FileNotFoundError(f"{path}: no such file")
     suffix = path.suffix.lower()
@@ -36,7 +37,8 @@ def table_batches(path: Location, text_column: str = "text") -> Iterator[pa.Reco
                 batches, schema = csv_batches(path, types), None
             else:
                 parquet = pq.ParquetFile(stack.enter_context(opened(path, random_access=True)))
-                batches, schema = parquet.iter_batches(batch_size=BATCH_ROWS), parquet.schema_arrow
+                batches, schema = (parquet.iter_batches(batch_size=BATCH_ROWS, row_groups=row_groups),
+                                  parquet.schema_arrow)
             first = next(batches, None)
             if first is None:  # no rows: a CSV of a header alone, or an empty Parquet file
                 if schema is None:
@@ -50,14 +52,16 @@ def table_batches(path: Location, text_column: str = "text") -> Iterator[pa.Reco
         raise DataError(f"{path}: cannot read ({exc})") from exc
 
 
-def table_rows(path: Location) -> int | None:
-    """A Parquet file's rows, from its footer; None for a CSV, whose rows are known once read,
-    and for a file that cannot be read (which `table_batches` reports)."""
+def table_rows(path: Location, row_groups: tuple[int, ...] | None = None) -> int | None:
+    """A Parquet file's rows (of its `row_groups`, if given), from its footer; None for a CSV,
+    whose rows are known once read, and for a file that cannot be read (which `table_batches`
+    reports)."""
     if path.suffix.lower() != ".parquet":
         return None
     try:
         with opened(path, random_access=True) as source:
-            return pq.ParquetFile(source).metadata.num_rows
+            meta = pq.ParquetFile(source).metadata
+        return meta.num_rows if row_groups is None else sum(meta.row_group(g).num_rows for g in row_groups)
     except (pa.ArrowInvalid, OSError):
         return None
 
