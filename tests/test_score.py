@@ -113,8 +113,8 @@ def test_a_large_parquet_file_is_scored_in_parts_side_by_side_and_joined_as_if_w
         tmp_path, trained, sample_texts, monkeypatch, request, where):
     """A Parquet file of more than PART_ROWS rows is scored in runs of its row groups, a task
     each, then joined into its one predictions file: the same rows, row numbers and
-    probabilities as scoring it whole, and no parts left (in a folder, or on object storage);
-    a rerun reuses the joined file."""
+    probabilities as scoring it whole, and no parts left (in a folder, or on object storage); a
+    run stopped before the join resumes from its parts, and a rerun reuses the joined file."""
     from prefect.task_runners import ThreadPoolTaskRunner
 
     from flows.pipeline import score_flow
@@ -144,9 +144,21 @@ def test_a_large_parquet_file_is_scored_in_parts_side_by_side_and_joined_as_if_w
         out = "s3://runs/scored-in-parts"
     flow = score_flow.with_options(task_runner=ThreadPoolTaskRunner(max_workers=2))
     job = ScoreJob(model=str(trained.root), data=str(data), out=out)
-    summary = flow(job)
+    join, predict, classified = scoring.join_parts_stage, scoring.predict_file, []
+
+    def stopped(*args, **kwargs):
+        raise RuntimeError("stopped before the join")
+
+    monkeypatch.setattr(scoring, "join_parts_stage", stopped)
+    with pytest.raises(RuntimeError, match="stopped before the join"):
+        flow(job)
+    assert [n for n in listing(out) if n.endswith(".parquet")] == [p.target for p in plan]
+    monkeypatch.setattr(scoring, "join_parts_stage", join)
+    monkeypatch.setattr(scoring, "predict_file", lambda *a, **k: classified.append(a[1]) or predict(*a, **k))
+    summary = flow(job)  # the run again: its parts and files are kept, none classified again
+    assert classified == []
     assert [(f["output"], f["rows"], f["scored"], f["reused"]) for f in summary["files"]] == [
-        ("big.parquet", 60, 58, False), ("small.parquet", 3, 3, False)]
+        ("big.parquet", 60, 58, False), ("small.parquet", 3, 3, True)]
     assert summary["skipped"] == {"empty": 2}
     assert listing(out) == ["big.json", "big.parquet", "score.json", "small.json", "small.parquet"]
     with opened(location(f"{out}/big.parquet"), random_access=True) as source:
