@@ -26,6 +26,11 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
+# Tests run flows in this process and call stage functions outside them, as the `ulmfit` command
+# does: its setting (flows.cli._prefect_settings), so that a core log line outside a flow run,
+# once a flow has given the "ulmfit" logger Prefect's API handler, warns of nothing.
+os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
+
 from ulmfit_core import stages
 from ulmfit_core.config import get_preset
 from ulmfit_core.rendezvous import free_port

@@ -115,6 +115,7 @@ def test_a_large_parquet_file_is_scored_in_parts_side_by_side_and_joined_as_if_w
     each, then joined into its one predictions file: the same rows, row numbers and
     probabilities as scoring it whole, and no parts left (in a folder, or on object storage); a
     run stopped before the join resumes from its parts, and a rerun reuses the joined file."""
+    from prefect.logging.handlers import APILogHandler
     from prefect.task_runners import ThreadPoolTaskRunner
 
     from flows.pipeline import score_flow
@@ -172,3 +173,4 @@ def test_a_large_parquet_file_is_scored_in_parts_side_by_side_and_joined_as_if_w
     again = flow(job)
     assert [f["reused"] for f in again["files"]] == [True, True]
     assert listing(out) == ["big.json", "big.parquet", "score.json", "small.json", "small.parquet"]
+    APILogHandler().flush()  # this process's flow-run logs sent while the server is up
