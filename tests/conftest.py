@@ -471,10 +471,15 @@ def prefect_server(tmp_path_factory):
     """One Prefect server for the commands the tests run, as a user's PREFECT_API_URL: each
     command would otherwise start a temporary server of its own (about 7 s a command here).
     Tests of that temporary server ask for `own_prefect_server`."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
     server = Server(tmp_path_factory.mktemp("prefect-home"))
     saved = {k: os.environ.get(k) for k in ("PREFECT_API_URL", "PREFECT_HOME")}
     os.environ.update(PREFECT_API_URL=server.api, PREFECT_HOME=server.env["PREFECT_HOME"])
-    yield server
+    # Prefect read its settings when the test modules imported it: the flows this process runs
+    # use the server too, not a temporary one of their own.
+    with temporary_settings(updates={PREFECT_API_URL: server.api}):
+        yield server
     for key, value in saved.items():
         if value is None:
             os.environ.pop(key, None)
