@@ -15,6 +15,7 @@ Where training runs (this process, GPU workers side by side, data-parallel ranks
 from __future__ import annotations
 
 import time
+from itertools import groupby
 
 from prefect import flow, unmapped
 from prefect.runtime import deployment
@@ -282,12 +283,11 @@ def score_flow(job: ScoreJob) -> dict:
     scored = _as_done(scoring_tasks.score_file.map(
         unmapped(out), plan, unmapped(scored_by), unmapped(job.text_column), unmapped(job.id_column),
         unmapped(job.bs)), "scoring", "files (or parts) scored")
-    by_file: dict[str, list] = {}
-    for part, result in zip(plan, scored):
-        by_file.setdefault(part.name, []).append((part, result))
-    results = [done[0][1] if done[0][0].part is None else scoring_tasks.join_parts(
-        out, [p for p, _ in done], scored_by, [r for _, r in done], job.text_column, job.id_column)
-        for done in by_file.values()]
+    results = []
+    for _, done in groupby(zip(plan, scored), key=lambda d: d[0].name):  # the plan is by file
+        parts, outcomes = map(list, zip(*done))
+        results.append(outcomes[0] if parts[0].part is None else scoring_tasks.join_parts(
+            out, parts, scored_by, outcomes, job.text_column, job.id_column))
     summary = scoring_tasks.summarize(out, job.data, scored_by, results, time.time() - t0)
     print(f"scored {summary['scored']} of {summary['rows']} rows in {len(files)} files "
           f"({summary['reused_files']} reused) into {out} with {scored_by['path']} "

@@ -185,34 +185,34 @@ def join_parts_stage(out: str | Path, parts: list[ScorePart], model: dict, resul
     inputs = {"input": parts[0].input_sha, "model": model["sha256"]}
 
     def join():
-        skipped: Counter = Counter()
-        for r in results:
-            skipped.update(r["skipped"])
         with table_writer(final) as write:
             for part in parts:
                 for batch in pq.ParquetFile(Path(out) / part.target).iter_batches():
                     write(batch)
-        return {"input": parts[0].source, "output": parts[0].name, "part": None,
-                "rows": sum(r["rows"] for r in results), "scored": sum(r["scored"] for r in results),
-                "skipped": dict(skipped), "labels": results[0]["labels"],
-                "seconds": sum(r["seconds"] for r in results)}, [final]
+        return {"input": parts[0].source, "output": parts[0].name, "part": None, **_totals(results),
+                "labels": results[0]["labels"], "seconds": sum(r["seconds"] for r in results)}, [final]
 
     summary = made_once(final, inputs, {"text_column": text_column, "id_column": id_column}, join)
     shutil.rmtree(Path(out) / (parts[0].name + PARTS), ignore_errors=True)
     return summary
 
 
-def summarize_scores(out: str | Path, data: str, model: dict, results: list[dict],
-                     seconds: float) -> dict:
-    """score.json: the model, and per input file its output, rows scored and skipped."""
+def _totals(results: list[dict]) -> dict:
+    """Rows, rows scored and skips by reason, added up over scoring `results` (files or parts)."""
     skipped: Counter = Counter()
     for r in results:
         skipped.update(r["skipped"])
+    return {"rows": sum(r["rows"] for r in results), "scored": sum(r["scored"] for r in results),
+            "skipped": dict(skipped)}
+
+
+def summarize_scores(out: str | Path, data: str, model: dict, results: list[dict],
+                     seconds: float) -> dict:
+    """score.json: the model, and per input file its output, rows scored and skipped."""
     summary = {"data": data, "model": model, "labels": results[0]["labels"],
                "files": [{k: r[k] for k in ("input", "output", "rows", "scored", "skipped", "reused")}
                          for r in results],
-               "rows": sum(r["rows"] for r in results), "scored": sum(r["scored"] for r in results),
-               "skipped": dict(skipped), "reused_files": sum(r["reused"] for r in results),
+               **_totals(results), "reused_files": sum(r["reused"] for r in results),
                "seconds": seconds}
     write_json(Path(out) / SUMMARY, summary)
     return summary
